@@ -1,0 +1,72 @@
+"""Shape and behaviour of the attention engine: the dimensions every state, kernel and snapshot agrees on.
+
+A frozen dataclass, built by ``streams.settings.Settings`` for the workers and by the evaluator offline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.events import DEFAULT_SCENE, EVENT_TYPES
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Dimensions and policies of the attention engine.
+
+    >>> cfg = EngineConfig(dim=8, history=4, scenes=("default", "search"), k=3)
+    >>> cfg.scene_code("search"), cfg.n_scenes
+    (1, 2)
+    """
+
+    dim: int = 64
+    history: int = 50
+    scenes: tuple[str, ...] = (DEFAULT_SCENE, "home", "search", "product")
+    k: int = 20
+    # Per-event decay of a scene's interest vector (an exponentially weighted mean of its items).
+    interest_decay: float = 0.9
+    # Items the user already did one of these to are never recommended back to them.
+    mask_types: tuple[str, ...] = ()
+    # Users and events per kernel call are padded to one of these sizes so nothing recompiles
+    # while the pipeline runs; start-up compiles the ones a batch of ``max_batch`` events can use.
+    buckets: tuple[int, ...] = (8, 32, 128, 512, 2048, 8192)
+    max_batch: int = 512
+    # Catalogue scoring is chunked above this many items so B x N scores never materialise at once.
+    item_chunk: int = 16384
+    initial_capacity: int = 1024
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.scenes or self.scenes[0] != DEFAULT_SCENE:
+            raise ValueError(f"scenes must start with {DEFAULT_SCENE!r}, got {self.scenes!r}")
+        unknown = set(self.mask_types) - set(EVENT_TYPES)
+        if unknown:
+            raise ValueError(f"mask_types has unknown event types {sorted(unknown)}; known: {EVENT_TYPES}")
+        if len(self.scenes) > 127:
+            raise ValueError("at most 127 scenes are supported")
+        if self.max_batch > self.buckets[-1]:
+            raise ValueError(f"max_batch {self.max_batch} exceeds the largest bucket {self.buckets[-1]}")
+        for name, value in (("dim", self.dim), ("history", self.history), ("k", self.k)):
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+
+    @property
+    def n_scenes(self) -> int:
+        return len(self.scenes)
+
+    def bucket(self, n: int) -> int:
+        """Smallest bucket that holds ``n`` rows.
+
+        >>> EngineConfig().bucket(9)
+        32
+        """
+        for size in self.buckets:
+            if n <= size:
+                return size
+        raise ValueError(f"{n} rows exceed the largest bucket {self.buckets[-1]}")
+
+    def scene_code(self, scene: str) -> int:
+        """Index of a configured scene; ``KeyError`` for one that is not configured."""
+        try:
+            return self.scenes.index(scene)
+        except ValueError:
+            raise KeyError(scene) from None

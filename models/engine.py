@@ -1,0 +1,357 @@
+"""The batch engine: one micro-batch of events in, new attention states and ranked lists out.
+
+It owns the host-side bookkeeping around the kernels (item ids, grouping by user, replay fences,
+padding to buckets, feedback against the last shown list) and talks to a store through three
+calls: ``read_batch``, ``write_states`` and snapshot loads. The Faust agent is a thin loop around
+``Engine.process`` and ``Engine.commit``; evaluation and tests drive it directly.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models import kernels
+from models.config import EngineConfig
+from models.events import TYPE_CODE, Event
+from models.params import Params, capacity_for, from_bytes, grow, init_params
+from models.state import NO_ITEM, StateCodec, StateLayoutError, append_history
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SourcedEvent:
+    """An event and where it was read from; (partition, offset) is its replay fence."""
+
+    event: Event
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class Recommendation:
+    user_id: str
+    scene: str
+    items: list[str]
+    scores: list[float]
+    model_version: int
+    event_ts: float
+
+
+@dataclass(slots=True)
+class Feedback:
+    """Did the user act on the list we last showed them, at which (1-based) rank, how old was it."""
+
+    user_id: str
+    item_id: str
+    type: str
+    scene: str
+    ts: float
+    hit: bool
+    rank: int | None
+    list_age_s: float | None
+    list_scene: str | None
+    event_id: str | None
+
+
+@dataclass(slots=True)
+class Rejected:
+    event: SourcedEvent
+    reason: str
+
+
+@dataclass
+class BatchResult:
+    """What one batch produced. ``commit`` writes ``_users``/``_values`` once the outputs are sent."""
+
+    recommendations: list[Recommendation] = field(default_factory=list)
+    feedback: list[Feedback] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    replayed: int = 0
+    kernel_s: float = 0.0
+    _users: list[str] = field(default_factory=list)
+    _values: list[bytes] = field(default_factory=list)
+
+
+def occurrence(keys: np.ndarray) -> np.ndarray:
+    """For each position, how many earlier positions hold the same key.
+
+    >>> occurrence(np.array([3, 1, 3, 3, 1])).tolist()
+    [0, 0, 1, 2, 1]
+    """
+    order = np.argsort(keys, kind="stable")
+    ranked = keys[order]
+    first = np.searchsorted(ranked, ranked, side="left")
+    out = np.empty(len(keys), np.int64)
+    out[order] = np.arange(len(keys)) - first
+    return out
+
+
+class Engine:
+    """Folds micro-batches of events into user states in a store and ranks the catalogue for them.
+
+    >>> from models.store import MemoryStore
+    >>> engine = Engine(EngineConfig(dim=8, history=4, k=2, initial_capacity=8, buckets=(8, 32), max_batch=8),
+    ...                 MemoryStore())
+    >>> batch = [SourcedEvent(Event("u1", item, "click", ts), 0, off)
+    ...          for off, (item, ts) in enumerate([("a", 1.0), ("b", 2.0), ("c", 3.0)])]
+    >>> result = engine.process(batch)
+    >>> engine.commit(result)
+    [True]
+    >>> rec = result.recommendations[0]
+    >>> rec.user_id, len(rec.items), sorted(rec.items) == ["b", "c"] or len(set(rec.items)) == 2
+    ('u1', 2, True)
+    """
+
+    def __init__(self, cfg: EngineConfig, store, params: Params | None = None, model_version: int = 0):
+        self.cfg = cfg
+        self.store = store
+        self.codec = StateCodec(cfg)
+        self.params = params if params is not None else init_params(cfg)
+        self.model_version = model_version
+        self._index: dict[str, int] = {}
+        self._ids: list[str] = []
+        self._mask_codes = np.array([TYPE_CODE[t] for t in cfg.mask_types], np.int8)
+
+    # ---- catalogue -------------------------------------------------------------------------
+
+    def _learn_ids(self, ids: list[str], indices: list[int], n_items: int) -> None:
+        for item, index in zip(ids, indices):
+            self._index[item] = index
+        if n_items > len(self._ids):
+            self._ids.extend([None] * (n_items - len(self._ids)))
+        for item, index in zip(ids, indices):
+            self._ids[index] = item
+
+    def item_id(self, index: int) -> str:
+        if self._ids[index] is None:  # assigned by another worker: fetch the tail of the catalogue once
+            missing = min(i for i, v in enumerate(self._ids) if v is None)
+            for offset, item in enumerate(self.store.item_ids(missing)):
+                self._ids[missing + offset] = item
+                self._index[item] = missing + offset
+        return self._ids[index]
+
+    @property
+    def n_items(self) -> int:
+        return len(self._ids)
+
+    # ---- parameters ------------------------------------------------------------------------
+
+    def load_params(self, version: int) -> bool:
+        """Swap in snapshot ``version`` from the store; False when it is gone or unreadable."""
+        blob = self.store.load_params(version)
+        if blob is None:
+            return False
+        try:
+            params, meta = from_bytes(blob)
+        except Exception as exc:  # a bad snapshot must not stop ranking with the current one
+            log.error("parameter snapshot %s unreadable, keeping version %s: %s", version, self.model_version, exc)
+            return False
+        if params.item_emb.shape[1] != self.cfg.dim or params.pos_emb.shape[0] != self.cfg.history:
+            log.error("parameter snapshot %s has dim/history %s, engine expects %s/%s; ignored", version,
+                      (params.item_emb.shape[1], params.pos_emb.shape[0]), self.cfg.dim, self.cfg.history)
+            return False
+        capacity = capacity_for(max(params.item_emb.shape[0], self.n_items), self.cfg.initial_capacity)
+        self.params = grow(params, capacity, self.cfg.seed)
+        self.model_version = int(meta.get("version", version))
+        log.info("loaded parameter snapshot %s (%d item rows)", self.model_version, params.item_emb.shape[0])
+        return True
+
+    def _ensure_capacity(self) -> None:
+        capacity = capacity_for(self.n_items, self.cfg.initial_capacity)
+        if capacity > self.params.item_emb.shape[0]:
+            log.info("catalogue grew to %d items: item table %d -> %d rows", self.n_items,
+                     self.params.item_emb.shape[0], capacity)
+            self.params = grow(self.params, capacity, self.cfg.seed)
+
+    # ---- the batch -------------------------------------------------------------------------
+
+    def process(self, batch: Sequence[SourcedEvent]) -> BatchResult:
+        """Read states, skip replays, emit feedback, fold and rank. Call :meth:`commit` after sending."""
+        result = BatchResult()
+        if not batch:
+            return result
+        cfg = self.cfg
+        rows: dict[str, int] = {}
+        for sourced in batch:
+            rows.setdefault(sourced.event.user_id, len(rows))
+        users = list(rows)
+        new_ids = list(dict.fromkeys(s.event.item_id for s in batch if s.event.item_id not in self._index))
+        read = self.store.read_batch(users, new_ids)
+        self._learn_ids(new_ids, read.item_index, read.n_items)
+        if read.params_version > self.model_version:
+            self.load_params(read.params_version)
+
+        states, broken = self._decode(users, read.states)
+        applied: list[tuple[int, SourcedEvent]] = []
+        for sourced in batch:
+            row = rows[sourced.event.user_id]
+            if row in broken:
+                result.rejected.append(Rejected(sourced, broken[row]))
+            elif states["partition"][row] == sourced.partition and sourced.offset <= states["offset"][row]:
+                result.replayed += 1  # already in the stored state: a redelivery after a crash or rebalance
+            else:
+                applied.append((row, sourced))
+        if not applied:
+            return result
+
+        result.feedback = self._feedback(states, applied)
+        active = sorted({row for row, _ in applied})
+        self._fold_and_rank(states, applied, active, result)
+        return result
+
+    def commit(self, result: BatchResult) -> list[bool]:
+        """Fenced write of the batch's new states; False for users a newer writer already advanced."""
+        return self.store.write_states(result._users, result._values)
+
+    def _decode(self, users, values):
+        try:
+            return self.codec.decode(values), {}
+        except StateLayoutError:
+            pass  # find the bad ones; the rest of the batch goes on
+        broken, good = {}, []
+        for row, value in enumerate(values):
+            try:
+                self.codec.decode([value])
+                good.append(value)
+            except StateLayoutError as exc:
+                broken[row] = f"stored state of user {users[row]!r} is unreadable: {exc}"
+                good.append(None)
+        return self.codec.decode(good), broken
+
+    def _feedback(self, states, applied) -> list[Feedback]:
+        out = []
+        scenes = self.cfg.scenes
+        for row, sourced in applied:
+            event = sourced.event
+            shown = states["last_list"][row]
+            listed = shown[0] != NO_ITEM
+            hits = np.flatnonzero(shown == self._index[event.item_id]) if listed else ()
+            rank = int(hits[0]) + 1 if len(hits) else None
+            list_ts = float(states["list_ts"][row])
+            out.append(Feedback(
+                user_id=event.user_id, item_id=event.item_id, type=event.type, scene=event.scene, ts=event.ts,
+                hit=rank is not None, rank=rank, list_age_s=event.ts - list_ts if listed else None,
+                list_scene=scenes[states["list_scene"][row]] if listed else None, event_id=event.event_id))
+        return out
+
+    def _fold_and_rank(self, states, applied, active, result: BatchResult) -> None:
+        cfg = self.cfg
+        S = cfg.n_scenes
+        n_events = len(applied)
+        row = np.fromiter((r for r, _ in applied), np.int64, n_events)
+        item = np.fromiter((self._index[s.event.item_id] for _, s in applied), np.int32, n_events)
+        etype = np.fromiter((TYPE_CODE[s.event.type] for _, s in applied), np.int8, n_events)
+        scene = np.fromiter((cfg.scene_code(s.event.scene) for _, s in applied), np.int8, n_events)
+        ts = np.fromiter((s.event.ts for _, s in applied), np.float64, n_events)
+
+        # Compact to the users that have new events; ``dense`` is their row in the kernel batch.
+        dense_of = np.full(len(states), -1, np.int64)
+        dense_of[active] = np.arange(len(active))
+        dense = dense_of[row]
+        sub = states[active]
+        B = len(active)
+
+        position = occurrence(dense)
+        counts = np.bincount(dense, minlength=B)
+        M = int(counts.max())
+        grid = {name: np.zeros((B, M), dtype) for name, dtype in
+                (("item", np.int32), ("type", np.int8), ("scene", np.int8), ("ts", np.float64))}
+        for name, values in (("item", item), ("type", etype), ("scene", scene), ("ts", ts)):
+            grid[name][dense, position] = values
+        append_history(sub, grid["item"], grid["type"], grid["scene"], grid["ts"], counts)
+
+        # The request each list answers: the user's newest event in the batch (time and scene).
+        last = np.zeros(B, np.int64)
+        last[dense] = np.arange(n_events)  # later events overwrite earlier ones
+        now, req_scene = ts[last], scene[last]
+
+        slot = dense * S + scene
+        slot_count = np.bincount(slot, minlength=B * S).reshape(B, S)
+        later = slot_count.reshape(-1)[slot] - occurrence(slot) - 1
+
+        self._ensure_capacity()
+        Bp, Ep = cfg.bucket(B), cfg.bucket(n_events)
+        fold = kernels.FoldInputs(
+            item=_pad(item, Ep, 0), type=_pad(etype.astype(np.int32), Ep, 0),
+            slot=_pad(slot.astype(np.int32), Ep, Bp * S), later=_pad(later.astype(np.int32), Ep, 0),
+            slot_count=_pad(slot_count.astype(np.int32), Bp, 0))
+        ranks = self._rank_inputs(sub, now, req_scene, Bp)
+        interest = _pad(sub["interest"].astype(np.float32), Bp, 0.0)
+        weight = _pad(sub["interest_weight"], Bp, 0.0)
+
+        started = time.perf_counter()
+        interest, weight, top_items, top_scores = kernels.step(
+            self.params, interest, weight, fold, ranks, jnp.int32(self.n_items),
+            k=cfg.k, chunk=cfg.item_chunk, gamma=cfg.interest_decay)
+        top_items, top_scores = np.asarray(top_items)[:B], np.asarray(top_scores)[:B]
+        interest, weight = np.asarray(interest)[:B], np.asarray(weight)[:B]
+        result.kernel_s = time.perf_counter() - started
+
+        sub["interest"] = interest.astype(np.float16)
+        sub["interest_weight"] = weight
+        sub["last_list"] = top_items
+        sub["list_ts"] = now
+        sub["list_scene"] = req_scene
+        last_source = [applied[i][1] for i in last]
+        sub["partition"] = [s.partition for s in last_source]
+        sub["offset"] = [s.offset for s in last_source]
+
+        users = [last_source[b].event.user_id for b in range(B)]
+        result._users, result._values = users, self.codec.encode(sub)
+        for b in range(B):
+            shown = top_items[b][top_items[b] >= 0]
+            result.recommendations.append(Recommendation(
+                user_id=users[b], scene=cfg.scenes[req_scene[b]], items=[self.item_id(i) for i in shown],
+                scores=[round(float(x), 6) for x in top_scores[b][: len(shown)]],
+                model_version=self.model_version, event_ts=float(now[b])))
+
+    def _rank_inputs(self, states, now, scene, padded: int) -> kernels.RankInputs:
+        hist_item = states["hist_item"]
+        ages = np.where(hist_item >= 0, now[:, None] - states["hist_ts"], 0.0).astype(np.float32)
+        if len(self._mask_codes):
+            exclude = np.where(np.isin(states["hist_type"], self._mask_codes), hist_item, NO_ITEM)
+        else:
+            exclude = np.full((len(states), 1), NO_ITEM, np.int32)
+        return kernels.RankInputs(
+            hist_item=_pad(hist_item, padded, NO_ITEM), hist_type=_pad(states["hist_type"].astype(np.int32), padded, 0),
+            hist_age=_pad(ages, padded, 0.0), scene=_pad(scene.astype(np.int32), padded, 0),
+            exclude=_pad(exclude.astype(np.int32), padded, NO_ITEM))
+
+    def warmup(self) -> float:
+        """Compile the kernel for every bucket a batch can use, so no request waits on XLA."""
+        started = time.perf_counter()
+        cfg = self.cfg
+        usable = [b for b in cfg.buckets if b < cfg.max_batch] + [cfg.bucket(cfg.max_batch)]
+        self._ensure_capacity()
+        for Bp in usable:
+            for Ep in usable:
+                if Ep < Bp:
+                    continue
+                states = self.codec.decode([None] * Bp)
+                fold = kernels.FoldInputs(
+                    item=np.zeros(Ep, np.int32), type=np.zeros(Ep, np.int32),
+                    slot=np.full(Ep, Bp * cfg.n_scenes, np.int32), later=np.zeros(Ep, np.int32),
+                    slot_count=np.zeros((Bp, cfg.n_scenes), np.int32))
+                ranks = self._rank_inputs(states, np.zeros(Bp), np.zeros(Bp, np.int8), Bp)
+                out = kernels.step(self.params, np.zeros((Bp, cfg.n_scenes, cfg.dim), np.float32),
+                                   np.zeros((Bp, cfg.n_scenes), np.float32), fold, ranks, jnp.int32(0),
+                                   k=cfg.k, chunk=cfg.item_chunk, gamma=cfg.interest_decay)
+                jax.block_until_ready(out)
+        return time.perf_counter() - started
+
+
+def _pad(array: np.ndarray, size: int, fill) -> np.ndarray:
+    """Pad the leading axis to ``size`` rows with ``fill``."""
+    array = np.asarray(array)
+    if array.shape[0] == size:
+        return array
+    out = np.full((size,) + array.shape[1:], fill, array.dtype)
+    out[: array.shape[0]] = array
+    return out

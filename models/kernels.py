@@ -1,0 +1,158 @@
+"""JIT-compiled kernels of the attention engine: fold events into scene interests, attend, score, top-K.
+
+Pure functions of (params, arrays); no I/O, no Python state. Callers pad every array to a bucket
+size (see ``models.engine``) so each kernel compiles once per bucket. A slow NumPy twin of every
+kernel lives in ``models.reference`` and the tests hold the two together.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from models.params import Params
+
+NEG_INF = -1e30  # finite so that masked softmax rows stay NaN-free
+
+
+class FoldInputs(NamedTuple):
+    """New events, flattened across users. Padding rows carry ``slot == n_users * n_scenes``."""
+
+    item: jax.Array         # [E] int32
+    type: jax.Array         # [E] int32
+    slot: jax.Array         # [E] int32  user_row * S + scene
+    later: jax.Array        # [E] int32  events after this one in the same slot and batch
+    slot_count: jax.Array   # [B, S] int32 events per (user, scene) in this batch
+
+
+class RankInputs(NamedTuple):
+    """Each user's history after folding (right-aligned, newest at slot L-1) and the request."""
+
+    hist_item: jax.Array    # [B, L] int32, -1 where empty
+    hist_type: jax.Array    # [B, L] int32
+    hist_age: jax.Array     # [B, L] float32 seconds before the request
+    scene: jax.Array        # [B] int32 scene the list is for
+    exclude: jax.Array      # [B, X] int32 items never to return, -1 padding
+
+
+def fold_interests(params: Params, interest: jax.Array, weight: jax.Array, events: FoldInputs,
+                   gamma: float) -> tuple[jax.Array, jax.Array]:
+    """Fold new events into per-scene interest vectors (decayed weighted means of item vectors).
+
+    Within a slot an event followed by ``r`` later ones contributes ``gamma**r * w(type)``; the old
+    mean decays by ``gamma**count``. Equivalent to applying the events one by one.
+    """
+    B, S, d = interest.shape
+    w_type = jnp.exp(params.type_logit)[events.type]
+    contrib = (gamma ** events.later.astype(jnp.float32)) * w_type                     # [E]
+    vectors = params.item_emb[events.item] * contrib[:, None]                           # [E, d]
+    added = jax.ops.segment_sum(vectors, events.slot, num_segments=B * S).reshape(B, S, d)
+    added_weight = jax.ops.segment_sum(contrib, events.slot, num_segments=B * S).reshape(B, S)
+    kept = weight * gamma ** events.slot_count.astype(jnp.float32)
+    new_weight = kept + added_weight
+    new_interest = (interest * kept[..., None] + added) / jnp.maximum(new_weight, 1e-12)[..., None]
+    return new_interest, new_weight
+
+
+def user_vectors(params: Params, interest: jax.Array, weight: jax.Array, ranks: RankInputs) -> jax.Array:
+    """The query vector of each user: attention over the history plus scene interest transfer.
+
+    logits_j = q.k_j / sqrt(d) + log w(type_j) - decay * log1p(age_j / 1h); q is the newest item
+    plus the target scene's query; the scene term attends over the user's scene interests.
+    """
+    d = params.item_emb.shape[1]
+    scale = 1.0 / jnp.sqrt(jnp.float32(d))
+    valid = ranks.hist_item >= 0                                                        # [B, L]
+    items = jnp.where(valid, ranks.hist_item, 0)
+    h = params.item_emb[items] + params.type_emb[ranks.hist_type]                       # [B, L, d]
+    h = jnp.where(valid[..., None], h, 0.0)
+    newest = h[:, -1, :]                                                                 # right-aligned
+    q = (newest + params.scene_query[ranks.scene]) @ params.w_query                      # [B, d]
+    keys = (h + params.pos_emb[None]) @ params.w_key
+    values = h @ params.w_value
+    age_hours = jnp.log1p(jnp.maximum(ranks.hist_age, 0.0) / 3600.0)
+    logits = (jnp.einsum("bd,bld->bl", q, keys) * scale
+              + params.type_logit[ranks.hist_type]
+              - jax.nn.softplus(params.decay) * age_hours)
+    logits = jnp.where(valid, logits, NEG_INF)
+    attn = jax.nn.softmax(logits, axis=-1) * valid                                       # empty rows -> 0
+    pooled = jnp.einsum("bl,bld->bd", attn, values)
+
+    has_scene = weight > 0                                                                # [B, S]
+    scene_logits = jnp.where(has_scene, jnp.einsum("bd,bsd->bs", q, interest) * scale, NEG_INF)
+    beta = jax.nn.softmax(scene_logits, axis=-1) * has_scene
+    transfer = jnp.einsum("bs,bsd->bd", beta, interest)
+    return newest + pooled + jax.nn.sigmoid(params.transfer) * transfer
+
+
+def _mask_scores(scores, start, n_items, exclude):
+    """-inf for padding rows past the catalogue and for each user's excluded items."""
+    B, C = scores.shape
+    index = start + jnp.arange(C)
+    scores = jnp.where(index[None, :] < n_items, scores, NEG_INF)
+    local = exclude - start
+    local = jnp.where((exclude >= 0) & (local >= 0) & (local < C), local, C)            # C: dropped
+    rows = jnp.broadcast_to(jnp.arange(B)[:, None], local.shape)
+    return scores.at[rows, local].set(NEG_INF, mode="drop")
+
+
+def top_k_items(user: jax.Array, params: Params, n_items: jax.Array, exclude: jax.Array, k: int,
+                chunk: int) -> tuple[jax.Array, jax.Array]:
+    """Exact top-``k`` of ``user . e_i + b_i`` over the catalogue, ``chunk`` items at a time.
+
+    With a catalogue no larger than ``chunk`` this is one matmul; above it a scan keeps a running
+    top-k so the full ``B x N`` score matrix never exists.
+    """
+    C, d = params.item_emb.shape
+    if C <= chunk:
+        scores = _mask_scores(user @ params.item_emb.T + params.item_bias, 0, n_items, exclude)
+        return _topk(scores, k, 0)
+    n_chunks = C // chunk
+    emb = params.item_emb.reshape(n_chunks, chunk, d)
+    bias = params.item_bias.reshape(n_chunks, chunk)
+
+    def step(best, xs):
+        best_scores, best_items = best
+        emb_c, bias_c, start = xs
+        scores = _mask_scores(user @ emb_c.T + bias_c, start, n_items, exclude)
+        i, s = _topk(scores, k, start)
+        merged_scores = jnp.concatenate([best_scores, s], axis=1)
+        merged_items = jnp.concatenate([best_items, i], axis=1)
+        top, pos = jax.lax.top_k(merged_scores, k)
+        return (top, jnp.take_along_axis(merged_items, pos, axis=1)), None
+
+    B = user.shape[0]
+    init = (jnp.full((B, k), NEG_INF, user.dtype), jnp.full((B, k), -1, jnp.int32))
+    starts = jnp.arange(n_chunks, dtype=jnp.int32) * chunk
+    (scores, items), _ = jax.lax.scan(step, init, (emb, bias, starts))
+    return jnp.where(scores > NEG_INF / 2, items, -1), scores
+
+
+def _topk(scores, k, start):
+    top, pos = jax.lax.top_k(scores, k)
+    items = (pos + start).astype(jnp.int32)
+    return jnp.where(top > NEG_INF / 2, items, -1), top
+
+
+@partial(jax.jit, static_argnames=("k", "chunk", "gamma"), donate_argnums=(1, 2))
+def step(params: Params, interest: jax.Array, weight: jax.Array, events: FoldInputs, ranks: RankInputs,
+         n_items: jax.Array, *, k: int, chunk: int, gamma: float):
+    """One micro-batch: fold new events into scene interests, then rank the catalogue for each user.
+
+    Returns ``(interest, weight, top_items [B, k], top_scores [B, k])``; items are -1 where fewer
+    than ``k`` may be shown.
+    """
+    interest, weight = fold_interests(params, interest, weight, events, gamma)
+    user = user_vectors(params, interest, weight, ranks)
+    items, scores = top_k_items(user, params, n_items, ranks.exclude, k, chunk)
+    return interest, weight, items, scores
+
+
+@partial(jax.jit, static_argnames=("k", "chunk"))
+def rank(params: Params, interest: jax.Array, weight: jax.Array, ranks: RankInputs, n_items: jax.Array,
+         *, k: int, chunk: int):
+    """Rank without folding (evaluation asks for a list before it applies the event)."""
+    user = user_vectors(params, interest, weight, ranks)
+    return top_k_items(user, params, n_items, ranks.exclude, k, chunk)
