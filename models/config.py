@@ -32,7 +32,7 @@ class EngineConfig:
     max_batch: int = 512
     # Catalogue scoring is chunked above this many items so B x N scores never materialise at once.
     item_chunk: int = 16384
-    initial_capacity: int = 1024
+    initial_capacity: int = 16384
     seed: int = 0
 
     def __post_init__(self):

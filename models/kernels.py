@@ -17,6 +17,13 @@ from models.params import Params
 NEG_INF = -1e30  # finite so that masked softmax rows stay NaN-free
 
 
+def enable_compile_cache(path: str) -> None:
+    """Keep compiled kernels on disk so a restarted worker warms up in seconds, not tens of seconds."""
+    if path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 class FoldInputs(NamedTuple):
     """New events, flattened across users. Padding rows carry ``slot == n_users * n_scenes``."""
 

@@ -11,7 +11,12 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
+import redis
+
 from models.state import FENCE_SLICE
+
+# Store outages a caller should wait out and retry: every store call here is idempotent.
+TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 # Compare-and-set of a batch of states. The fence (partition <i4, offset <i8) sits at bytes 5..16
 # (Lua is 1-based) of every value; a write is skipped when the stored state is from the same
@@ -89,7 +94,6 @@ class RedisStore:
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "attnflow", keep_snapshots: int = 3):
-        import redis
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 

@@ -1,0 +1,48 @@
+"""The Faust application: settings → app, topics, and the agents and web views registered on it.
+
+Run a worker with ``attnflow worker`` (or ``faust -A streams.app worker``). One rank worker owns
+some partitions of ``events``; add processes to the consumer group to scale out.
+"""
+from __future__ import annotations
+
+import faust
+
+from streams.settings import Settings
+from streams.topics import TopicNames
+
+settings = Settings.from_env()
+names = TopicNames.of(settings)
+
+app = faust.App(
+    settings.app_id,
+    broker=f"kafka://{settings.kafka_bootstrap}",
+    store="memory://",
+    key_serializer="raw",
+    value_serializer="raw",
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication_factor,
+    topic_disable_leader=True,
+    consumer_auto_offset_reset="earliest",
+    broker_session_timeout=settings.session_timeout_s,
+    broker_heartbeat_interval=settings.heartbeat_interval_s,
+    broker_commit_interval=settings.commit_interval_s,
+    # An exception escaping the agent must not ack (and later commit) the events it was handling.
+    stream_ack_exceptions=False,
+    stream_ack_cancelled_tasks=False,
+    web_host=settings.web_host,
+    web_bind=settings.web_host,
+    web_port=settings.web_port,
+    producer_linger_ms=5,
+    producer_acks=-1,
+)
+
+events_topic = app.topic(names.events, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+recommendations_topic = app.topic(names.recommendations, key_type=bytes, value_type=bytes,
+                                  partitions=settings.partitions)
+feedback_topic = app.topic(names.feedback, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+deadletter_topic = app.topic(names.deadletter, key_type=bytes, value_type=bytes, partitions=1)
+
+from streams import agents, views  # noqa: E402  (after ``app`` exists: they register on it)
+
+rank_worker = agents.register(app, settings, events_topic, recommendations_topic, feedback_topic, deadletter_topic)
+views.register(app, rank_worker)

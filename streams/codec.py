@@ -1,0 +1,109 @@
+"""Wire formats: orjson decoding and validation of events, encoding of every output message.
+
+Schemas are the ones in the README ("Message formats"). A bad event raises ``BadEvent`` with a
+reason a person can act on; the agent turns it into a dead-letter record.
+"""
+from __future__ import annotations
+
+import base64
+import math
+import time
+
+import orjson
+
+from models.engine import Feedback, Recommendation
+from models.events import DEFAULT_SCENE, EVENT_TYPES, Event
+
+MAX_ID_BYTES = 512
+
+
+class BadEvent(ValueError):
+    """An event that cannot be applied; ``str(exc)`` is the dead-letter reason."""
+
+
+def _text(doc: dict, name: str, required: bool) -> str | None:
+    value = doc.get(name)
+    if value is None:
+        if required:
+            raise BadEvent(f"missing required field {name!r}")
+        return None
+    if not isinstance(value, str):
+        raise BadEvent(f"field {name!r} must be a string, got {type(value).__name__}")
+    if required and not value:
+        raise BadEvent(f"field {name!r} is empty")
+    if len(value) > MAX_ID_BYTES:
+        raise BadEvent(f"field {name!r} is longer than {MAX_ID_BYTES} characters")
+    return value
+
+
+def decode_event(raw: bytes, scenes: tuple[str, ...]) -> Event:
+    """Parse and validate one event; unknown fields are ignored.
+
+    >>> decode_event(b'{"user_id":"u","item_id":"i","type":"cart","ts":1.5,"extra":1}', ("default",))
+    Event(user_id='u', item_id='i', type='cart', ts=1.5, scene='default', event_id=None)
+    >>> decode_event(b'{"user_id":"u","item_id":7,"type":"cart","ts":1}', ("default",))
+    Traceback (most recent call last):
+    ...
+    streams.codec.BadEvent: field 'item_id' must be a string, got int
+    """
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadEvent(f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadEvent(f"event must be a JSON object, got {type(doc).__name__}")
+    user_id = _text(doc, "user_id", True)
+    item_id = _text(doc, "item_id", True)
+    etype = _text(doc, "type", True)
+    if etype not in EVENT_TYPES:
+        raise BadEvent(f"unknown event type {etype!r}; expected one of {', '.join(EVENT_TYPES)}")
+    ts = doc.get("ts")
+    if ts is None:
+        raise BadEvent("missing required field 'ts'")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        raise BadEvent(f"field 'ts' must be a finite number of seconds, got {ts!r}")
+    scene = _text(doc, "scene", False) or DEFAULT_SCENE
+    if scene not in scenes:
+        raise BadEvent(f"unknown scene {scene!r}; configured scenes: {', '.join(scenes)} (ATTNFLOW_SCENES)")
+    return Event(user_id=user_id, item_id=item_id, type=etype, ts=float(ts), scene=scene,
+                 event_id=_text(doc, "event_id", False))
+
+
+def encode_event(event: Event) -> bytes:
+    """The producer side of :func:`decode_event`.
+
+    >>> decode_event(encode_event(Event("u", "i", "view", 2.0, "search")), ("default", "search")).scene
+    'search'
+    """
+    doc = {"user_id": event.user_id, "item_id": event.item_id, "type": event.type, "ts": event.ts,
+           "scene": event.scene}
+    if event.event_id is not None:
+        doc["event_id"] = event.event_id
+    return orjson.dumps(doc)
+
+
+def encode_recommendation(rec: Recommendation, emitted_ts: float | None = None) -> bytes:
+    return orjson.dumps({"user_id": rec.user_id, "scene": rec.scene, "items": rec.items, "scores": rec.scores,
+                         "model_version": rec.model_version, "event_ts": rec.event_ts,
+                         "emitted_ts": time.time() if emitted_ts is None else emitted_ts})
+
+
+def encode_feedback(fb: Feedback) -> bytes:
+    return orjson.dumps({"user_id": fb.user_id, "item_id": fb.item_id, "type": fb.type, "scene": fb.scene,
+                         "ts": fb.ts, "hit": fb.hit, "rank": fb.rank, "list_age_s": fb.list_age_s,
+                         "list_scene": fb.list_scene, "event_id": fb.event_id})
+
+
+def encode_deadletter(raw: bytes | None, reason: str, topic: str, partition: int, offset: int) -> bytes:
+    """Dead-letter record: the original bytes (as text when UTF-8, else base64) and why it was refused.
+
+    >>> orjson.loads(encode_deadletter(b'{bad', "not valid JSON", "events", 2, 41))["value"]
+    '{bad'
+    """
+    doc = {"reason": reason, "topic": topic, "partition": partition, "offset": offset, "failed_ts": time.time()}
+    raw = raw or b""
+    try:
+        doc["value"] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        doc["value_base64"] = base64.b64encode(raw).decode("ascii")
+    return orjson.dumps(doc)

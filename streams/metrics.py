@@ -1,0 +1,120 @@
+"""Counters the worker keeps and serves: throughput, dead letters, online HR@K/NDCG@K, latencies.
+
+Rendered as Prometheus text at ``/metrics`` and as JSON at ``/stats`` (see ``streams.views``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Quantiles:
+    """A sliding window of recent observations with p50/p95/p99 (no unbounded memory)."""
+
+    size: int = 4096
+    values: deque = field(default_factory=deque)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+        if len(self.values) > self.size:
+            self.values.popleft()
+
+    def summary(self) -> dict:
+        if not self.values:
+            return {"p50": None, "p95": None, "p99": None, "n": 0}
+        arr = np.fromiter(self.values, float)
+        p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+        return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "n": len(arr)}
+
+
+@dataclass
+class PipelineMetrics:
+    """Everything an operator wants to graph about one rank worker.
+
+    >>> m = PipelineMetrics(k=10)
+    >>> m.observe_feedback(hit=True, rank=1, listed=True); m.observe_feedback(hit=False, rank=None, listed=True)
+    >>> m.snapshot()["online"]["hr"]
+    0.5
+    """
+
+    k: int = 20
+    started: float = field(default_factory=time.time)
+    events: int = 0
+    batches: int = 0
+    recommendations: int = 0
+    feedback: int = 0
+    replayed: int = 0
+    fenced_skips: int = 0
+    deadletters: Counter = field(default_factory=Counter)
+    retries: int = 0
+    listed: int = 0
+    hits: int = 0
+    dcg: float = 0.0
+    model_version: int = 0
+    n_items: int = 0
+    ready: bool = False
+    batch_seconds: Quantiles = field(default_factory=Quantiles)
+    kernel_seconds: Quantiles = field(default_factory=Quantiles)
+    latency_seconds: Quantiles = field(default_factory=Quantiles)
+    batch_sizes: Quantiles = field(default_factory=Quantiles)
+
+    def observe_feedback(self, hit: bool, rank: int | None, listed: bool) -> None:
+        self.feedback += 1
+        if listed:
+            self.listed += 1
+            if hit:
+                self.hits += 1
+                self.dcg += 1.0 / math.log2(rank + 1)
+
+    def snapshot(self) -> dict:
+        listed = max(self.listed, 1)
+        return {
+            "uptime_s": time.time() - self.started, "ready": self.ready, "events": self.events,
+            "batches": self.batches, "recommendations": self.recommendations, "feedback": self.feedback,
+            "replayed": self.replayed, "fenced_skips": self.fenced_skips, "retries": self.retries,
+            "deadletters": dict(self.deadletters), "model_version": self.model_version, "n_items": self.n_items,
+            "online": {"k": self.k, "events_with_list": self.listed, "hits": self.hits,
+                       "hr": self.hits / listed if self.listed else None,
+                       "ndcg": self.dcg / listed if self.listed else None},
+            "batch_seconds": self.batch_seconds.summary(), "kernel_seconds": self.kernel_seconds.summary(),
+            "latency_seconds": self.latency_seconds.summary(), "batch_size": self.batch_sizes.summary(),
+        }
+
+    def prometheus(self) -> str:
+        s = self.snapshot()
+        lines = []
+
+        def metric(name, value, kind="gauge", labels="", help_=""):
+            if value is None:
+                return
+            if help_:
+                lines.append(f"# HELP attnflow_{name} {help_}")
+                lines.append(f"# TYPE attnflow_{name} {kind}")
+            lines.append(f"attnflow_{name}{labels} {value}")
+
+        metric("events_total", s["events"], "counter", help_="events read from the events topic")
+        metric("batches_total", s["batches"], "counter", help_="micro-batches processed")
+        metric("recommendations_total", s["recommendations"], "counter", help_="recommendation messages sent")
+        metric("feedback_total", s["feedback"], "counter", help_="feedback messages sent")
+        metric("replayed_total", s["replayed"], "counter", help_="redelivered events skipped by the state fence")
+        metric("fenced_skips_total", s["fenced_skips"], "counter", help_="state writes refused: newer state stored")
+        metric("retries_total", s["retries"], "counter", help_="batches retried after a transient store error")
+        lines.append("# HELP attnflow_deadletters_total events sent to the dead-letter topic, by reason")
+        lines.append("# TYPE attnflow_deadletters_total counter")
+        for reason, n in sorted(s["deadletters"].items()):
+            lines.append(f'attnflow_deadletters_total{{reason="{reason}"}} {n}')
+        metric("online_hit_rate", s["online"]["hr"], help_=f"share of events whose item was in the last list (top {self.k})")
+        metric("online_ndcg", s["online"]["ndcg"], help_="NDCG of the acted-on item in the last list")
+        metric("model_version", s["model_version"], help_="parameter snapshot in use")
+        metric("catalogue_items", s["n_items"], help_="items known to this worker")
+        metric("ready", int(s["ready"]), help_="1 once kernels are compiled and the agent consumes")
+        for name in ("batch_seconds", "kernel_seconds", "latency_seconds"):
+            for q in ("p50", "p95", "p99"):
+                metric(name, s[name][q], labels=f'{{quantile="{q[1:]}"}}',
+                       help_="" if q != "p50" else f"{name.replace('_', ' ')} over the last observations")
+        return "\n".join(lines) + "\n"

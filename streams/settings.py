@@ -1,0 +1,107 @@
+"""The one place a tunable lives: ``Settings``, read from ``ATTNFLOW_*`` environment variables.
+
+Defaults run against the local stack started by ``deploy/`` (Kafka on 127.0.0.1:9092, Redis on
+127.0.0.1:6379). The CLI, the Faust app, the benchmarks and the tests all build one of these.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+from models.config import EngineConfig
+
+PREFIX = "ATTNFLOW_"
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings; each field ``name`` is read from ``ATTNFLOW_NAME``.
+
+    >>> Settings.from_env({"ATTNFLOW_PARTITIONS": "8", "ATTNFLOW_SCENES": "default,search"}).partitions
+    8
+    >>> Settings.from_env({"ATTNFLOW_BATCH_SIZE": "many"})
+    Traceback (most recent call last):
+    ...
+    ValueError: ATTNFLOW_BATCH_SIZE='many' is not a valid int
+    """
+
+    # Services
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Names: the consumer group, a prefix for every topic, and one for every Redis key
+    app_id: str = "attnflow"
+    topic_prefix: str = ""
+    redis_prefix: str = "attnflow"
+    partitions: int = 4
+    replication_factor: int = 1
+    # Micro-batching: up to ``batch_size`` events, waiting at most ``batch_within_s`` for them
+    batch_size: int = 512
+    batch_within_s: float = 0.02
+    # Model shape and policies (see models.config.EngineConfig)
+    dim: int = 64
+    history: int = 50
+    k: int = 20
+    scenes: tuple[str, ...] = ("default", "home", "search", "product")
+    mask_types: tuple[str, ...] = ()
+    interest_decay: float = 0.9
+    item_chunk: int = 16384
+    initial_capacity: int = 16384
+    seed: int = 0
+    # Worker process
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    log_level: str = "info"
+    # Consumer group timing; short values make rebalances quick on a small cluster
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 1.0
+    commit_interval_s: float = 1.0
+    # Compiled kernels are cached here across restarts ("" disables the cache)
+    compile_cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "attnflow", "jax")
+    # Where the CLI finds datasets (defaults to ../shared/data next to the repository)
+    data_dir: str = ""
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_env(cls, environ=None, **overrides) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = environ.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            kind = type(f.default)
+            try:
+                if kind is tuple:
+                    values[f.name] = _split(raw)
+                elif kind is bool:
+                    values[f.name] = raw.lower() in ("1", "true", "yes", "on")
+                else:
+                    values[f.name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+        values.update(overrides)
+        settings = cls(**values)
+        settings.engine_config()  # fail at start-up, not on the first event
+        return settings
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(dim=self.dim, history=self.history, scenes=self.scenes, k=self.k,
+                            interest_decay=self.interest_decay, mask_types=self.mask_types,
+                            item_chunk=self.item_chunk, initial_capacity=self.initial_capacity,
+                            max_batch=self.batch_size, seed=self.seed)
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process (workers, tests)."""
+        env = {}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            env[PREFIX + f.name.upper()] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return env

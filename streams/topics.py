@@ -1,0 +1,74 @@
+"""Topic names, partition counts and topic creation: the one place that knows them.
+
+Every topic name is ``<topic_prefix><name>``; events and outputs are keyed by user id so one
+user's events stay in order on one partition and their recommendations replace each other.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    events: str
+    recommendations: str
+    feedback: str
+    deadletter: str
+    train: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> "TopicNames":
+        p = settings.topic_prefix
+        return cls(events=f"{p}events", recommendations=f"{p}recommendations", feedback=f"{p}feedback",
+                   deadletter=f"{p}events.deadletter", train=f"{p}train")
+
+    def partitions(self, settings: Settings) -> dict[str, int]:
+        """How many partitions each topic gets; training examples go to a single partition (one trainer)."""
+        n = settings.partitions
+        return {self.events: n, self.recommendations: n, self.feedback: n, self.deadletter: 1, self.train: 1}
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
+    """Create missing topics with their partition counts; returns {name: partitions} as they exist."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    names = TopicNames.of(settings)
+    wanted = names.partitions(settings)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id=f"{settings.app_id}-admin",
+                             request_timeout_ms=int(timeout_s * 1000))
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(name, n, settings.replication_factor) for name, n in wanted.items() if name not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing, timeout_ms=int(timeout_s * 1000))
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race
+            log.info("created topics %s", [t.name for t in missing])
+        described = admin.describe_topics(list(wanted))
+        have = {t.get("name", t.get("topic")): len(t["partitions"]) for t in described}
+    finally:
+        admin.close()
+    for name, n in wanted.items():
+        if 0 < have.get(name, 0) < n:  # 0: just created, metadata not propagated yet
+            log.warning("topic %s has %s partitions, settings ask for %s", name, have.get(name), n)
+    return have
+
+
+def delete_topics(settings: Settings) -> None:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        existing = set(admin.list_topics())
+        doomed = [name for name in TopicNames.of(settings).partitions(settings) if name in existing]
+        if doomed:
+            admin.delete_topics(doomed)
+    finally:
+        admin.close()

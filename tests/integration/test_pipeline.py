@@ -1,0 +1,177 @@
+"""End to end on the real broker and Redis: a real Faust worker process, real topics, real state.
+
+Events for several users across partitions go in; recommendations, feedback and dead letters must
+come out as specified, and the Redis states must hold every valid event exactly once, also after
+the whole topic is delivered a second time (a crash before the offset commit, simulated by a new
+consumer group over the same state).
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from models.events import EVENT_TYPES
+from models.state import StateCodec
+from streams.cli import start_worker, stop_worker, wait_ready, worker_stats
+from streams.replay import read_topic
+from streams.topics import TopicNames, ensure_topics
+
+pytestmark = pytest.mark.integration
+
+USERS = [f"user-{i}" for i in range(8)]
+CATALOGUE = [f"sku-{i:03d}" for i in range(40)]
+BAD = {
+    b"this is not json": "not valid JSON",
+    b'{"item_id": "sku-001", "type": "view", "ts": 1.0}': "missing required field 'user_id'",
+    b'{"user_id": "u", "item_id": "sku-001", "type": "view", "ts": "yesterday"}': "field 'ts' must be",
+    b'{"user_id": "u", "item_id": "sku-001", "type": "like", "ts": 1.0}': "unknown event type 'like'",
+    b'{"user_id": "u", "item_id": "sku-001", "type": "view", "ts": 1.0, "scene": "moon"}': "unknown scene 'moon'",
+}
+
+
+class Producer:
+    """Sends events synchronously and remembers where each valid one landed."""
+
+    def __init__(self, settings):
+        self.topic = TopicNames.of(settings).events
+        self.kafka = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        self.sent = []  # (event dict, partition, offset)
+
+    def event(self, user, item, etype, ts, scene="default"):
+        doc = {"user_id": user, "item_id": item, "type": etype, "ts": ts, "scene": scene,
+               "event_id": f"e{len(self.sent)}", "client": "test"}  # unknown field: kept and ignored
+        meta = self.kafka.send(self.topic, key=user.encode(), value=orjson.dumps(doc)).get(timeout=30)
+        self.sent.append((doc, meta.partition, meta.offset))
+
+    def raw(self, value):
+        self.kafka.send(self.topic, value=value).get(timeout=30)
+
+    def close(self):
+        self.kafka.close()
+
+
+def wait_for(port, events, timeout_s=120):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        stats = worker_stats(port)
+        if stats["events"] >= events:
+            return stats
+        time.sleep(0.3)
+    raise AssertionError(f"worker processed {stats['events']} of {events} events in {timeout_s}s: {stats}")
+
+
+def latest_lists(settings):
+    lists = {}
+    for doc in read_topic(settings, "recommendations", timeout_s=3):
+        lists[doc["user_id"]] = doc
+    return lists
+
+
+def test_events_to_recommendations_feedback_and_state(settings, redis_store, tmp_path):
+    ensure_topics(settings)
+    producer = Producer(settings)
+    rng = np.random.default_rng(7)
+    worker = start_worker(settings, tmp_path / "worker.log")
+    try:
+        wait_ready(settings.web_port, worker)
+
+        # Phase 1: three events per user, mixed types and scenes, plus every kind of bad event.
+        for step in range(3):
+            for user in USERS:
+                producer.event(user, CATALOGUE[rng.integers(len(CATALOGUE))], EVENT_TYPES[rng.integers(4)],
+                               1_700_000_000.0 + 60 * step, scene=["default", "search"][step % 2])
+        for value in BAD:
+            producer.raw(value)
+        wait_for(settings.web_port, len(producer.sent) + len(BAD))
+        first = latest_lists(settings)
+        assert set(first) == set(USERS), "every user gets a recommendation"
+        for doc in first.values():
+            assert len(doc["items"]) == settings.k and set(doc["items"]) <= set(CATALOGUE)
+            assert doc["scores"] == sorted(doc["scores"], reverse=True)
+            assert doc["scene"] == "default"
+
+        # Phase 2: half the users act on the list they were shown (at rank 2), half on something else.
+        expect_hit = {}
+        for i, user in enumerate(USERS):
+            shown = first[user]["items"]
+            item = shown[1] if i % 2 == 0 else next(c for c in CATALOGUE if c not in shown)
+            expect_hit[user] = i % 2 == 0
+            producer.event(user, item, "click", 1_700_000_000.0 + 600, scene="product")
+        stats = wait_for(settings.web_port, len(producer.sent) + len(BAD))
+    finally:
+        stop_worker(worker)
+        producer.close()
+
+    partitions = {p for _, p, _ in producer.sent}
+    assert len(partitions) >= 2, "users must spread over several partitions for this test to mean anything"
+
+    feedback = list(read_topic(settings, "feedback", timeout_s=3))
+    assert sorted(f["event_id"] for f in feedback) == sorted(d["event_id"] for d, _, _ in producer.sent)
+    by_event = {f["event_id"]: f for f in feedback}
+    for user in USERS:
+        first_event = next(d for d, _, _ in producer.sent if d["user_id"] == user)
+        assert by_event[first_event["event_id"]]["list_age_s"] is None  # nothing shown before it
+        last = [d for d, _, _ in producer.sent if d["user_id"] == user][-1]
+        fb = by_event[last["event_id"]]
+        assert fb["hit"] is expect_hit[user]
+        assert fb["rank"] == (2 if expect_hit[user] else None)
+        assert fb["list_age_s"] == pytest.approx(600 - 120)
+    assert stats["online"]["events_with_list"] >= len(USERS)
+
+    dead = list(read_topic(settings, "deadletter", timeout_s=3))
+    assert len(dead) == len(BAD)
+    for record in dead:
+        assert record["value"].encode() in BAD
+        assert BAD[record["value"].encode()] in record["reason"]
+        assert record["topic"] == TopicNames.of(settings).events and record["offset"] >= 0
+
+    assert_states_hold_each_event_once(settings, redis_store, producer.sent)
+
+
+def assert_states_hold_each_event_once(settings, redis_store, sent):
+    codec = StateCodec(settings.engine_config())
+    ids = redis_store.item_ids()
+    per_user = defaultdict(list)
+    for doc, partition, offset in sent:
+        per_user[doc["user_id"]].append((doc, partition, offset))
+    for user, events in per_user.items():
+        state = codec.decode([redis_store.read_state(user)])[0]
+        assert state["n_events"] == len(events)
+        history = [ids[i] for i in state["hist_item"] if i >= 0]
+        assert history == [d["item_id"] for d, _, _ in events][-settings.history:]
+        assert (int(state["partition"]), int(state["offset"])) == events[-1][1:]
+
+
+def test_redelivery_is_applied_once(settings, redis_store, tmp_path):
+    """A second consumer group re-reads every event: states must not change, outputs carry on."""
+    ensure_topics(settings)
+    producer = Producer(settings)
+    for step in range(4):
+        for user in USERS[:4]:
+            producer.event(user, CATALOGUE[(step * 7 + len(user)) % 40], "view", 1_700_000_000.0 + step)
+    producer.close()
+
+    worker = start_worker(settings, tmp_path / "first.log")
+    try:
+        wait_ready(settings.web_port, worker)
+        wait_for(settings.web_port, len(producer.sent))
+    finally:
+        stop_worker(worker)
+    before = {u: redis_store.read_state(u) for u in USERS[:4]}
+    assert_states_hold_each_event_once(settings, redis_store, producer.sent)
+
+    replay_settings = type(settings).from_env(**{**settings.__dict__, "app_id": settings.app_id + "-again"})
+    worker = start_worker(replay_settings, tmp_path / "second.log")
+    try:
+        wait_ready(settings.web_port, worker)
+        stats = wait_for(settings.web_port, len(producer.sent))
+    finally:
+        stop_worker(worker)
+    assert stats["replayed"] == len(producer.sent)
+    assert stats["feedback"] == 0 and stats["recommendations"] == 0
+    assert {u: redis_store.read_state(u) for u in USERS[:4]} == before
