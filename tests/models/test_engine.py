@@ -1,0 +1,92 @@
+"""models/engine.py: replay fences, feedback, masking, catalogue growth and snapshot reload."""
+import numpy as np
+import pytest
+
+from models.config import EngineConfig
+from models.engine import Engine, SourcedEvent, occurrence
+from models.events import Event
+from models.params import init_params, to_bytes
+from models.store import MemoryStore
+
+CFG = EngineConfig(dim=8, history=4, scenes=("default", "search"), k=3, initial_capacity=8,
+                   buckets=(4, 16, 64), max_batch=16)
+
+
+def batch(rows, partition=0, start=0):
+    return [SourcedEvent(Event(u, i, t, ts, s), partition, start + n) for n, (u, i, t, ts, s) in enumerate(rows)]
+
+
+def run(engine, events):
+    result = engine.process(events)
+    engine.commit(result)
+    return result
+
+
+def test_feedback_compares_with_the_previous_list():
+    engine = Engine(CFG, MemoryStore())
+    first = run(engine, batch([("u", "a", "view", 1.0, "default"), ("u", "b", "view", 2.0, "default")]))
+    assert [f.list_age_s for f in first.feedback] == [None, None]
+    shown = first.recommendations[0].items
+    second = run(engine, batch([("u", shown[1], "click", 5.0, "search")], start=2))
+    fb = second.feedback[0]
+    assert (fb.hit, fb.rank, fb.list_age_s, fb.list_scene) == (True, 2, 3.0, "default")
+    assert second.recommendations[0].scene == "search"
+
+
+def test_replayed_events_are_skipped_and_state_is_unchanged():
+    store = MemoryStore()
+    engine = Engine(CFG, store)
+    events = batch([("u", "a", "view", 1.0, "default"), ("v", "b", "cart", 1.0, "default")])
+    run(engine, events)
+    before = dict(store.states)
+    again = Engine(CFG, store).process(events)   # a fresh worker after a crash gets the same batch
+    assert again.replayed == 2 and not again.recommendations and not again.feedback
+    assert store.states == before
+    mixed = Engine(CFG, store).process(events + batch([("u", "c", "view", 2.0, "default")], start=2))
+    assert mixed.replayed == 2 and len(mixed.feedback) == 1
+
+
+def test_masked_types_are_never_recommended_back():
+    cfg = EngineConfig(**{**CFG.__dict__, "mask_types": ("purchase",)})
+    engine = Engine(cfg, MemoryStore())
+    rows = [("u", f"i{j}", "view", float(j), "default") for j in range(6)] + [("u", "i5", "purchase", 9.0, "default")]
+    rec = run(engine, batch(rows)).recommendations[0]
+    assert "i5" not in rec.items and len(rec.items) == 3
+
+
+def test_catalogue_grows_past_capacity_without_restart():
+    engine = Engine(CFG, MemoryStore())
+    rows = [(f"u{j % 3}", f"item-{j}", "click", float(j), "default") for j in range(40)]
+    for start in range(0, 40, 10):
+        run(engine, batch(rows[start:start + 10], start=start))
+    assert engine.n_items == 40 and engine.params.item_emb.shape[0] == 64
+    seen = {i for r in run(engine, batch([("u0", "item-0", "view", 99.0, "default")], start=40)).recommendations
+            for i in r.items}
+    assert seen <= {f"item-{j}" for j in range(40)}
+
+
+def test_new_parameter_snapshot_is_picked_up():
+    store = MemoryStore()
+    engine = Engine(CFG, store)
+    run(engine, batch([("u", "a", "view", 1.0, "default")]))
+    params = init_params(CFG, 8)
+    params = params._replace(item_bias=params.item_bias.at[0].set(100.0))  # item "a" wins everything
+    version = store.publish_params(to_bytes(params, {"version": 1}))
+    rec = run(engine, batch([("w", "b", "view", 2.0, "default")], start=1)).recommendations[0]
+    assert engine.model_version == version == 1 and rec.model_version == 1 and rec.items[0] == "a"
+
+
+def test_unreadable_state_rejects_only_that_users_events():
+    store = MemoryStore()
+    store.states["broken"] = b"garbage"
+    result = Engine(CFG, store).process(batch([("broken", "a", "view", 1.0, "default"),
+                                               ("fine", "a", "view", 1.0, "default")]))
+    assert [r.event.event.user_id for r in result.rejected] == ["broken"]
+    assert "unreadable" in result.rejected[0].reason
+    assert [r.user_id for r in result.recommendations] == ["fine"]
+
+
+def test_occurrence_counts_earlier_equal_keys():
+    keys = np.random.default_rng(0).integers(0, 5, 200)
+    want = [int((keys[:i] == keys[i]).sum()) for i in range(len(keys))]
+    assert occurrence(keys).tolist() == want
