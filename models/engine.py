@@ -16,11 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import kernels
+from models import batching, kernels
+from models.batching import Examples
 from models.config import EngineConfig
 from models.events import TYPE_CODE, Event
 from models.params import Params, capacity_for, from_bytes, grow, init_params
-from models.state import NO_ITEM, StateCodec, StateLayoutError, append_history
+from models.state import NO_ITEM, StateCodec, StateLayoutError
 
 log = logging.getLogger(__name__)
 
@@ -75,22 +76,9 @@ class BatchResult:
     rejected: list[Rejected] = field(default_factory=list)
     replayed: int = 0
     kernel_s: float = 0.0
+    examples: Examples | None = None  # training examples (history before each applied event)
     _users: list[str] = field(default_factory=list)
     _values: list[bytes] = field(default_factory=list)
-
-
-def occurrence(keys: np.ndarray) -> np.ndarray:
-    """For each position, how many earlier positions hold the same key.
-
-    >>> occurrence(np.array([3, 1, 3, 3, 1])).tolist()
-    [0, 0, 1, 2, 1]
-    """
-    order = np.argsort(keys, kind="stable")
-    ranked = keys[order]
-    first = np.searchsorted(ranked, ranked, side="left")
-    out = np.empty(len(keys), np.int64)
-    out[order] = np.arange(len(keys)) - first
-    return out
 
 
 class Engine:
@@ -109,8 +97,10 @@ class Engine:
     ('u1', 2, True)
     """
 
-    def __init__(self, cfg: EngineConfig, store, params: Params | None = None, model_version: int = 0):
+    def __init__(self, cfg: EngineConfig, store, params: Params | None = None, model_version: int = 0,
+                 emit_examples: bool = False):
         self.cfg = cfg
+        self.emit_examples = emit_examples
         self.store = store
         self.codec = StateCodec(cfg)
         self.params = params if params is not None else init_params(cfg)
@@ -159,7 +149,7 @@ class Engine:
             return False
         capacity = capacity_for(max(params.item_emb.shape[0], self.n_items), self.cfg.initial_capacity)
         self.params = grow(params, capacity, self.cfg.seed)
-        self.model_version = int(meta.get("version", version))
+        self.model_version = version
         log.info("loaded parameter snapshot %s (%d item rows)", self.model_version, params.item_emb.shape[0])
         return True
 
@@ -257,38 +247,17 @@ class Engine:
         dense = dense_of[row]
         sub = states[active]
         B = len(active)
-
-        position = occurrence(dense)
-        counts = np.bincount(dense, minlength=B)
-        M = int(counts.max())
-        grid = {name: np.zeros((B, M), dtype) for name, dtype in
-                (("item", np.int32), ("type", np.int8), ("scene", np.int8), ("ts", np.float64))}
-        for name, values in (("item", item), ("type", etype), ("scene", scene), ("ts", ts)):
-            grid[name][dense, position] = values
-        append_history(sub, grid["item"], grid["type"], grid["scene"], grid["ts"], counts)
-
-        # The request each list answers: the user's newest event in the batch (time and scene).
-        last = np.zeros(B, np.int64)
-        last[dense] = np.arange(n_events)  # later events overwrite earlier ones
-        now, req_scene = ts[last], scene[last]
-
-        slot = dense * S + scene
-        slot_count = np.bincount(slot, minlength=B * S).reshape(B, S)
-        later = slot_count.reshape(-1)[slot] - occurrence(slot) - 1
+        prepared = batching.prepare(sub, dense, item, etype, scene, ts, S, with_examples=self.emit_examples)
+        result.examples = prepared.examples
 
         self._ensure_capacity()
         Bp, Ep = cfg.bucket(B), cfg.bucket(n_events)
-        fold = kernels.FoldInputs(
-            item=_pad(item, Ep, 0), type=_pad(etype.astype(np.int32), Ep, 0),
-            slot=_pad(slot.astype(np.int32), Ep, Bp * S), later=_pad(later.astype(np.int32), Ep, 0),
-            slot_count=_pad(slot_count.astype(np.int32), Bp, 0))
-        ranks = self._rank_inputs(sub, now, req_scene, Bp)
-        interest = _pad(sub["interest"].astype(np.float32), Bp, 0.0)
-        weight = _pad(sub["interest_weight"], Bp, 0.0)
-
+        ranks = batching.rank_inputs(sub, prepared.now, prepared.scene, self._mask_codes)
         started = time.perf_counter()
         interest, weight, top_items, top_scores = kernels.step(
-            self.params, interest, weight, fold, ranks, jnp.int32(self.n_items),
+            self.params, batching.pad(sub["interest"].astype(np.float32), Bp, 0.0),
+            batching.pad(sub["interest_weight"], Bp, 0.0), batching.pad_fold(prepared.fold, Bp, Ep, S),
+            batching.pad_ranks(ranks, Bp), jnp.int32(self.n_items),
             k=cfg.k, chunk=cfg.item_chunk, gamma=cfg.interest_decay)
         top_items, top_scores = np.asarray(top_items)[:B], np.asarray(top_scores)[:B]
         interest, weight = np.asarray(interest)[:B], np.asarray(weight)[:B]
@@ -297,9 +266,9 @@ class Engine:
         sub["interest"] = interest.astype(np.float16)
         sub["interest_weight"] = weight
         sub["last_list"] = top_items
-        sub["list_ts"] = now
-        sub["list_scene"] = req_scene
-        last_source = [applied[i][1] for i in last]
+        sub["list_ts"] = prepared.now
+        sub["list_scene"] = prepared.scene
+        last_source = [applied[i][1] for i in prepared.last]
         sub["partition"] = [s.partition for s in last_source]
         sub["offset"] = [s.offset for s in last_source]
 
@@ -308,21 +277,9 @@ class Engine:
         for b in range(B):
             shown = top_items[b][top_items[b] >= 0]
             result.recommendations.append(Recommendation(
-                user_id=users[b], scene=cfg.scenes[req_scene[b]], items=[self.item_id(i) for i in shown],
+                user_id=users[b], scene=cfg.scenes[prepared.scene[b]], items=[self.item_id(i) for i in shown],
                 scores=[round(float(x), 6) for x in top_scores[b][: len(shown)]],
-                model_version=self.model_version, event_ts=float(now[b])))
-
-    def _rank_inputs(self, states, now, scene, padded: int) -> kernels.RankInputs:
-        hist_item = states["hist_item"]
-        ages = np.where(hist_item >= 0, now[:, None] - states["hist_ts"], 0.0).astype(np.float32)
-        if len(self._mask_codes):
-            exclude = np.where(np.isin(states["hist_type"], self._mask_codes), hist_item, NO_ITEM)
-        else:
-            exclude = np.full((len(states), 1), NO_ITEM, np.int32)
-        return kernels.RankInputs(
-            hist_item=_pad(hist_item, padded, NO_ITEM), hist_type=_pad(states["hist_type"].astype(np.int32), padded, 0),
-            hist_age=_pad(ages, padded, 0.0), scene=_pad(scene.astype(np.int32), padded, 0),
-            exclude=_pad(exclude.astype(np.int32), padded, NO_ITEM))
+                model_version=self.model_version, event_ts=float(prepared.now[b])))
 
     def warmup(self) -> float:
         """Compile the kernel for every bucket a batch can use, so no request waits on XLA."""
@@ -339,19 +296,10 @@ class Engine:
                     item=np.zeros(Ep, np.int32), type=np.zeros(Ep, np.int32),
                     slot=np.full(Ep, Bp * cfg.n_scenes, np.int32), later=np.zeros(Ep, np.int32),
                     slot_count=np.zeros((Bp, cfg.n_scenes), np.int32))
-                ranks = self._rank_inputs(states, np.zeros(Bp), np.zeros(Bp, np.int8), Bp)
+                ranks = batching.rank_inputs(states, np.zeros(Bp), np.zeros(Bp, np.int8), self._mask_codes)
                 out = kernels.step(self.params, np.zeros((Bp, cfg.n_scenes, cfg.dim), np.float32),
                                    np.zeros((Bp, cfg.n_scenes), np.float32), fold, ranks, jnp.int32(0),
                                    k=cfg.k, chunk=cfg.item_chunk, gamma=cfg.interest_decay)
                 jax.block_until_ready(out)
         return time.perf_counter() - started
 
-
-def _pad(array: np.ndarray, size: int, fill) -> np.ndarray:
-    """Pad the leading axis to ``size`` rows with ``fill``."""
-    array = np.asarray(array)
-    if array.shape[0] == size:
-        return array
-    out = np.full((size,) + array.shape[1:], fill, array.dtype)
-    out[: array.shape[0]] = array
-    return out

@@ -5,6 +5,8 @@ some partitions of ``events``; add processes to the consumer group to scale out.
 """
 from __future__ import annotations
 
+import os
+
 import faust
 
 from streams.settings import Settings
@@ -17,6 +19,8 @@ app = faust.App(
     settings.app_id,
     broker=f"kafka://{settings.kafka_bootstrap}",
     store="memory://",
+    # Faust keeps a small data folder per app id; keep it out of the working directory.
+    datadir=os.path.join(os.environ.get("ATTNFLOW_STATE_DIR", ".attnflow"), "faust", "{conf.name}-data"),
     key_serializer="raw",
     value_serializer="raw",
     topic_partitions=settings.partitions,

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from models.config import EngineConfig
-from models.engine import Engine, SourcedEvent, occurrence
+from models.batching import occurrence
+from models.engine import Engine, SourcedEvent
 from models.events import Event
 from models.params import init_params, to_bytes
 from models.store import MemoryStore
