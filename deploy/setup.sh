@@ -19,7 +19,10 @@ fi
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null || PY=python3
 "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), f"attnflow pins jax 0.10.2, which needs Python 3.11; got {sys.version}"'
-[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then  # missing, or left half-made by an interrupted run
+  rm -rf .venv
+  "$PY" -m venv .venv
+fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[${ATTNFLOW_EXTRAS:-test,eval}]"
 .venv/bin/python -c "import jax, faust, kafka, redis, orjson; print('[setup] ok: jax', jax.__version__, '| faust', faust.__version__, '| kafka-python', kafka.__version__)"

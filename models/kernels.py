@@ -157,6 +157,9 @@ def step(params: Params, interest: jax.Array, weight: jax.Array, events: FoldInp
     return interest, weight, items, scores
 
 
+fold = jax.jit(fold_interests, static_argnames=("gamma",))
+
+
 @partial(jax.jit, static_argnames=("k", "chunk"))
 def rank(params: Params, interest: jax.Array, weight: jax.Array, ranks: RankInputs, n_items: jax.Array,
          *, k: int, chunk: int):

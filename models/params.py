@@ -57,7 +57,6 @@ def init_params(cfg: EngineConfig, capacity: int | None = None) -> Params:
     """
     capacity = capacity or cfg.initial_capacity
     d = cfg.dim
-    eye = jnp.eye(d, dtype=jnp.float32)
     return Params(
         item_emb=item_rows(cfg.seed, 0, capacity, d),
         item_bias=jnp.zeros((capacity,), jnp.float32),
@@ -65,7 +64,8 @@ def init_params(cfg: EngineConfig, capacity: int | None = None) -> Params:
         type_logit=jnp.log(jnp.array([DEFAULT_TYPE_WEIGHTS[t] for t in EVENT_TYPES], jnp.float32)),
         pos_emb=jnp.zeros((cfg.history, d), jnp.float32),
         scene_query=jnp.zeros((cfg.n_scenes, d), jnp.float32),
-        w_query=eye, w_key=eye, w_value=eye,
+        # distinct arrays, not one shared buffer: kernels may donate parameters
+        w_query=jnp.eye(d, dtype=jnp.float32), w_key=jnp.eye(d, dtype=jnp.float32), w_value=jnp.eye(d, dtype=jnp.float32),
         decay=jnp.asarray(-2.0, jnp.float32),      # softplus(-2) ~ 0.13 per log-hour
         transfer=jnp.asarray(0.0, jnp.float32),    # gate 0.5
     )

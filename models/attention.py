@@ -1,0 +1,138 @@
+"""The attention model as an offline recommender: the evaluator drives it, the kernels are the workers'.
+
+``AttentionRecommender`` keeps every user's attention state in one structured array (the same
+record the workers keep in Redis), ranks with ``kernels.rank`` and learns with the online
+``Trainer`` on the same training examples the workers emit. ``fit`` is the offline bootstrap:
+the same online pass repeated for a few epochs (states reset each epoch, parameters kept).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import jax.numpy as jnp
+import numpy as np
+
+from models import batching, kernels
+from models.config import EngineConfig
+from models.events import TYPE_CODE, EventLog
+from models.params import Params
+from models.state import StateCodec
+from models.training import TrainConfig, Trainer
+
+
+class AttentionRecommender:
+    """Attention over the user's history with scene transfer, learned online.
+
+    >>> log = EventLog.from_columns("toy", ["a", "a", "b", "b"] * 20, ["x", "y"] * 40, [1] * 80,
+    ...                             np.arange(80.0))
+    >>> model = AttentionRecommender(EngineConfig(dim=8, history=4, k=2, initial_capacity=16,
+    ...                              scenes=("default",)), TrainConfig(batch_size=8, replay_steps=0))
+    >>> model.learn(log.user[:2], log.item[:2], log.type[:2], log.scene[:2], log.ts[:2])
+    >>> model.recommend(np.array([0]), np.array([0]), np.array([5.0]), k=2).shape
+    (1, 2)
+    """
+
+    name = "attention"
+
+    def __init__(self, cfg: EngineConfig, train: TrainConfig = TrainConfig(), epochs: int = 1,
+                 batch: int = 256, params: Params | None = None, transfer: bool = True):
+        self.cfg = cfg
+        self.codec = StateCodec(cfg)
+        self.trainer = Trainer(cfg, train, params)
+        self.epochs = epochs
+        self.batch = batch
+        self.transfer = transfer
+        self.states = self.codec.decode([None] * 1024)
+        self.n_items = 0
+        self._mask_codes = np.array([TYPE_CODE[t] for t in cfg.mask_types], np.int8)
+
+    @property
+    def params(self) -> Params:
+        params = self.trainer.params
+        if not self.transfer:  # ablation: the same model with the scene-transfer term switched off
+            params = params._replace(transfer=jnp.asarray(-1e4, jnp.float32))
+        return params
+
+    def config(self) -> dict:
+        return {"engine": {k: v for k, v in self.cfg.__dict__.items() if k not in ("buckets",)},
+                "train": dict(self.trainer.train_cfg.__dict__), "epochs": self.epochs, "transfer": self.transfer}
+
+    def _ensure_users(self, users: np.ndarray) -> None:
+        need = int(users.max()) + 1 if len(users) else 0
+        if need > len(self.states):
+            size = len(self.states)
+            while size < need:
+                size *= 2
+            grown = self.codec.decode([None] * size)
+            grown[: len(self.states)] = self.states
+            self.states = grown
+
+    def recommend(self, users, scenes, ts, k, exclude=None) -> np.ndarray:
+        users = np.asarray(users, np.int64)
+        self._ensure_users(users)
+        states = self.states[users]
+        ranks = batching.rank_inputs(states, np.asarray(ts, np.float64), np.asarray(scenes), self._mask_codes,
+                                     exclude)
+        out = np.full((len(users), k), -1, np.int32)
+        if self.n_items == 0:
+            return out
+        self.trainer.ensure_capacity(self.n_items)
+        params = self.params
+        for start in range(0, len(users), self.cfg.buckets[-1]):
+            stop = min(start + self.cfg.buckets[-1], len(users))
+            B = stop - start
+            Bp = self.cfg.bucket(B)
+            sub = kernels.RankInputs(*(getattr(ranks, f)[start:stop] for f in kernels.RankInputs._fields))
+            # Exclusion lists vary in width; round up so the kernel sees few distinct shapes.
+            width = 1 << int(np.ceil(np.log2(max(sub.exclude.shape[1], 1))))
+            sub = sub._replace(exclude=np.pad(sub.exclude, ((0, 0), (0, width - sub.exclude.shape[1])),
+                                              constant_values=-1))
+            items, _ = kernels.rank(params, batching.pad(states["interest"][start:stop].astype(np.float32), Bp, 0.0),
+                                    batching.pad(states["interest_weight"][start:stop], Bp, 0.0),
+                                    batching.pad_ranks(sub, Bp), jnp.int32(self.n_items), k=k,
+                                    chunk=self.cfg.item_chunk)
+            out[start:stop] = np.asarray(items)[:B]
+        return out
+
+    def learn(self, users, items, types, scenes, ts) -> None:
+        """Train on the history before each event, then fold the events into the users' states."""
+        users = np.asarray(users, np.int64)
+        if len(users) == 0:
+            return
+        self._ensure_users(users)
+        items = np.asarray(items, np.int32)
+        self.n_items = max(self.n_items, int(items.max()) + 1)
+        active, dense = np.unique(users, return_inverse=True)
+        sub = self.states[active]
+        prepared = batching.prepare(sub, dense, items, np.asarray(types, np.int8), np.asarray(scenes, np.int8),
+                                    np.asarray(ts, np.float64), self.cfg.n_scenes, with_examples=True)
+        self.trainer.learn(prepared.examples, self.n_items)
+        self.trainer.ensure_capacity(self.n_items)
+        B, E, S = len(active), len(users), self.cfg.n_scenes
+        Bp, Ep = self.cfg.bucket(B), self.cfg.bucket(E)
+        interest, weight = kernels.fold(self.params, batching.pad(sub["interest"].astype(np.float32), Bp, 0.0),
+                                        batching.pad(sub["interest_weight"], Bp, 0.0),
+                                        batching.pad_fold(prepared.fold, Bp, Ep, S), gamma=self.cfg.interest_decay)
+        sub["interest"] = np.asarray(interest)[:B].astype(np.float16)
+        sub["interest_weight"] = np.asarray(weight)[:B]
+        self.states[active] = sub
+
+    def fit(self, log: EventLog) -> None:
+        """Offline bootstrap: ``epochs`` online passes over ``log`` (states rebuilt each pass)."""
+        bounds = np.unique(np.r_[np.arange(0, len(log), self.batch), len(log)])
+        for _ in range(self.epochs):
+            self.states = self.codec.decode([None] * max(len(self.states), log.n_users))
+            for start, stop in zip(bounds[:-1], bounds[1:]):
+                self.learn(log.user[start:stop], log.item[start:stop], log.type[start:stop], log.scene[start:stop],
+                           log.ts[start:stop])
+
+
+def for_log(log: EventLog, **overrides) -> AttentionRecommender:
+    """The model sized for a dataset's scenes (evaluation factory)."""
+    scenes = ("default",) + tuple(log.scene_names[1:])  # scene codes are positions; the first is the default
+    cfg = EngineConfig(scenes=scenes,
+                       initial_capacity=max(1024, 1 << int(np.ceil(np.log2(max(log.n_items, 1))))),
+                       buckets=(32, 128, 512, 2048), max_batch=2048)
+    train = TrainConfig(**{k: overrides.pop(k) for k in list(overrides) if k in TrainConfig.__dataclass_fields__})
+    cfg = replace(cfg, **{k: overrides.pop(k) for k in list(overrides) if k in EngineConfig.__dataclass_fields__})
+    return AttentionRecommender(cfg, train, **overrides)

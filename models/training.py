@@ -1,0 +1,240 @@
+"""Learning item embeddings and attention weights from the stream: loss, optax step, replay buffer.
+
+The trainer sees training examples (the user's history just before an event, the event's item as
+the target) and minimises a full-softmax next-item cross-entropy through the same
+``kernels.user_vectors`` the rank path uses, so what is learned is exactly what is served.
+Examples travel from rank workers to the single trainer as compact binary records
+(``examples_to_bytes``); the trainer publishes parameter snapshots that workers hot-reload.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from models import kernels
+from models.batching import Examples
+from models.config import EngineConfig
+from models.params import Params, capacity_for, grow, init_params
+
+
+class TrainBatch(NamedTuple):
+    hist_item: jax.Array   # [E, L]
+    hist_type: jax.Array   # [E, L]
+    hist_age: jax.Array    # [E, L]
+    interest: jax.Array    # [E, S, d]
+    weight: jax.Array      # [E, S]
+    scene: jax.Array       # [E]
+    target: jax.Array      # [E]
+    mask: jax.Array        # [E] 1 for real examples, 0 for padding
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and regularisation of the trainer (not part of the served model's shape)."""
+
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    history_dropout: float = 0.2   # drop history entries at random: cheap augmentation against overfitting
+    replay_steps: int = 1          # extra steps on replayed past examples per batch of new ones
+    buffer_size: int = 65536
+    seed: int = 0
+
+
+def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, dropout: float) -> jax.Array:
+    """Mean full-softmax next-item cross-entropy over the real examples of ``batch``."""
+    hist_item = batch.hist_item
+    if dropout > 0:
+        keep = jax.random.bernoulli(key, 1.0 - dropout, hist_item.shape)
+        hist_item = jnp.where(keep, hist_item, -1)
+    ranks = kernels.RankInputs(hist_item=hist_item, hist_type=batch.hist_type, hist_age=batch.hist_age,
+                               scene=batch.scene, exclude=jnp.full((hist_item.shape[0], 1), -1, jnp.int32))
+    user = kernels.user_vectors(params, jax.lax.stop_gradient(batch.interest), batch.weight, ranks)
+    logits = user @ params.item_emb.T + params.item_bias
+    logits = jnp.where(jnp.arange(logits.shape[1])[None, :] < n_items, logits, kernels.NEG_INF)
+    picked = jnp.take_along_axis(logits, batch.target[:, None], axis=1)[:, 0]
+    losses = jax.nn.logsumexp(logits, axis=1) - picked
+    return jnp.sum(losses * batch.mask) / jnp.maximum(jnp.sum(batch.mask), 1.0)
+
+
+@partial(jax.jit, static_argnames=("optimizer", "dropout"), donate_argnums=(0, 1))
+def train_step(params: Params, opt_state, batch: TrainBatch, n_items: jax.Array, key: jax.Array, *,
+               optimizer: optax.GradientTransformation, dropout: float):
+    """One optax step; returns ``(params, opt_state, loss)``."""
+    loss, grads = jax.value_and_grad(nll)(params, batch, n_items, key, dropout)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
+def _pad_items(tree, capacity: int, rows_fn):
+    """Pad the item rows of a Params-shaped tree (parameters or optimiser moments)."""
+    if isinstance(tree, Params):
+        have = tree.item_emb.shape[0]
+        if capacity <= have:
+            return tree
+        emb_rows, bias_rows = rows_fn(have, capacity, tree.item_emb.shape[1])
+        return tree._replace(item_emb=jnp.concatenate([tree.item_emb, emb_rows]),
+                             item_bias=jnp.concatenate([tree.item_bias, bias_rows]))
+    if isinstance(tree, tuple):
+        parts = [_pad_items(t, capacity, rows_fn) for t in tree]
+        return type(tree)(*parts) if hasattr(tree, "_fields") else tuple(parts)
+    return tree
+
+
+def _zeros(start, stop, dim):
+    return jnp.zeros((stop - start, dim), jnp.float32), jnp.zeros((stop - start,), jnp.float32)
+
+
+class Trainer:
+    """Online trainer: ``learn(examples, n_items)`` runs optax steps; ``params`` is what to publish.
+
+    >>> cfg = EngineConfig(dim=8, history=4, scenes=("default",), k=2, initial_capacity=16)
+    >>> trainer = Trainer(cfg, TrainConfig(batch_size=8, history_dropout=0.0, replay_steps=0))
+    >>> ex = toy_examples(cfg, n=64, n_items=10)
+    >>> first = trainer.learn(ex, n_items=10); later = [trainer.learn(ex, n_items=10) for _ in range(15)][-1]
+    >>> bool(later < first)
+    True
+    """
+
+    def __init__(self, cfg: EngineConfig, train: TrainConfig = TrainConfig(), params: Params | None = None):
+        self.cfg, self.train_cfg = cfg, train
+        self.params = params if params is not None else init_params(cfg)
+        self.optimizer = optax.adamw(train.learning_rate, weight_decay=train.weight_decay)
+        self.opt_state = self.optimizer.init(self.params)
+        self.key = jax.random.PRNGKey(train.seed)
+        self.rng = np.random.default_rng(train.seed)
+        self.steps = 0
+        self.last_loss = float("nan")
+        self.buffer: Examples | None = None
+        self._pending: list[Examples] = []
+        self._pending_n = 0
+        self._buffer_len = 0
+        self._buffer_pos = 0
+
+    def ensure_capacity(self, n_items: int) -> None:
+        capacity = capacity_for(n_items, self.cfg.initial_capacity)
+        if capacity > self.params.item_emb.shape[0]:
+            self.params = grow(self.params, capacity, self.cfg.seed)
+            self.opt_state = _pad_items(self.opt_state, capacity, _zeros)
+
+    def learn(self, examples: Examples, n_items: int) -> float:
+        """Queue ``examples``; every full batch of ``batch_size`` gets a step, plus ``replay_steps`` on
+        past examples. Returns the mean loss of the steps taken (the previous loss if none ran)."""
+        if len(examples) == 0:
+            return self.last_loss
+        self.ensure_capacity(max(n_items, int(examples.target.max()) + 1))
+        self._pending.append(examples)
+        self._pending_n += len(examples)
+        size = self.train_cfg.batch_size
+        if self._pending_n < size:
+            return self.last_loss
+        queued = _concat(self._pending)
+        full = len(queued) - len(queued) % size
+        self._pending = [_take(queued, np.arange(full, len(queued)))] if full < len(queued) else []
+        self._pending_n = len(queued) - full
+        losses = []
+        for start in range(0, full, size):
+            losses.append(self._step(_take(queued, np.arange(start, start + size)), n_items))
+            self._remember(_take(queued, np.arange(start, start + size)))
+            for _ in range(self.train_cfg.replay_steps):
+                losses.append(self._step(_take(self.buffer, self.rng.integers(0, self._buffer_len, size)), n_items))
+        self.last_loss = float(np.mean(losses))
+        return self.last_loss
+
+    def _step(self, examples: Examples, n_items: int) -> jax.Array:
+        self.key, sub = jax.random.split(self.key)
+        self.params, self.opt_state, loss = train_step(
+            self.params, self.opt_state, to_batch(examples, self.train_cfg.batch_size), jnp.int32(n_items), sub,
+            optimizer=self.optimizer, dropout=self.train_cfg.history_dropout)
+        self.steps += 1
+        return loss
+
+    def _remember(self, examples: Examples) -> None:
+        cap = self.train_cfg.buffer_size
+        if cap <= 0:
+            return
+        if self.buffer is None:  # allocated on first use, shaped like the examples
+            self.buffer = Examples(**{f: np.zeros((cap,) + getattr(examples, f).shape[1:], getattr(examples, f).dtype)
+                                      for f in Examples.__dataclass_fields__})
+        n = min(len(examples), cap)
+        where = (self._buffer_pos + np.arange(n)) % cap
+        for f in Examples.__dataclass_fields__:
+            getattr(self.buffer, f)[where] = getattr(examples, f)[-n:]
+        self._buffer_pos = (self._buffer_pos + n) % cap
+        self._buffer_len = min(self._buffer_len + n, cap)
+
+
+def _concat(parts: list[Examples]) -> Examples:
+    if len(parts) == 1:
+        return parts[0]
+    return Examples(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in Examples.__dataclass_fields__})
+
+
+def _take(examples: Examples, index: np.ndarray) -> Examples:
+    return Examples(**{f: getattr(examples, f)[index] for f in Examples.__dataclass_fields__})
+
+
+def to_batch(examples: Examples, size: int) -> TrainBatch:
+    """Pad examples to exactly ``size`` rows (mask 0 for padding) so the step compiles once."""
+    from models.batching import pad
+
+    n = len(examples)
+    return TrainBatch(
+        hist_item=pad(examples.hist_item.astype(np.int32), size, -1),
+        hist_type=pad(examples.hist_type.astype(np.int32), size, 0),
+        hist_age=pad(examples.hist_age.astype(np.float32), size, 0.0),
+        interest=pad(examples.interest.astype(np.float32), size, 0.0),
+        weight=pad(examples.weight.astype(np.float32), size, 0.0),
+        scene=pad(examples.scene.astype(np.int32), size, 0),
+        target=pad(examples.target.astype(np.int32), size, 0),
+        mask=pad(np.ones(n, np.float32), size, 0.0))
+
+
+# ---- the wire format of training examples (rank workers → train topic → trainer) -----------------
+
+def example_dtype(cfg: EngineConfig) -> np.dtype:
+    L, S, d = cfg.history, cfg.n_scenes, cfg.dim
+    return np.dtype([("hist_item", "<i4", (L,)), ("hist_type", "i1", (L,)), ("hist_age", "<f4", (L,)),
+                     ("interest", "<f2", (S, d)), ("weight", "<f4", (S,)), ("scene", "i1"), ("target", "<i4"),
+                     ("type", "i1")])
+
+
+def examples_to_bytes(examples: Examples, cfg: EngineConfig) -> bytes:
+    """Pack examples as one binary message (fixed-size records, layout fixed by ``cfg``).
+
+    >>> cfg = EngineConfig(dim=4, history=3, scenes=("default",), k=2)
+    >>> ex = toy_examples(cfg, n=5, n_items=7)
+    >>> back = examples_from_bytes(examples_to_bytes(ex, cfg), cfg)
+    >>> back.target.tolist() == ex.target.tolist(), back.hist_item.shape
+    (True, (5, 3))
+    """
+    records = np.zeros(len(examples), example_dtype(cfg))
+    for f in Examples.__dataclass_fields__:
+        records[f] = getattr(examples, f)
+    return records.tobytes()
+
+
+def examples_from_bytes(blob: bytes, cfg: EngineConfig) -> Examples:
+    dtype = example_dtype(cfg)
+    if len(blob) % dtype.itemsize:
+        raise ValueError(f"training message of {len(blob)} bytes is not a whole number of "
+                         f"{dtype.itemsize}-byte examples: produced with another history/dim/scenes?")
+    records = np.frombuffer(blob, dtype)
+    return Examples(**{f: records[f] for f in Examples.__dataclass_fields__})
+
+
+def toy_examples(cfg: EngineConfig, n: int, n_items: int, seed: int = 0) -> Examples:
+    """A learnable toy problem: the target is always the item after the newest history item."""
+    rng = np.random.default_rng(seed)
+    L, S, d = cfg.history, cfg.n_scenes, cfg.dim
+    hist = rng.integers(0, n_items, (n, L)).astype(np.int32)
+    return Examples(hist_item=hist, hist_type=np.zeros((n, L), np.int8), hist_age=np.zeros((n, L), np.float32),
+                    interest=np.zeros((n, S, d), np.float16), weight=np.zeros((n, S), np.float32),
+                    scene=np.zeros(n, np.int8), target=((hist[:, -1] + 1) % n_items).astype(np.int32),
+                    type=np.zeros(n, np.int8))
