@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 from models.engine import BatchResult, Engine, SourcedEvent
 from models.kernels import enable_compile_cache
+from models.params import from_bytes, to_bytes
+from models.training import Trainer, examples_from_bytes, examples_to_bytes
 from models.store import TRANSIENT_ERRORS, RedisStore
 from streams.codec import (BadEvent, decode_event, encode_deadletter, encode_event, encode_feedback,
                            encode_recommendation)
-from streams.metrics import PipelineMetrics
+from streams.metrics import PipelineMetrics, TrainerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +56,11 @@ class DeadLetter:
 class RankWorker:
     """Everything the rank agent does per micro-batch, without any ``async for`` in it."""
 
-    def __init__(self, settings, recommendations, feedback, deadletter, store=None):
+    def __init__(self, settings, recommendations, feedback, deadletter, train=None, store=None):
         self.settings = settings
         self.cfg = settings.engine_config()
         self.outputs = (recommendations, feedback, deadletter)
+        self.train_topic = train if settings.train_enabled else None
         self.store = store
         self.engine: Engine | None = None
         self.metrics = PipelineMetrics(k=self.cfg.k)
@@ -70,7 +73,7 @@ class RankWorker:
         loop = asyncio.get_running_loop()
         enable_compile_cache(self.settings.compile_cache_dir)
         self.store = self.store or RedisStore(self.settings.redis_url, self.settings.redis_prefix)
-        self.engine = Engine(self.cfg, self.store)
+        self.engine = Engine(self.cfg, self.store, emit_examples=self.train_topic is not None)
         seconds = await loop.run_in_executor(self.executor, self.engine.warmup)
         log.info("rank worker ready: kernels compiled in %.1fs (k=%d, history=%d, dim=%d, scenes=%s)",
                  seconds, self.cfg.k, self.cfg.history, self.cfg.dim, ",".join(self.cfg.scenes))
@@ -149,6 +152,10 @@ class RankWorker:
             pending.append(await feedback.send(key=fb.user_id.encode(), value=encode_feedback(fb), force=True))
             self.metrics.observe_feedback(fb.hit, fb.rank, fb.list_age_s is not None)
         pending += await self._send_deadletters([DeadLetter.of(r.event, r.reason, topic) for r in result.rejected])
+        if self.train_topic is not None and result.examples is not None and len(result.examples):
+            # one message per batch: examples are fixed-size binary records, not JSON
+            pending.append(await self.train_topic.send(
+                key=None, value=examples_to_bytes(result.examples, self.cfg), force=True))
         await asyncio.gather(*pending)
         self.metrics.recommendations += len(result.recommendations)
 
@@ -164,8 +171,81 @@ class RankWorker:
         return futures
 
 
-def register(app, settings, events_topic, recommendations_topic, feedback_topic, deadletter_topic) -> RankWorker:
-    worker = RankWorker(settings, recommendations_topic, feedback_topic, deadletter_topic)
+class TrainWorker:
+    """The single online trainer: learns from the train topic, publishes snapshots to the store.
+
+    Every worker runs the agent, but the train topic has one partition, so exactly one worker of the
+    group trains at a time; when the partition moves, the new owner resumes from the latest snapshot.
+    """
+
+    def __init__(self, settings, store=None):
+        self.settings = settings
+        self.cfg = settings.engine_config()
+        self.store = store
+        self.trainer: Trainer | None = None
+        self.metrics = TrainerMetrics()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnflow-train")
+        self._dirty = False
+        self._published_at = time.monotonic()
+
+    def _resume(self) -> None:
+        """Start from the newest snapshot in the store (an offline bootstrap or a previous trainer)."""
+        self.store = self.store or RedisStore(self.settings.redis_url, self.settings.redis_prefix)
+        version = self.store.params_version()
+        if self.trainer is not None and version <= self.metrics.published_version:
+            return
+        params = None
+        if version:
+            blob = self.store.load_params(version)
+            if blob is not None:
+                params = from_bytes(blob)[0]
+                log.info("trainer resumes from snapshot %d", version)
+        self.trainer = Trainer(self.cfg, self.settings.train_config(), params)
+        self.metrics.published_version = version
+
+    def learn(self, blobs: list[bytes]) -> None:
+        if self.trainer is None or self.store.params_version() > self.metrics.published_version:
+            self._resume()
+        n_items = self.store.n_items()
+        for blob in blobs:
+            examples = examples_from_bytes(blob, self.cfg)
+            self.trainer.learn(examples, n_items)
+            self.metrics.examples += len(examples)
+        self.metrics.steps = self.trainer.steps
+        self.metrics.loss = None if self.trainer.last_loss != self.trainer.last_loss else self.trainer.last_loss
+        self._dirty = True
+        if time.monotonic() - self._published_at >= self.settings.snapshot_interval_s:
+            self.publish()
+
+    def publish(self) -> None:
+        if not self._dirty or self.trainer is None:
+            return
+        meta = {"steps": self.trainer.steps, "examples": self.metrics.examples, "loss": self.metrics.loss,
+                "n_items": self.store.n_items(), "created_ts": time.time()}
+        version = self.store.publish_params(to_bytes(self.trainer.params, meta))
+        self.metrics.published_version, self.metrics.published_ts = version, time.time()
+        self._published_at = time.monotonic()
+        self._dirty = False
+        log.info("published parameter snapshot %d (%d steps, loss %s)", version, self.trainer.steps, self.metrics.loss)
+
+    async def handle(self, events) -> None:
+        loop = asyncio.get_running_loop()
+        good = []
+        for event in events:
+            good.append(event.value)
+        try:
+            await loop.run_in_executor(self.executor, self.learn, good)
+        except ValueError as exc:  # a message from a worker with another layout: skip it, loudly
+            log.error("training messages skipped: %s", exc)
+
+    async def tick(self) -> None:
+        if self._dirty and time.monotonic() - self._published_at >= self.settings.snapshot_interval_s:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.publish)
+
+
+def register(app, settings, events_topic, recommendations_topic, feedback_topic, deadletter_topic, train_topic):
+    worker = RankWorker(settings, recommendations_topic, feedback_topic, deadletter_topic, train_topic)
+    trainer = TrainWorker(settings)
 
     @app.agent(events_topic, concurrency=1, name="rank")
     async def rank(stream):
@@ -174,4 +254,15 @@ def register(app, settings, events_topic, recommendations_topic, feedback_topic,
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             await worker.handle(events)
 
-    return worker
+    if settings.train_enabled:
+        @app.agent(train_topic, concurrency=1, name="train")
+        async def train(stream):
+            """Train agent: training examples → optax steps → parameter snapshots in Redis."""
+            async for events in stream.take_events(16, within=1.0):
+                await trainer.handle(events)
+
+        @app.timer(interval=max(1.0, settings.snapshot_interval_s / 4))
+        async def publish_snapshot():
+            await trainer.tick()
+
+    return worker, trainer

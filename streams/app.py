@@ -14,13 +14,15 @@ from streams.topics import TopicNames
 
 settings = Settings.from_env()
 names = TopicNames.of(settings)
+faust_dir = os.path.join(os.environ.get("ATTNFLOW_STATE_DIR", ".attnflow"), "faust")
+os.makedirs(faust_dir, exist_ok=True)
 
 app = faust.App(
     settings.app_id,
     broker=f"kafka://{settings.kafka_bootstrap}",
     store="memory://",
     # Faust keeps a small data folder per app id; keep it out of the working directory.
-    datadir=os.path.join(os.environ.get("ATTNFLOW_STATE_DIR", ".attnflow"), "faust", "{conf.name}-data"),
+    datadir=os.path.join(faust_dir, "{conf.name}-data"),
     key_serializer="raw",
     value_serializer="raw",
     topic_partitions=settings.partitions,
@@ -45,8 +47,10 @@ recommendations_topic = app.topic(names.recommendations, key_type=bytes, value_t
                                   partitions=settings.partitions)
 feedback_topic = app.topic(names.feedback, key_type=bytes, value_type=bytes, partitions=settings.partitions)
 deadletter_topic = app.topic(names.deadletter, key_type=bytes, value_type=bytes, partitions=1)
+train_topic = app.topic(names.train, key_type=bytes, value_type=bytes, partitions=1)
 
 from streams import agents, views  # noqa: E402  (after ``app`` exists: they register on it)
 
-rank_worker = agents.register(app, settings, events_topic, recommendations_topic, feedback_topic, deadletter_topic)
-views.register(app, rank_worker)
+rank_worker, train_worker = agents.register(app, settings, events_topic, recommendations_topic, feedback_topic,
+                                            deadletter_topic, train_topic)
+views.register(app, rank_worker, train_worker)

@@ -118,3 +118,30 @@ class PipelineMetrics:
                 metric(name, s[name][q], labels=f'{{quantile="{q[1:]}"}}',
                        help_="" if q != "p50" else f"{name.replace('_', ' ')} over the last observations")
         return "\n".join(lines) + "\n"
+
+
+@dataclass
+class TrainerMetrics:
+    """The online trainer's progress (only the worker that owns the train partition has any)."""
+
+    examples: int = 0
+    steps: int = 0
+    loss: float | None = None
+    published_version: int = 0
+    published_ts: float | None = None
+
+    def snapshot(self) -> dict:
+        return dict(self.__dict__)
+
+    def prometheus(self) -> str:
+        lines = ["# HELP attnflow_train_examples_total training examples learned by this worker",
+                 "# TYPE attnflow_train_examples_total counter", f"attnflow_train_examples_total {self.examples}",
+                 "# HELP attnflow_train_steps_total optimiser steps taken by this worker",
+                 "# TYPE attnflow_train_steps_total counter", f"attnflow_train_steps_total {self.steps}",
+                 "# HELP attnflow_published_model_version last parameter snapshot this worker published",
+                 "# TYPE attnflow_published_model_version gauge",
+                 f"attnflow_published_model_version {self.published_version}"]
+        if self.loss is not None:
+            lines += ["# HELP attnflow_train_loss mean next-item cross-entropy of recent steps",
+                      "# TYPE attnflow_train_loss gauge", f"attnflow_train_loss {self.loss}"]
+        return "\n".join(lines) + "\n"

@@ -51,6 +51,12 @@ class Settings:
     item_chunk: int = 16384
     initial_capacity: int = 16384
     seed: int = 0
+    # Online training: examples go to the train topic, one trainer learns, snapshots go to Redis
+    train_enabled: bool = True
+    train_batch_size: int = 256
+    train_learning_rate: float = 3e-3
+    train_replay_steps: int = 1
+    snapshot_interval_s: float = 20.0
     # Worker process
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -95,6 +101,12 @@ class Settings:
                             interest_decay=self.interest_decay, mask_types=self.mask_types,
                             item_chunk=self.item_chunk, initial_capacity=self.initial_capacity,
                             max_batch=self.batch_size, seed=self.seed)
+
+    def train_config(self):
+        from models.training import TrainConfig
+
+        return TrainConfig(learning_rate=self.train_learning_rate, batch_size=self.train_batch_size,
+                           replay_steps=self.train_replay_steps, seed=self.seed)
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process (workers, tests)."""

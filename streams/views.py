@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 
-def register(app, worker) -> None:
+def register(app, worker, trainer) -> None:
     @app.page("/metrics")
     async def metrics(web, request):
-        return web.text(worker.metrics.prometheus(), content_type="text/plain; version=0.0.4")
+        return web.text(worker.metrics.prometheus() + trainer.metrics.prometheus(),
+                        content_type="text/plain; version=0.0.4")
 
     @app.page("/stats")
     async def stats(web, request):
-        return web.json(worker.metrics.snapshot())
+        return web.json({**worker.metrics.snapshot(), "trainer": trainer.metrics.snapshot()})
 
     @app.page("/ready")
     async def ready(web, request):
