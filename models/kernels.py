@@ -63,11 +63,13 @@ def fold_interests(params: Params, interest: jax.Array, weight: jax.Array, event
     return new_interest, new_weight
 
 
-def user_vectors(params: Params, interest: jax.Array, weight: jax.Array, ranks: RankInputs) -> jax.Array:
-    """The query vector of each user: attention over the history plus scene interest transfer.
+def user_vectors(params: Params, interest: jax.Array, weight: jax.Array,
+                 ranks: RankInputs) -> tuple[jax.Array, jax.Array]:
+    """The query vector of each user and the attention weights over their history.
 
     logits_j = q.k_j / sqrt(d) + log w(type_j) - decay * log1p(age_j / 1h); q is the newest item
     plus the target scene's query; the scene term attends over the user's scene interests.
+    The attention weights also drive the repeat score (see :func:`copy_scores`).
     """
     d = params.item_emb.shape[1]
     scale = 1.0 / jnp.sqrt(jnp.float32(d))
@@ -91,7 +93,21 @@ def user_vectors(params: Params, interest: jax.Array, weight: jax.Array, ranks: 
     scene_logits = jnp.where(has_scene, jnp.einsum("bd,bsd->bs", q, interest) * scale, NEG_INF)
     beta = jax.nn.softmax(scene_logits, axis=-1) * has_scene
     transfer = jnp.einsum("bs,bsd->bd", beta, interest)
-    return newest + pooled + jax.nn.sigmoid(params.transfer) * transfer
+    return newest + pooled + jax.nn.sigmoid(params.transfer) * transfer, attn
+
+
+def copy_scores(scores: jax.Array, start: int | jax.Array, hist_item: jax.Array, attn: jax.Array,
+                params: Params) -> jax.Array:
+    """Add the repeat score: each history item gets ``softplus(copy) * (its attention weight)``.
+
+    A pointer over the history, so "buy again / click again" is scored directly instead of through
+    embedding similarity; items seen several times accumulate their weights.
+    """
+    B, C = scores.shape
+    local = hist_item - start
+    local = jnp.where((hist_item >= 0) & (local >= 0) & (local < C), local, C)
+    rows = jnp.broadcast_to(jnp.arange(B)[:, None], local.shape)
+    return scores.at[rows, local].add(jax.nn.softplus(params.copy) * attn, mode="drop")
 
 
 def _mask_scores(scores, start, n_items, exclude):
@@ -105,16 +121,17 @@ def _mask_scores(scores, start, n_items, exclude):
     return scores.at[rows, local].set(NEG_INF, mode="drop")
 
 
-def top_k_items(user: jax.Array, params: Params, n_items: jax.Array, exclude: jax.Array, k: int,
-                chunk: int) -> tuple[jax.Array, jax.Array]:
-    """Exact top-``k`` of ``user . e_i + b_i`` over the catalogue, ``chunk`` items at a time.
+def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: Params, n_items: jax.Array,
+                exclude: jax.Array, k: int, chunk: int) -> tuple[jax.Array, jax.Array]:
+    """Exact top-``k`` of ``user . e_i + b_i`` (+ repeat score) over the catalogue, ``chunk`` items at a time.
 
     With a catalogue no larger than ``chunk`` this is one matmul; above it a scan keeps a running
     top-k so the full ``B x N`` score matrix never exists.
     """
     C, d = params.item_emb.shape
     if C <= chunk:
-        scores = _mask_scores(user @ params.item_emb.T + params.item_bias, 0, n_items, exclude)
+        scores = copy_scores(user @ params.item_emb.T + params.item_bias, 0, hist_item, attn, params)
+        scores = _mask_scores(scores, 0, n_items, exclude)
         return _topk(scores, k, 0)
     n_chunks = C // chunk
     emb = params.item_emb.reshape(n_chunks, chunk, d)
@@ -123,7 +140,8 @@ def top_k_items(user: jax.Array, params: Params, n_items: jax.Array, exclude: ja
     def step(best, xs):
         best_scores, best_items = best
         emb_c, bias_c, start = xs
-        scores = _mask_scores(user @ emb_c.T + bias_c, start, n_items, exclude)
+        scores = copy_scores(user @ emb_c.T + bias_c, start, hist_item, attn, params)
+        scores = _mask_scores(scores, start, n_items, exclude)
         i, s = _topk(scores, k, start)
         merged_scores = jnp.concatenate([best_scores, s], axis=1)
         merged_items = jnp.concatenate([best_items, i], axis=1)
@@ -152,8 +170,8 @@ def step(params: Params, interest: jax.Array, weight: jax.Array, events: FoldInp
     than ``k`` may be shown.
     """
     interest, weight = fold_interests(params, interest, weight, events, gamma)
-    user = user_vectors(params, interest, weight, ranks)
-    items, scores = top_k_items(user, params, n_items, ranks.exclude, k, chunk)
+    user, attn = user_vectors(params, interest, weight, ranks)
+    items, scores = top_k_items(user, attn, ranks.hist_item, params, n_items, ranks.exclude, k, chunk)
     return interest, weight, items, scores
 
 
@@ -164,5 +182,5 @@ fold = jax.jit(fold_interests, static_argnames=("gamma",))
 def rank(params: Params, interest: jax.Array, weight: jax.Array, ranks: RankInputs, n_items: jax.Array,
          *, k: int, chunk: int):
     """Rank without folding (evaluation asks for a list before it applies the event)."""
-    user = user_vectors(params, interest, weight, ranks)
-    return top_k_items(user, params, n_items, ranks.exclude, k, chunk)
+    user, attn = user_vectors(params, interest, weight, ranks)
+    return top_k_items(user, attn, ranks.hist_item, params, n_items, ranks.exclude, k, chunk)

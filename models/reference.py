@@ -34,7 +34,8 @@ def fold_interests(params: Params, interest, weight, events, gamma):
 
 
 def user_vector(params: Params, interest, weight, hist_item, hist_type, hist_age, scene):
-    """The attention query vector for one user (see ``models.kernels.user_vectors``)."""
+    """The attention query vector for one user and its attention weights over the history
+    (see ``models.kernels.user_vectors``)."""
     p = _np(params)
     d = p["item_emb"].shape[1]
     L = len(hist_item)
@@ -42,19 +43,22 @@ def user_vector(params: Params, interest, weight, hist_item, hist_type, hist_age
     if hist_item[-1] >= 0:
         newest = p["item_emb"][hist_item[-1]] + p["type_emb"][hist_type[-1]]
     q = (newest + p["scene_query"][scene]) @ p["w_query"]
-    logits, values = [], []
+    logits, values, slots = [], [], []
     for j in range(L):
         if hist_item[j] < 0:
             continue
+        slots.append(j)
         h = p["item_emb"][hist_item[j]] + p["type_emb"][hist_type[j]]
         key = (h + p["pos_emb"][j]) @ p["w_key"]
         logits.append(q @ key / np.sqrt(d) + p["type_logit"][hist_type[j]]
                       - _softplus(p["decay"]) * np.log1p(max(hist_age[j], 0.0) / 3600.0))
         values.append(h @ p["w_value"])
     pooled = np.zeros(d)
+    attn = np.zeros(L)
     if logits:
         a = np.exp(np.array(logits) - max(logits))
-        pooled = (a / a.sum()) @ np.array(values)
+        attn[slots] = a / a.sum()
+        pooled = attn[slots] @ np.array(values)
     transfer = np.zeros(d)
     scenes = [s for s in range(len(weight)) if weight[s] > 0]
     if scenes:
@@ -62,13 +66,19 @@ def user_vector(params: Params, interest, weight, hist_item, hist_type, hist_age
         beta = np.exp(r - r.max())
         transfer = (beta / beta.sum()) @ interest[scenes]
     gate = 1.0 / (1.0 + np.exp(-p["transfer"]))
-    return newest + pooled + gate * transfer
+    return newest + pooled + gate * transfer, attn
 
 
-def top_k(params: Params, user, n_items, exclude, k):
-    """Exact top-k over the first ``n_items`` items, excluded ones skipped; ties by lower index."""
+def top_k(params: Params, user, n_items, exclude, k, hist_item=(), attn=()):
+    """Exact top-k over the first ``n_items`` items, excluded ones skipped; ties by lower index.
+
+    History items get the repeat score ``softplus(copy) * attention weight`` on top.
+    """
     p = _np(params)
     scores = p["item_emb"][:n_items] @ user + p["item_bias"][:n_items]
+    for item, weight in zip(hist_item, attn):
+        if 0 <= item < n_items:
+            scores[item] += _softplus(p["copy"]) * weight
     scores[[e for e in exclude if 0 <= e < n_items]] = -np.inf
     order = sorted(range(n_items), key=lambda i: (-scores[i], i))[:k]
     order = [i for i in order if np.isfinite(scores[i])]

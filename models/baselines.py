@@ -1,0 +1,325 @@
+"""Baseline recommenders behind the one interface the evaluator drives (the attention model implements it too).
+
+Online and in-process: numpy state grown by capacity doubling, no I/O. Items and users are the dense
+indices of an :class:`~models.events.EventLog`; the catalogue grows as ``learn`` sees new items, and a
+model only ever recommends items it has learned.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict, deque
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+PAD = -1
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    """What the evaluator drives. Batches hold numpy arrays of equal length B.
+
+    ``recommend`` returns int32 [B, k] dense item indices, best first, padded with -1 when fewer than k
+    items are eligible; ``exclude[b]`` lists items that must not appear in row b (top-k among the rest).
+    ``learn`` consumes one micro-batch of events in time order. Optional: ``fit(log)`` for an offline
+    bootstrap (leave-one-out calls it on the train part instead of replaying it through ``learn``).
+    """
+
+    name: str
+
+    def recommend(self, users: np.ndarray, scenes: np.ndarray, ts: np.ndarray, k: int,
+                  exclude: list[np.ndarray] | None = None) -> np.ndarray: ...
+
+    def learn(self, users, items, types, scenes, ts) -> None: ...
+
+
+def grow(array: np.ndarray, size: int, fill=0) -> np.ndarray:
+    """``array`` with first axis at least ``size``, doubling capacity; new slots hold ``fill``.
+
+    >>> grow(np.zeros(20), 21).shape, grow(np.zeros(20), 5).shape
+    ((40,), (20,))
+    """
+    capacity = array.shape[0]
+    if size <= capacity:
+        return array
+    new_capacity = max(size, 2 * capacity, 16)
+    out = np.full((new_capacity,) + array.shape[1:], fill, dtype=array.dtype)
+    out[:capacity] = array
+    return out
+
+
+def top_k(scores: np.ndarray, k: int, exclude: list[np.ndarray] | None = None) -> np.ndarray:
+    """Row-wise top-``k`` item indices of ``scores`` [B, N] (or [N], shared by every row), best first.
+
+    Entries at ``-inf`` are never returned (use it for unseen items); ``exclude[b]`` is removed from row b
+    before selection; rows with fewer than k eligible items are padded with -1. Ties go to the lower index.
+
+    >>> top_k(np.array([[0.1, 0.9, 0.5, -np.inf]]), 3).tolist()
+    [[1, 2, 0]]
+    >>> top_k(np.array([0.1, 0.9, 0.5, -np.inf]), 3, exclude=[np.array([1]), np.array([], int)]).tolist()
+    [[2, 0, -1], [1, 2, 0]]
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim == 1:
+        scores = scores[None, :]
+        if exclude is not None:
+            scores = np.repeat(scores, len(exclude), axis=0)
+    n_rows, n_items = scores.shape
+    cost = -scores  # ascending cost = descending score; +inf marks ineligible entries
+    if exclude is not None:
+        for row, items in enumerate(exclude):
+            if len(items):
+                items = np.asarray(items, np.int64)
+                cost[row, items[(items >= 0) & (items < n_items)]] = np.inf
+    out = np.full((n_rows, k), PAD, np.int32)
+    take = min(k, n_items)
+    if take == 0:
+        return out
+    rows = np.arange(n_rows)[:, None]
+    if take < n_items:
+        candidates = np.argpartition(cost, take - 1, axis=1)[:, :take]
+        picked = cost[rows, candidates]
+        # argpartition splits a tie at the boundary arbitrarily; rows with a finite tie there are re-ranked
+        # over all their items so that ties deterministically go to the lower index.
+        kth = picked.max(axis=1)
+        finite = np.flatnonzero(kth < np.inf)
+        if finite.size:
+            split = (cost[finite] == kth[finite, None]).sum(1) > (picked[finite] == kth[finite, None]).sum(1)
+            for row in finite[split]:
+                candidates[row] = np.lexsort((np.arange(n_items), cost[row]))[:take]
+                picked[row] = cost[row, candidates[row]]
+    else:
+        candidates = np.broadcast_to(np.arange(n_items), (n_rows, n_items))
+        picked = cost
+    order = np.lexsort((candidates, picked), axis=1)
+    best = candidates[rows, order]
+    out[:, :take] = np.where(picked[rows, order] == np.inf, PAD, best)
+    return out
+
+
+class DecayedPopularity:
+    """Most popular items under exponentially decayed (optionally type-weighted) counts; same list for everyone.
+
+    Counts are stored scaled by ``2 ** ((t - t_ref) / half_life_s)`` so a learn step touches only the new
+    events; the reference time is moved forward before the scale can overflow.
+
+    >>> model = DecayedPopularity(half_life_s=10.0)
+    >>> model.learn(np.array([0, 1, 2]), np.array([5, 5, 3]), np.zeros(3, int), np.zeros(3, int), np.array([0.0, 0.0, 0.0]))
+    >>> model.learn(np.array([0]), np.array([2]), np.zeros(1, int), np.zeros(1, int), np.array([30.0]))
+    >>> model.recommend(np.array([9]), np.zeros(1, int), np.array([30.0]), k=4).tolist()
+    [[2, 5, 3, -1]]
+    """
+
+    def __init__(self, half_life_s: float = 86400.0, type_weights=None, name: str = "popularity"):
+        self.name = name
+        self.half_life_s = float(half_life_s)
+        self.type_weights = None if type_weights is None else np.asarray(type_weights, np.float64)
+        self.scores = np.zeros(0, np.float64)
+        self.seen = np.zeros(0, bool)
+        self.size = 0  # 1 + the largest item index learned
+        self.t_ref: float | None = None
+
+    def learn(self, users, items, types, scenes, ts) -> None:
+        items = np.asarray(items, np.int64)
+        if items.size == 0:
+            return
+        ts = np.asarray(ts, np.float64)
+        self.size = max(self.size, int(items.max()) + 1)
+        self.scores = grow(self.scores, self.size)
+        self.seen = grow(self.seen, self.size, False)
+        if self.t_ref is None:
+            self.t_ref = float(ts[0])
+        exponent = (ts - self.t_ref) / self.half_life_s
+        if exponent.max() > 600.0:  # rebase long before 2**1023 overflows
+            shift = float(exponent.max())
+            self.scores *= 2.0 ** (-shift)
+            self.t_ref += shift * self.half_life_s
+            exponent -= shift
+        weight = np.exp2(exponent)
+        if self.type_weights is not None:
+            weight = weight * self.type_weights[np.asarray(types, np.int64)]
+        np.add.at(self.scores, items, weight)
+        self.seen[items] = True
+
+    def recommend(self, users, scenes, ts, k, exclude=None) -> np.ndarray:
+        n_rows = len(users)
+        scores = self.item_scores()
+        if exclude is None:
+            return np.repeat(top_k(scores, k), n_rows, axis=0)
+        return top_k(scores, k, exclude)
+
+    def item_scores(self) -> np.ndarray:
+        """Current decayed popularity of every item index; ``-inf`` for items never learned."""
+        return np.where(self.seen[:self.size], self.scores[:self.size], -np.inf)
+
+
+class TransitionKNN:
+    """Item-to-item transitions from each user's recent items, scored by recency; filled with popularity.
+
+    Learning event (u, i) adds ``1 / d`` to ``T[j][i]`` for the item j that u touched d steps earlier
+    (d = 1..window). A user's score for item i is ``sum_d decay**(d-1) * T[j_d][i] / |T[j_d]|`` over
+    the user's last ``window`` items; remaining slots are filled by :class:`DecayedPopularity`.
+
+    >>> model = TransitionKNN(window=2)
+    >>> z = np.zeros(4, int)
+    >>> model.learn(np.array([0, 1, 2, 0]), np.array([10, 10, 10, 11]), z, z, np.arange(4.0))
+    >>> model.learn(np.array([1]), np.array([11]), z[:1], z[:1], np.array([5.0]))
+    >>> model.learn(np.array([2]), np.array([10]), z[:1], z[:1], np.array([6.0]))  # user 2 now last touched 10
+    >>> model.recommend(np.array([2]), z[:1], np.array([7.0]), k=2).tolist()
+    [[11, 10]]
+    """
+
+    def __init__(self, window: int = 3, decay: float = 0.6, half_life_s: float = 86400.0,
+                 self_transitions: bool = True, name: str = "transition_knn"):
+        self.name = name
+        self.window = window
+        self.decay = decay
+        self.self_transitions = self_transitions
+        self.transitions: dict[int, Counter] = defaultdict(Counter)
+        self.row_totals: Counter = Counter()
+        self.recent: dict[int, deque] = {}
+        self.popularity = DecayedPopularity(half_life_s, name="popularity")
+
+    def learn(self, users, items, types, scenes, ts) -> None:
+        window, transitions, row_totals = self.window, self.transitions, self.row_totals
+        for user, item in zip(np.asarray(users).tolist(), np.asarray(items).tolist()):
+            history = self.recent.get(user)
+            if history is None:
+                history = self.recent[user] = deque(maxlen=window)
+            for distance, previous in enumerate(reversed(history), start=1):
+                if previous == item and not self.self_transitions:
+                    continue
+                weight = 1.0 / distance
+                transitions[previous][item] += weight
+                row_totals[previous] += weight
+            history.append(item)
+        self.popularity.learn(users, items, types, scenes, ts)
+
+    def recommend(self, users, scenes, ts, k, exclude=None) -> np.ndarray:
+        popularity = self.popularity.item_scores()
+        n_seen = int(np.isfinite(popularity).sum())
+        longest_exclude = max((len(e) for e in exclude), default=0) if exclude is not None else 0
+        # Enough popular items to fill any row after dropping its neighbours and its excluded items.
+        popular = top_k(popularity, min(n_seen, 2 * k + longest_exclude))[0]
+        popular = popular[popular >= 0].tolist()
+        out = np.full((len(users), k), PAD, np.int32)
+        for row, user in enumerate(np.asarray(users).tolist()):
+            banned = set() if exclude is None else set(np.asarray(exclude[row]).tolist())
+            chosen = self._neighbours(user, k, banned, popularity)
+            taken = set(chosen)
+            for item in popular:
+                if len(chosen) >= k:
+                    break
+                if item not in taken and item not in banned:
+                    chosen.append(item)
+            out[row, :len(chosen)] = chosen
+        return out
+
+    def _neighbours(self, user: int, k: int, banned: set, popularity: np.ndarray) -> list[int]:
+        history = self.recent.get(user)
+        if not history:
+            return []
+        keys, weights = [], []
+        for distance, previous in enumerate(reversed(history)):
+            row = self.transitions.get(previous)
+            if not row:
+                continue
+            # Rows reach thousands of entries; summing them through numpy beats a Python loop.
+            keys.append(np.fromiter(row.keys(), np.int64, len(row)))
+            weights.append(np.fromiter(row.values(), np.float64, len(row))
+                           * (self.decay ** distance / self.row_totals[previous]))
+        if not keys:
+            return []
+        keys, weights = np.concatenate(keys), np.concatenate(weights)
+        if banned:
+            keep = ~np.isin(keys, np.fromiter(banned, np.int64, len(banned)))
+            keys, weights = keys[keep], weights[keep]
+        if keys.size == 0:
+            return []
+        candidates, slots = np.unique(keys, return_inverse=True)
+        values = np.bincount(slots, weights, minlength=candidates.size)
+        # Ties between neighbours go to the more popular item.
+        tie_break = np.nan_to_num(popularity[candidates], neginf=0.0)
+        tie_break = tie_break / (tie_break.max() + 1.0) * 1e-9
+        best = top_k(values + tie_break, min(k, values.size))[0]
+        return candidates[best].tolist()
+
+
+class RiverMF:
+    """river's online biased matrix factorisation (``river.reco.BiasedMF``) on implicit feedback.
+
+    Each event is a positive (y=1) followed by ``n_negatives`` items sampled uniformly from the items seen
+    so far (y=0), trained with logistic loss. Ranking reads the learned item latents and biases out of
+    river into numpy mirrors (synced for the items a learn step touched) and scores the whole catalogue
+    with one matrix product; an unknown user gets item biases only.
+
+    >>> model = RiverMF(n_factors=4, n_negatives=2, seed=0)
+    >>> z = np.zeros(6, int)
+    >>> for _ in range(30):
+    ...     model.learn(np.array([0, 1, 2, 0, 1, 2]), np.array([0, 0, 0, 1, 2, 3]), z, z, z.astype(float))
+    >>> int(model.recommend(np.array([5]), z[:1], z[:1].astype(float), k=1)[0, 0])  # most popular: item 0
+    0
+    """
+
+    def __init__(self, n_factors: int = 32, n_negatives: int = 4, lr: float = 0.05, l2: float = 1e-4,
+                 seed: int = 0, name: str = "river_mf"):
+        from river import optim, reco
+
+        self.name = name
+        self.n_negatives = n_negatives
+        self.mf = reco.BiasedMF(
+            n_factors=n_factors,
+            bias_optimizer=optim.SGD(lr),
+            latent_optimizer=optim.SGD(lr),
+            loss=optim.losses.Log(),
+            l2_bias=l2,
+            l2_latent=l2,
+            latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=seed),
+            seed=seed,
+        )
+        self.rng = np.random.default_rng(seed)
+        self.item_factors = np.zeros((0, n_factors), np.float64)
+        self.item_bias = np.zeros(0, np.float64)  # -inf for items never learned: they are never ranked
+        self.seen = np.zeros(0, bool)
+        self.seen_items: list[int] = []
+        self.size = 0  # 1 + the largest item index learned
+
+    def learn(self, users, items, types, scenes, ts) -> None:
+        users = np.asarray(users).tolist()
+        items = np.asarray(items, np.int64)
+        if items.size == 0:
+            return
+        self.size = max(self.size, int(items.max()) + 1)
+        self.item_factors = grow(self.item_factors, self.size)
+        self.item_bias = grow(self.item_bias, self.size, -np.inf)
+        self.seen = grow(self.seen, self.size, False)
+        items = items.tolist()
+        touched = set(items)
+        learn_one = self.mf.learn_one
+        draws = self.rng.random((len(items), self.n_negatives)).tolist()
+        seen_items = self.seen_items
+        for user, item, uniforms in zip(users, items, draws):
+            if not self.seen[item]:
+                self.seen[item] = True
+                seen_items.append(item)
+            learn_one(user, item, 1)
+            if len(seen_items) > 1:
+                for uniform in uniforms:
+                    negative = seen_items[int(uniform * len(seen_items))]
+                    if negative != item:
+                        learn_one(user, negative, 0)
+                        touched.add(negative)
+        latents, biases = self.mf.i_latents, self.mf.i_biases
+        for item in touched:
+            self.item_factors[item] = latents[item]
+            self.item_bias[item] = biases[item]
+
+    def recommend(self, users, scenes, ts, k, exclude=None) -> np.ndarray:
+        if self.size == 0:
+            return np.full((len(users), k), PAD, np.int32)
+        user_factors = np.zeros((len(users), self.item_factors.shape[1]))
+        for row, user in enumerate(np.asarray(users).tolist()):
+            latent = self.mf.u_latents.get(user)  # .get: a defaultdict lookup would invent a user
+            if latent is not None:
+                user_factors[row] = latent
+        scores = user_factors @ self.item_factors[:self.size].T + self.item_bias[:self.size]
+        return top_k(scores, k, exclude)

@@ -1,0 +1,382 @@
+"""Offline evaluation: prequential replay and leave-one-out over the shared datasets, results to JSON and plots.
+
+Drives any :class:`~models.baselines.Recommender`; reads datasets through :mod:`models.loaders` and writes
+only under the ``--out`` folder. Run ``python -m models.evaluate --help``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from models import loaders
+from models.baselines import DecayedPopularity, Recommender, RiverMF, TransitionKNN
+from models.events import EVENT_TYPES, EventLog
+from models.metrics import MetricAccumulator, rank_of, summarize
+
+DEFAULT_OUT = "docs/results/eval.json"
+PROTOCOLS = ("prequential", "loo")
+
+
+def _half_life(log: EventLog) -> float:
+    """A decay half-life of 1/20 of the log's robust time span (1st..99th percentile), at least 1 s."""
+    if len(log) < 2:
+        return 1.0
+    low, high = np.percentile(log.ts, [1, 99])
+    return max(1.0, float(high - low) / 20.0)
+
+
+# name -> factory(log) -> Recommender. Factories may size themselves from the log; adding a model is one line,
+# e.g. MODELS["attention"] = lambda log: AttentionRecommender(n_items_hint=log.n_items).
+MODELS: dict[str, Callable[[EventLog], Recommender]] = {
+    "popularity": lambda log: DecayedPopularity(half_life_s=_half_life(log)),
+    "transition_knn": lambda log: TransitionKNN(window=3, half_life_s=_half_life(log)),
+    "river_mf": lambda log: RiverMF(n_factors=32, n_negatives=4, lr=0.05, l2=1e-4, seed=0),
+}
+
+
+def user_unique_batches(users: np.ndarray, max_size: int) -> np.ndarray:
+    """Boundaries of consecutive micro-batches in which no user appears twice (cut at a repeat or at max_size).
+
+    >>> user_unique_batches(np.array([1, 2, 1, 3, 4, 5]), 3).tolist()
+    [0, 2, 5, 6]
+    """
+    bounds = [0]
+    members: set = set()
+    for index, user in enumerate(np.asarray(users).tolist()):
+        if user in members or len(members) >= max_size:
+            bounds.append(index)
+            members.clear()
+        members.add(user)
+    if len(users):
+        bounds.append(len(users))
+    return np.asarray(bounds, np.int64)
+
+
+def _progress(total: int, description: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="ev", disable=not enabled, leave=False, mininterval=1.0)
+
+
+def _check_recommendations(model: Recommender, recs: np.ndarray, n_rows: int, k: int, known: np.ndarray) -> None:
+    """Enforce the interface contract: int [B, k], -1 pads, only items the model has been shown."""
+    if recs.shape != (n_rows, k) or not np.issubdtype(recs.dtype, np.integer):
+        raise ValueError(f"{model.name}.recommend returned {recs.dtype}{recs.shape}; expected int [{n_rows}, {k}]")
+    real = recs[recs >= 0]
+    if np.any(real >= known.shape[0]) or not np.all(known[real]):
+        raise ValueError(f"{model.name}.recommend returned items it was never shown in learn/fit")
+
+
+def _learn_in_batches(log: EventLog, model: Recommender, batch: int) -> None:
+    bounds = user_unique_batches(log.user, batch)
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        model.learn(log.user[start:stop], log.item[start:stop], log.type[start:stop], log.scene[start:stop],
+                    log.ts[start:stop])
+
+
+def prequential(log: EventLog, model: Recommender, k: int = 10, batch: int = 256, n_windows: int = 10,
+                progress: bool = False) -> dict:
+    """Test-then-train replay in time order with full-catalogue ranking.
+
+    Micro-batches hold each user at most once. For every event, before its batch is learned, the model
+    returns a top-``2k`` list; HR and NDCG at ``k`` and ``2k`` and MRR within the ``2k`` list are recorded,
+    overall, by event type and over ``n_windows`` equal-count windows. Events whose item the model had
+    not been shown yet are misses by construction; their share is ``cold_share``.
+
+    >>> log = EventLog.from_columns("toy", ["a", "b", "c", "d"], ["x", "x", "x", "y"], [1, 1, 3, 1], [0, 1, 2, 3.0])
+    >>> result = prequential(log, DecayedPopularity(half_life_s=10.0), k=1, batch=2)
+    >>> result["metrics"]["overall"]["HR@1"], result["metrics"]["overall"]["cold_share"], result["n_batches"]
+    (0.25, 0.75, 2)
+    """
+    ks = (k, 2 * k)
+    list_length = max(ks)
+    accumulator = MetricAccumulator(ks=ks, n_windows=n_windows, type_names=EVENT_TYPES)
+    known = np.zeros(max(log.n_items, 1), bool)
+    bounds = user_unique_batches(log.user, batch)
+    started = time.perf_counter()
+    with _progress(len(log), f"{log.name}/{model.name}/prequential", progress) as bar:
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            users, items, types = log.user[start:stop], log.item[start:stop], log.type[start:stop]
+            scenes, ts = log.scene[start:stop], log.ts[start:stop]
+            recs = np.asarray(model.recommend(users, scenes, ts, list_length, None))
+            _check_recommendations(model, recs, stop - start, list_length, known)
+            accumulator.add(rank_of(items, recs), types, ts, cold=~known[items])
+            model.learn(users, items, types, scenes, ts)
+            known[items] = True
+            bar.update(stop - start)
+    return {"protocol": "prequential", "n_events": len(log), "n_batches": len(bounds) - 1, "batch": batch,
+            "seconds": round(time.perf_counter() - started, 3), "metrics": accumulator.result()}
+
+
+def _items_by_user(log: EventLog) -> dict[int, np.ndarray]:
+    order = np.argsort(log.user, kind="stable")
+    users, starts = np.unique(log.user[order], return_index=True)
+    return {int(u): np.unique(part) for u, part in zip(users, np.split(log.item[order], starts[1:]))}
+
+
+def _rank_held_out(held_out: EventLog, model: Recommender, history: dict[int, np.ndarray], known: np.ndarray,
+                   list_length: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    ranks = np.empty(len(held_out), np.int64)
+    empty = np.zeros(0, np.int64)
+    for start in range(0, len(held_out), chunk):
+        stop = min(start + chunk, len(held_out))
+        users = held_out.user[start:stop]
+        exclude = [history.get(int(u), empty) for u in users]
+        recs = np.asarray(model.recommend(users, held_out.scene[start:stop], held_out.ts[start:stop],
+                                          list_length, exclude))
+        _check_recommendations(model, recs, stop - start, list_length, known)
+        for row, banned in enumerate(exclude):
+            if np.isin(recs[row], banned).any():
+                raise ValueError(f"{model.name}.recommend returned an excluded item")
+        ranks[start:stop] = rank_of(held_out.item[start:stop], recs)
+    return ranks, ~known[held_out.item]
+
+
+def leave_one_out(log: EventLog, model: Recommender, k: int = 10, batch: int = 256, chunk: int = 512,
+                  progress: bool = False) -> dict:
+    """SASRec-style leave-one-out with full ranking (see :func:`models.loaders.leave_one_out` for the split).
+
+    The model learns the train part in time order (or ``fit(train)`` if it has ``fit``; then train is not
+    replayed), ranks every user's validation item excluding the user's train items, learns the validation
+    events, then ranks the test item excluding train and validation items. A held-out item that is also in
+    the user's history is therefore a miss, as in the S3-Rec evaluation code.
+
+    >>> log = EventLog.from_columns("toy", list("aaabbbccc"), list("xyzxyzyzw"), [0] * 9, [0, 1, 2] * 3)
+    >>> result = leave_one_out(log, DecayedPopularity(half_life_s=10.0), k=1)
+    >>> result["valid"]["HR@1"], result["test"]["HR@1"], result["test"]["cold_share"], result["n_train"]
+    (0.666667, 0.666667, 0.333333, 3)
+    """
+    ks = (k, 2 * k)
+    list_length = max(ks)
+    train, valid, test = loaders.leave_one_out(log)
+    started = time.perf_counter()
+    known = np.zeros(max(log.n_items, 1), bool)
+    with _progress(len(train), f"{log.name}/{model.name}/loo-train", progress) as bar:
+        if hasattr(model, "fit"):
+            model.fit(train)
+        else:
+            _learn_in_batches(train, model, batch)
+        bar.update(len(train))
+    known[train.item] = True
+    history = _items_by_user(train)
+    valid_ranks, valid_cold = _rank_held_out(valid, model, history, known, list_length, chunk)
+    _learn_in_batches(valid, model, batch)
+    known[valid.item] = True
+    for user, item in zip(valid.user.tolist(), valid.item.tolist()):
+        history[user] = np.union1d(history.get(user, np.zeros(0, np.int64)), [item])
+    test_ranks, test_cold = _rank_held_out(test, model, history, known, list_length, chunk)
+
+    def report(ranks, cold) -> dict:
+        return {**summarize(ranks, ks), "cold_share": round(float(cold.mean()), 6) if cold.size else 0.0}
+
+    return {"protocol": "loo", "n_events": len(log), "n_train": len(train), "n_valid": len(valid),
+            "n_test": len(test), "users_train_only": int(log.n_users - len(test)),
+            "seconds": round(time.perf_counter() - started, 3),
+            "valid": report(valid_ranks, valid_cold), "test": report(test_ranks, test_cold)}
+
+
+def machine() -> dict:
+    """Where a result was computed (platform, CPU count, Python and library versions)."""
+    def version(package: str) -> str | None:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": version("jax"),
+            "numpy": version("numpy"), "river": version("river")}
+
+
+def git_commit() -> dict:
+    """Commit hash (None before the first commit or outside git) and whether the tree had local changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
+                                timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    commit = head.stdout.strip() if head.returncode == 0 else None
+    return {"commit": commit, "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+
+
+def _model_config(model) -> dict:
+    """``model.config()`` when the model has one (JSON-safe via ``str``), else its scalar attributes."""
+    if callable(getattr(model, "config", None)):
+        return json.loads(json.dumps(model.config(), default=str))
+    return {key: value for key, value in vars(model).items()
+            if not key.startswith("_") and isinstance(value, (bool, int, float, str))}
+
+
+def _entry_key(entry: dict) -> tuple:
+    return entry["dataset"], entry["model"], entry["protocol"], entry.get("limit")
+
+
+def merge_results(path: Path, entries: list[dict]) -> list[dict]:
+    """Write ``entries`` into the JSON file at ``path``, replacing entries with the same
+    (dataset, model, protocol, limit); returns the merged list."""
+    existing = []
+    if path.exists():
+        existing = json.loads(path.read_text())["entries"]
+    fresh = {_entry_key(e) for e in entries}
+    merged = [e for e in existing if _entry_key(e) not in fresh] + entries
+    merged.sort(key=lambda e: (e["dataset"], e["protocol"], e["model"], str(e.get("limit"))))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"entries": merged}, indent=1) + "\n")
+    temporary.replace(path)
+    return merged
+
+
+def run(datasets, models, protocols=("prequential",), out: str | Path = DEFAULT_OUT, limit: int | None = None,
+        k: int = 10, batch: int = 256, data_dir=None, progress: bool = True, plots: bool = True,
+        dataset_options: dict | None = None) -> list[dict]:
+    """Evaluate every dataset x model x protocol, merge the entries into ``out`` and redraw the plots.
+
+    A fresh model (from :data:`MODELS`) is built for each protocol. Returns this run's entries.
+    """
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ValueError(f"unknown protocols {unknown}; choose from {PROTOCOLS}")
+    out = Path(out)
+    context = {"command": [Path(sys.executable).name, *sys.argv], "machine": machine(), "git": git_commit()}
+    entries = []
+    for dataset in datasets:
+        log = loaders.load(dataset, data_dir=data_dir, **(dataset_options or {}).get(dataset, {}))
+        if limit is not None:
+            log = loaders.head(log, limit)
+        for model_name in models:
+            for protocol in protocols:
+                model = MODELS[model_name](log)
+                started = time.perf_counter()
+                if protocol == "prequential":
+                    result = prequential(log, model, k=k, batch=batch, progress=progress)
+                else:
+                    result = leave_one_out(log, model, k=k, batch=batch, progress=progress)
+                entry = {"dataset": log.name, "model": model_name, "protocol": protocol, "limit": limit,
+                         "n_events": len(log), "n_users": log.n_users, "n_items": log.n_items,
+                         "seconds": round(time.perf_counter() - started, 3), "dataset_notes": log.notes,
+                         "model_config": _model_config(model), **context,
+                         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                         "result": result}
+                entries.append(entry)
+                print(_summary_line(entry), flush=True)
+                merged = merge_results(out, entries)  # after every entry, so an interrupted run keeps its work
+    if plots and entries:
+        plot_results(merged, out.parent, k=k)
+    return entries
+
+
+def _headline(entry: dict) -> dict:
+    result = entry["result"]
+    return result["metrics"]["overall"] if entry["protocol"] == "prequential" else result["test"]
+
+
+def _summary_line(entry: dict) -> str:
+    metrics = _headline(entry)
+    shown = " ".join(f"{name}={value:.4f}" for name, value in metrics.items() if "@" in name)
+    return (f"{entry['dataset']:28s} {entry['model']:15s} {entry['protocol']:11s} n={entry['n_events']:<7d} "
+            f"{shown} cold={metrics['cold_share']:.3f} {entry['seconds']:.1f}s")
+
+
+def plot_results(entries: list[dict], folder: Path, k: int = 10) -> list[Path]:
+    """Draw HR@k over time windows and HR@k by event type, one panel per dataset, for prequential entries
+    (full runs preferred over ``--limit`` runs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen: dict[tuple, dict] = {}
+    for entry in entries:
+        if entry["protocol"] != "prequential":
+            continue
+        key = entry["dataset"], entry["model"]
+        current = chosen.get(key)
+        rank = (entry.get("limit") is None, entry["n_events"])
+        if current is None or rank > (current.get("limit") is None, current["n_events"]):
+            chosen[key] = entry
+    datasets = sorted({d for d, _ in chosen})
+    if not datasets:
+        return []
+    metric = f"HR@{k}"
+    columns = min(3, len(datasets))
+    rows = -(-len(datasets) // columns)
+    paths = []
+    for kind in ("over_time", "by_type"):
+        figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+        for axis, dataset in zip(axes.flat, datasets):
+            models = sorted(m for d, m in chosen if d == dataset)
+            if kind == "over_time":
+                for model in models:
+                    windows = chosen[dataset, model]["result"]["metrics"]["windows"]
+                    axis.plot(range(1, len(windows) + 1), [w.get(metric, 0.0) for w in windows], marker="o",
+                              label=model)
+                axis.set_xlabel("time window (equal event counts)")
+            else:
+                types = [t for t in EVENT_TYPES
+                         if any(t in chosen[dataset, m]["result"]["metrics"]["by_type"] for m in models)]
+                width = 0.8 / max(len(models), 1)
+                for offset, model in enumerate(models):
+                    by_type = chosen[dataset, model]["result"]["metrics"]["by_type"]
+                    axis.bar(np.arange(len(types)) + offset * width,
+                             [by_type.get(t, {}).get(metric, 0.0) for t in types], width, label=model)
+                axis.set_xticks(np.arange(len(types)) + 0.4 - width / 2, types)
+            axis.set_title(dataset, fontsize=10)
+            axis.set_ylabel(metric)
+            axis.legend(fontsize=7)
+        for axis in list(axes.flat)[len(datasets):]:
+            axis.set_visible(False)
+        figure.suptitle(f"prequential {metric} " + ("over time" if kind == "over_time" else "by event type"))
+        figure.tight_layout()
+        path = folder / f"prequential_{metric.replace('@', '')}_{kind}.png"
+        folder.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m models.evaluate --datasets ml-100k --models popularity --limit 5000``."""
+    parser = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__)
+    parser.add_argument("--datasets", type=_csv, default=list(loaders.DATASETS),
+                        help=f"comma-separated; default all: {','.join(loaders.DATASETS)}")
+    parser.add_argument("--models", type=_csv, default=list(MODELS),
+                        help=f"comma-separated; default all: {','.join(MODELS)}")
+    parser.add_argument("--protocols", type=_csv, default=["prequential"],
+                        help="comma-separated subset of prequential,loo (default prequential)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N events (quick runs)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"JSON file to merge results into ({DEFAULT_OUT})")
+    parser.add_argument("--k", type=int, default=10, help="report HR/NDCG at k and 2k (default 10)")
+    parser.add_argument("--batch", type=int, default=256, help="max micro-batch size (default 256)")
+    parser.add_argument("--data-dir", default=None, help=f"dataset folder (default ${loaders.DATA_ENV} or shared)")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    for name in args.models:
+        if name not in MODELS:
+            parser.error(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    run(args.datasets, args.models, args.protocols, out=args.out, limit=args.limit, k=args.k, batch=args.batch,
+        data_dir=args.data_dir, progress=not args.quiet, plots=not args.no_plots)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

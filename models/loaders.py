@@ -1,0 +1,402 @@
+"""Offline loaders: each public dataset in ``shared/data`` read into a time-ordered :class:`EventLog`.
+
+Reads files only; never writes. How each source is mapped to event types, timestamps and scenes is
+recorded in the log's ``notes`` so every result can say which mapping it used.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from models.events import DEFAULT_SCENE, TYPE_CODE, EventLog
+
+DATA_ENV = "ATTNFLOW_DATA_DIR"
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+_DATA_CANDIDATES = (_REPO_ROOT.parent / "shared" / "data", Path("/work/shared/data"))
+
+# UTC hour ranges; the sources give no local time zone, so "daypart" is a UTC clock bucket.
+DAYPARTS = ("night", "morning", "afternoon", "evening")
+
+
+class MalformedLineError(ValueError):
+    """A source line that cannot be parsed; the message names the file and the 1-based line number."""
+
+
+def data_dir() -> Path:
+    """The folder that holds the datasets.
+
+    ``$ATTNFLOW_DATA_DIR`` if set, else the first existing of ``<repo>/../shared/data`` and
+    ``/work/shared/data``.
+
+    >>> os.environ[DATA_ENV] = "/nonexistent/attnflow-data"
+    >>> try:
+    ...     data_dir()
+    ... except FileNotFoundError as err:
+    ...     print("ATTNFLOW_DATA_DIR" in str(err))
+    ... finally:
+    ...     del os.environ[DATA_ENV]
+    True
+    """
+    configured = os.environ.get(DATA_ENV)
+    if configured:
+        path = Path(configured)
+        if not path.is_dir():
+            raise FileNotFoundError(f"${DATA_ENV} points to {path}, which is not a directory")
+        return path
+    for path in _DATA_CANDIDATES:
+        if path.is_dir():
+            return path
+    looked = ", ".join(str(p) for p in _DATA_CANDIDATES)
+    raise FileNotFoundError(f"no dataset folder found: set ${DATA_ENV} or provide one of: {looked}")
+
+
+_default_data_dir = data_dir  # ``load`` takes a ``data_dir`` argument that shadows the function
+
+
+def _lines(path: Path, skip_header: bool = False) -> Iterator[tuple[int, str]]:
+    """(1-based line number, stripped line) for every non-blank line."""
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if skip_header and lineno == 1:
+                continue
+            line = line.strip()
+            if line:
+                yield lineno, line
+
+
+def _malformed(path: Path, lineno: int, line: str, why: str) -> MalformedLineError:
+    return MalformedLineError(f"{path}:{lineno}: {why}: {line[:200]!r}")
+
+
+def _daypart(ts: np.ndarray) -> np.ndarray:
+    return ((ts // 3600) % 24 // 6).astype(np.int8)
+
+
+def _check_scene(dataset: str, scene: str | None, supported: tuple[str, ...]) -> None:
+    if scene is not None and scene not in supported:
+        raise ValueError(f"{dataset}: scene={scene!r} not supported; choose from {supported} or None")
+
+
+def load_tmall(root: Path, scene: str | None = None) -> EventLog:
+    """Tmall 2014 brand log. Items are brands; timestamps are UTC midnight of the ``M-D`` day in 2013.
+
+    ``scene="type"`` uses the source behaviour (click/buy/favourite/cart) as the scene.
+    """
+    _check_scene("tmall", scene, ("type",))
+    path = root / "tmall2014-brand-behavior" / "t_alibaba_data.csv"
+    # Source codes: 0 click, 1 buy, 2 favourite (collect), 3 cart. Favourite has no own type -> cart.
+    source_names = ("click", "buy", "favourite", "cart")
+    to_type = np.array([TYPE_CODE["click"], TYPE_CODE["purchase"], TYPE_CODE["cart"], TYPE_CODE["cart"]], np.int8)
+    day_seconds: dict[str, float] = {}
+    users, items, codes, ts = [], [], [], []
+    for lineno, line in _lines(path, skip_header=True):
+        parts = line.split(",")
+        if len(parts) != 4:
+            raise _malformed(path, lineno, line, "expected 4 comma-separated fields")
+        user, brand, code, day = parts
+        seconds = day_seconds.get(day)
+        if seconds is None:
+            try:
+                month, dom = (int(x) for x in day.split("-"))
+                seconds = datetime(2013, month, dom, tzinfo=timezone.utc).timestamp()
+            except ValueError:
+                raise _malformed(path, lineno, line, "visit_datetime is not M-D") from None
+            day_seconds[day] = seconds
+        if code not in ("0", "1", "2", "3"):
+            raise _malformed(path, lineno, line, "type must be 0, 1, 2 or 3")
+        users.append(user)
+        items.append(brand)
+        codes.append(int(code))
+        ts.append(seconds)
+    codes = np.asarray(codes, np.int8)
+    notes = ("tmall: type 0 click->click, 1 buy->purchase, 2 favourite->cart, 3 cart->cart; items are brands; "
+             "ts = UTC midnight of M-D 2013 (day resolution, file order kept within a day)")
+    if scene == "type":
+        notes += "; scene = source behaviour"
+        return EventLog.from_columns("tmall2014-brand-behavior", users, items, to_type[codes], ts,
+                                     scenes=codes, scene_names=source_names, notes=notes)
+    return EventLog.from_columns("tmall2014-brand-behavior", users, items, to_type[codes], ts,
+                                 notes=notes + "; single scene 'default'")
+
+
+def load_taobao(root: Path, scene: str | None = None, n_scenes: int = 4) -> EventLog:
+    """Taobao UserBehavior (43 users). ``scene``: ``"category"`` (category id mod ``n_scenes``),
+    ``"type"`` (source behaviour) or ``"daypart"`` (UTC hour bucket)."""
+    _check_scene("taobao", scene, ("category", "type", "daypart"))
+    path = root / "taobao-userbehavior-43users" / "UserBehavior_43users.csv"
+    behaviours = ("pv", "cart", "fav", "buy")
+    to_type = {"pv": TYPE_CODE["view"], "cart": TYPE_CODE["cart"], "fav": TYPE_CODE["cart"],
+               "buy": TYPE_CODE["purchase"]}
+    users, items, categories, behaviour_codes, types, ts = [], [], [], [], [], []
+    for lineno, line in _lines(path):
+        parts = line.split(",")
+        if len(parts) != 5:
+            raise _malformed(path, lineno, line, "expected 5 comma-separated fields")
+        user, item, category, behaviour, stamp = parts
+        if behaviour not in to_type:
+            raise _malformed(path, lineno, line, f"behaviour must be one of {behaviours}")
+        try:
+            ts.append(float(int(stamp)))
+            categories.append(int(category))
+        except ValueError:
+            raise _malformed(path, lineno, line, "category and timestamp must be integers") from None
+        users.append(user)
+        items.append(item)
+        behaviour_codes.append(behaviours.index(behaviour))
+        types.append(to_type[behaviour])
+    notes = ("taobao: pv->view, cart->cart, fav->cart, buy->purchase; ts Unix seconds "
+             "(one out-of-range 2017-09-11 row kept as in the source)")
+    scenes, scene_names = None, (DEFAULT_SCENE,)
+    if scene == "category":
+        if not 1 <= n_scenes <= 127:
+            raise ValueError("n_scenes must be in 1..127")
+        scenes = np.asarray(categories, np.int64) % n_scenes
+        scene_names = tuple(f"category_mod{n_scenes}_{b}" for b in range(n_scenes))
+        notes += f"; scene = category_id mod {n_scenes}"
+    elif scene == "type":
+        scenes, scene_names = behaviour_codes, behaviours
+        notes += "; scene = source behaviour"
+    elif scene == "daypart":
+        scenes, scene_names = _daypart(np.asarray(ts)), DAYPARTS
+        notes += "; scene = UTC daypart (6 h buckets)"
+    else:
+        notes += "; single scene 'default'"
+    return EventLog.from_columns("taobao-userbehavior-43users", users, items, types, ts, scenes=scenes,
+                                 scene_names=scene_names, notes=notes)
+
+
+def load_otto(root: Path, scene: str | None = None) -> EventLog:
+    """OTTO session fixture: session = user, ``aid`` = item, ms -> s. ``scene``: ``"type"`` or ``"daypart"``."""
+    _check_scene("otto", scene, ("type", "daypart"))
+    path = root / "otto-sample" / "train_sample.jsonl"
+    source_types = ("clicks", "carts", "orders")
+    to_type = {"clicks": TYPE_CODE["click"], "carts": TYPE_CODE["cart"], "orders": TYPE_CODE["purchase"]}
+    users, items, types, source_codes, ts = [], [], [], [], []
+    for lineno, line in _lines(path):
+        try:
+            session = json.loads(line)
+            user = str(session["session"])
+            for event in session["events"]:
+                kind = event["type"]
+                if kind not in to_type:
+                    raise ValueError(kind)
+                items.append(str(event["aid"]))
+                ts.append(event["ts"] / 1000.0)
+                types.append(to_type[kind])
+                source_codes.append(source_types.index(kind))
+                users.append(user)
+        except (ValueError, KeyError, TypeError) as err:
+            raise _malformed(path, lineno, line, f"not an OTTO session ({type(err).__name__}: {err})") from None
+    notes = "otto: session = user, aid = item, clicks->click, carts->cart, orders->purchase; ts ms -> s"
+    scenes, scene_names = None, (DEFAULT_SCENE,)
+    if scene == "type":
+        scenes, scene_names = source_codes, source_types
+        notes += "; scene = source type"
+    elif scene == "daypart":
+        scenes, scene_names = _daypart(np.asarray(ts)), DAYPARTS
+        notes += "; scene = UTC daypart (6 h buckets)"
+    else:
+        notes += "; single scene 'default'"
+    return EventLog.from_columns("otto-sample", users, items, types, ts, scenes=scenes,
+                                 scene_names=scene_names, notes=notes)
+
+
+def load_yoochoose(root: Path, scene: str | None = None,
+                   parts: tuple[str, ...] = ("train_full", "test")) -> EventLog:
+    """YooChoose clicks sample. ``train_full`` + ``test`` is the whole sample; ``train_tr`` and
+    ``train_valid`` are a split of ``train_full`` and would duplicate it. ``scene``: ``"daypart"``."""
+    _check_scene("yoochoose", scene, ("daypart",))
+    folder = root / "yoochoose-clicks-100k"
+    users, items, ts = [], [], []
+    for part in parts:
+        path = folder / f"yoochoose-clicks-100k_{part}.txt"
+        for lineno, line in _lines(path, skip_header=True):
+            fields = line.split("\t")
+            if len(fields) != 3:
+                raise _malformed(path, lineno, line, "expected 3 tab-separated fields")
+            try:
+                ts.append(float(fields[2]))
+            except ValueError:
+                raise _malformed(path, lineno, line, "Time is not a number") from None
+            users.append(fields[0])
+            items.append(fields[1])
+    notes = f"yoochoose: files {'+'.join(parts)}; session = user; every event is a click; ts Unix seconds"
+    scenes, scene_names = None, (DEFAULT_SCENE,)
+    if scene == "daypart":
+        scenes, scene_names = _daypart(np.asarray(ts)), DAYPARTS
+        notes += "; scene = UTC daypart (6 h buckets)"
+    else:
+        notes += "; single scene 'default'"
+    return EventLog.from_columns("yoochoose-clicks-100k", users, items, np.full(len(ts), TYPE_CODE["click"]), ts,
+                                 scenes=scenes, scene_names=scene_names, notes=notes)
+
+
+def load_movielens(root: Path, scene: str | None = None, purchase_threshold: int | None = None) -> EventLog:
+    """MovieLens 100K ratings as implicit events. Every rating is a ``view``; with
+    ``purchase_threshold=4`` ratings >= 4 become ``purchase``. ``scene``: ``"genre"`` (first listed
+    genre of the movie, from ``u.item``) or ``"daypart"``."""
+    _check_scene("ml-100k", scene, ("genre", "daypart"))
+    folder = root / "ml-100k"
+    path = folder / "u.data"
+    users, items, ratings, ts = [], [], [], []
+    for lineno, line in _lines(path):
+        fields = line.split("\t")
+        if len(fields) != 4:
+            raise _malformed(path, lineno, line, "expected 4 tab-separated fields")
+        try:
+            ratings.append(int(fields[2]))
+            ts.append(float(int(fields[3])))
+        except ValueError:
+            raise _malformed(path, lineno, line, "rating and timestamp must be integers") from None
+        users.append(fields[0])
+        items.append(fields[1])
+    ratings = np.asarray(ratings)
+    if purchase_threshold is None:
+        types = np.full(len(ratings), TYPE_CODE["view"])
+        notes = "ml-100k: every rating -> view"
+    else:
+        types = np.where(ratings >= purchase_threshold, TYPE_CODE["purchase"], TYPE_CODE["view"])
+        notes = f"ml-100k: rating >= {purchase_threshold} -> purchase, lower ratings -> view"
+    notes += "; ts Unix seconds, file order within a second"
+    scenes, scene_names = None, (DEFAULT_SCENE,)
+    if scene == "genre":
+        scene_names, movie_genre = _movielens_genres(folder)
+        scenes = [movie_genre.get(item, 0) for item in items]
+        notes += "; scene = first genre of the movie in u.item"
+    elif scene == "daypart":
+        scenes, scene_names = _daypart(np.asarray(ts)), DAYPARTS
+        notes += "; scene = UTC daypart (6 h buckets)"
+    else:
+        notes += "; single scene 'default'"
+    return EventLog.from_columns("ml-100k", users, items, types, ts, scenes=scenes, scene_names=scene_names,
+                                 notes=notes)
+
+
+def _movielens_genres(folder: Path) -> tuple[tuple[str, ...], dict[str, int]]:
+    genres = []
+    for lineno, line in _lines(folder / "u.genre"):
+        name, _, code = line.partition("|")
+        if int(code) != len(genres):
+            raise _malformed(folder / "u.genre", lineno, line, "genre codes must be 0, 1, 2, ...")
+        genres.append(name)
+    movie_genre = {}
+    with open(folder / "u.item", encoding="latin-1") as handle:  # titles are Latin-1 in this release
+        for lineno, line in enumerate(handle, start=1):
+            fields = line.rstrip("\n").split("|")
+            if len(fields) != 5 + len(genres):
+                raise _malformed(folder / "u.item", lineno, line, f"expected {5 + len(genres)} |-separated fields")
+            flags = fields[5:]
+            movie_genre[fields[0]] = flags.index("1") if "1" in flags else 0
+    return tuple(genres), movie_genre
+
+
+def load_beauty(root: Path, scene: str | None = None, synthetic_ts: str = "position") -> EventLog:
+    """Amazon Beauty sequences; all events are ``view``. The source has order only, so ``ts`` is
+    synthetic: ``"position"`` (k-th item of every user at ts = k, users interleaved; the default) or
+    ``"line"`` (one global counter in file order, users one after another). No scene source."""
+    _check_scene("amazon-beauty", scene, ())
+    if synthetic_ts not in ("position", "line"):
+        raise ValueError("synthetic_ts must be 'position' or 'line'")
+    path = root / "amazon-beauty" / "Beauty.txt"
+    users, items, ts = [], [], []
+    for lineno, line in _lines(path):
+        fields = line.split(" ")
+        if len(fields) < 2 or not all(f.isdigit() for f in fields):
+            raise _malformed(path, lineno, line, "expected 'user item1 item2 ...' with integer ids")
+        sequence = fields[1:]
+        start = len(ts) if synthetic_ts == "line" else 0
+        users.extend([fields[0]] * len(sequence))
+        items.extend(sequence)
+        ts.extend(range(start, start + len(sequence)))
+    notes = (f"amazon-beauty: every interaction -> view; synthetic ts = {synthetic_ts} index "
+             "(position: k-th item of each user at ts=k, ties in file order); single scene 'default'")
+    return EventLog.from_columns("amazon-beauty", users, items, np.full(len(ts), TYPE_CODE["view"]), ts,
+                                 notes=notes)
+
+
+DATASETS: dict[str, Callable[..., EventLog]] = {
+    "tmall2014-brand-behavior": load_tmall,
+    "taobao-userbehavior-43users": load_taobao,
+    "otto-sample": load_otto,
+    "yoochoose-clicks-100k": load_yoochoose,
+    "ml-100k": load_movielens,
+    "amazon-beauty": load_beauty,
+}
+ALIASES = {"tmall": "tmall2014-brand-behavior", "taobao": "taobao-userbehavior-43users", "otto": "otto-sample",
+           "yoochoose": "yoochoose-clicks-100k", "movielens": "ml-100k", "beauty": "amazon-beauty"}
+
+
+def load(name: str, data_dir: str | Path | None = None, **opts) -> EventLog:
+    """Load dataset ``name`` (a :data:`DATASETS` key or an :data:`ALIASES` key) as a time-ordered log.
+
+    >>> sorted(ALIASES) == sorted(["tmall", "taobao", "otto", "yoochoose", "movielens", "beauty"])
+    True
+    """
+    key = ALIASES.get(name, name)
+    if key not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)} (aliases {sorted(ALIASES)})")
+    root = Path(data_dir) if data_dir is not None else _default_data_dir()
+    return DATASETS[key](root, **opts)
+
+
+def subset(log: EventLog, index: np.ndarray, name: str | None = None) -> EventLog:
+    """Rows ``index`` of ``log`` (kept in the given order) with the SAME id spaces (users, items,
+    scenes), so indices stay comparable with the full log.
+
+    >>> log = EventLog.from_columns("toy", ["a", "b", "a"], ["x", "y", "z"], [0, 0, 0], [1.0, 2.0, 3.0])
+    >>> part = subset(log, np.array([0, 2]))
+    >>> part.item.tolist(), part.n_items
+    ([0, 2], 3)
+    """
+    index = np.asarray(index)
+    return EventLog(name=name or log.name, user=log.user[index], item=log.item[index], type=log.type[index],
+                    ts=log.ts[index], scene=log.scene[index], user_ids=log.user_ids, item_ids=log.item_ids,
+                    scene_names=log.scene_names, notes=log.notes, extra=dict(log.extra))
+
+
+def leave_one_out(log: EventLog) -> tuple[EventLog, EventLog, EventLog]:
+    """Split for the SASRec-family protocol: per user, the last event is test, the second-to-last is
+    validation, the rest is train. Users with fewer than 3 events stay wholly in train (no valid/test row).
+
+    All three logs are time-ordered and share ``log``'s id spaces.
+
+    >>> log = EventLog.from_columns("toy", list("aaaabb"), list("pqrstu"), [0] * 6, [0, 1, 2, 3, 0, 1])
+    >>> train, valid, test = leave_one_out(log)
+    >>> [log.item_ids[i] for i in train.item], [log.item_ids[i] for i in valid.item], [log.item_ids[i] for i in test.item]
+    (['p', 't', 'q', 'u'], ['r'], ['s'])
+    """
+    n = len(log)
+    # Position of each event from the end of its user's history: 0 = last, 1 = second-to-last.
+    order = np.lexsort((np.arange(n), log.user))  # by user, then by time (the log is time-ordered)
+    sorted_users = log.user[order]
+    ends = np.r_[np.flatnonzero(sorted_users[1:] != sorted_users[:-1]), n - 1] if n else np.array([], int)
+    counts = np.diff(np.r_[-1, ends])
+    from_end = np.empty(n, np.int64)
+    from_end[order] = np.repeat(ends, counts) - np.arange(n)
+    history = np.empty(n, np.int64)
+    history[order] = np.repeat(counts, counts)
+    eligible = history >= 3
+    test = np.flatnonzero(eligible & (from_end == 0))
+    valid = np.flatnonzero(eligible & (from_end == 1))
+    train = np.flatnonzero(~eligible | (from_end >= 2))
+    return (subset(log, train, f"{log.name}/train"), subset(log, valid, f"{log.name}/valid"),
+            subset(log, test, f"{log.name}/test"))
+
+
+def head(log: EventLog, n: int) -> EventLog:
+    """The first ``n`` events (in time order) of ``log``, id spaces kept.
+
+    >>> log = EventLog.from_columns("toy", ["a", "b"], ["x", "y"], [0, 0], [1.0, 2.0])
+    >>> len(head(log, 1))
+    1
+    """
+    return subset(log, np.arange(min(n, len(log))), log.name)
+
+
+__all__ = ["DATASETS", "ALIASES", "DATA_ENV", "MalformedLineError", "data_dir", "load", "subset",
+           "leave_one_out", "head"]
