@@ -73,13 +73,21 @@ class AttentionRecommender:
         states = self.states[users]
         ranks = batching.rank_inputs(states, np.asarray(ts, np.float64), np.asarray(scenes), self._mask_codes,
                                      exclude)
-        out = np.full((len(users), k), -1, np.int32)
-        if self.n_items == 0:
+        return self._rank(ranks, states["interest"], states["interest_weight"], k)
+
+    def _rank(self, ranks: kernels.RankInputs, interest, weight, k: int, n_items=None) -> np.ndarray:
+        """Top-k for each row; ``n_items`` (per row) bounds the catalogue each row may see."""
+        n = len(ranks.scene)
+        out = np.full((n, k), -1, np.int32)
+        if n_items is None:
+            n_items = np.full(n, self.n_items, np.int32)
+        if n_items.max() == 0:
             return out
-        self.trainer.ensure_capacity(self.n_items)
+        self.trainer.ensure_capacity(int(n_items.max()))
         params = self.params
-        for start in range(0, len(users), self.cfg.buckets[-1]):
-            stop = min(start + self.cfg.buckets[-1], len(users))
+        step = self.cfg.buckets[-1]
+        for start in range(0, n, step):
+            stop = min(start + step, n)
             B = stop - start
             Bp = self.cfg.bucket(B)
             sub = kernels.RankInputs(*(getattr(ranks, f)[start:stop] for f in kernels.RankInputs._fields))
@@ -87,26 +95,46 @@ class AttentionRecommender:
             width = 1 << int(np.ceil(np.log2(max(sub.exclude.shape[1], 1))))
             sub = sub._replace(exclude=np.pad(sub.exclude, ((0, 0), (0, width - sub.exclude.shape[1])),
                                               constant_values=-1))
-            items, _ = kernels.rank(params, batching.pad(states["interest"][start:stop].astype(np.float32), Bp, 0.0),
-                                    batching.pad(states["interest_weight"][start:stop], Bp, 0.0),
-                                    batching.pad_ranks(sub, Bp), jnp.int32(self.n_items), k=k,
-                                    chunk=self.cfg.item_chunk)
+            items, _ = kernels.rank(params, batching.pad(interest[start:stop].astype(np.float32), Bp, 0.0),
+                                    batching.pad(weight[start:stop], Bp, 0.0), batching.pad_ranks(sub, Bp),
+                                    batching.pad(n_items[start:stop], Bp, 0), k=k, chunk=self.cfg.item_chunk)
             out[start:stop] = np.asarray(items)[:B]
         return out
 
     def learn(self, users, items, types, scenes, ts) -> None:
         """Train on the history before each event, then fold the events into the users' states."""
+        self.recommend_then_learn(users, items, types, scenes, ts, k=0)
+
+    def recommend_then_learn(self, users, items, types, scenes, ts, k: int) -> np.ndarray | None:
+        """For each event, the top-``k`` list from the user's history just before it; then learn them all.
+
+        Users may repeat within the batch: each event is ranked from its exact pre-event history
+        (parameters and scene interests are those at the start of the batch, as between two
+        snapshot reloads in the streaming workers). ``k=0`` only learns.
+        """
         users = np.asarray(users, np.int64)
         if len(users) == 0:
-            return
+            return np.zeros((0, k), np.int32) if k else None
         self._ensure_users(users)
         items = np.asarray(items, np.int32)
-        self.n_items = max(self.n_items, int(items.max()) + 1)
         active, dense = np.unique(users, return_inverse=True)
         sub = self.states[active]
         prepared = batching.prepare(sub, dense, items, np.asarray(types, np.int8), np.asarray(scenes, np.int8),
                                     np.asarray(ts, np.float64), self.cfg.n_scenes, with_examples=True)
-        self.trainer.learn(prepared.examples, self.n_items)
+        ex = prepared.examples
+        recs = None
+        if k:
+            masked = (np.where(np.isin(ex.hist_type, self._mask_codes), ex.hist_item, -1) if len(self._mask_codes)
+                      else np.full((len(users), 1), -1, np.int32))
+            ranks = kernels.RankInputs(hist_item=ex.hist_item, hist_type=ex.hist_type.astype(np.int32),
+                                       hist_age=ex.hist_age, scene=ex.scene.astype(np.int32),
+                                       exclude=masked.astype(np.int32))
+            # The catalogue each event may see: every item that appeared before it (dense ids are
+            # assigned in order of first appearance, so that is a prefix of the index range).
+            seen_before = np.maximum.accumulate(np.r_[self.n_items - 1, items[:-1]]) + 1
+            recs = self._rank(ranks, ex.interest, ex.weight, k, seen_before.astype(np.int32))
+        self.n_items = max(self.n_items, int(items.max()) + 1)
+        self.trainer.learn(ex, self.n_items)
         self.trainer.ensure_capacity(self.n_items)
         B, E, S = len(active), len(users), self.cfg.n_scenes
         Bp, Ep = self.cfg.bucket(B), self.cfg.bucket(E)
@@ -116,6 +144,7 @@ class AttentionRecommender:
         sub["interest"] = np.asarray(interest)[:B].astype(np.float16)
         sub["interest_weight"] = np.asarray(weight)[:B]
         self.states[active] = sub
+        return recs
 
     def fit(self, log: EventLog) -> None:
         """Offline bootstrap: ``epochs`` online passes over ``log`` (states rebuilt each pass)."""

@@ -69,7 +69,6 @@ def user_vectors(params: Params, interest: jax.Array, weight: jax.Array,
 
     logits_j = q.k_j / sqrt(d) + log w(type_j) - decay * log1p(age_j / 1h); q is the newest item
     plus the target scene's query; the scene term attends over the user's scene interests.
-    The attention weights also drive the repeat score (see :func:`copy_scores`).
     """
     d = params.item_emb.shape[1]
     scale = 1.0 / jnp.sqrt(jnp.float32(d))
@@ -96,25 +95,33 @@ def user_vectors(params: Params, interest: jax.Array, weight: jax.Array,
     return newest + pooled + jax.nn.sigmoid(params.transfer) * transfer, attn
 
 
-def copy_scores(scores: jax.Array, start: int | jax.Array, hist_item: jax.Array, attn: jax.Array,
-                params: Params) -> jax.Array:
-    """Add the repeat score: each history item gets ``softplus(copy) * (its attention weight)``.
+def copy_weights(params: Params, hist_item: jax.Array) -> jax.Array:
+    """Repeat weight of each history slot: ``softplus(copy) * exp(-steps_back / tau)``, 0 when empty.
 
-    A pointer over the history, so "buy again / click again" is scored directly instead of through
-    embedding similarity; items seen several times accumulate their weights.
+    A pointer over the history with a learned recency horizon ``tau = 1 + softplus(copy_tau)``, so
+    "buy again / click again" is scored directly rather than through embedding similarity.
     """
+    L = hist_item.shape[1]
+    steps_back = jnp.arange(L - 1, -1, -1, dtype=jnp.float32)       # history is right-aligned
+    tau = 1.0 + jax.nn.softplus(params.copy_tau)
+    weights = jax.nn.softplus(params.copy) * jnp.exp(-steps_back / tau)
+    return jnp.where(hist_item >= 0, weights[None, :], 0.0)
+
+
+def copy_scores(scores: jax.Array, start: int | jax.Array, hist_item: jax.Array, params: Params) -> jax.Array:
+    """Add each history item's repeat weight to its score (repeated items accumulate)."""
     B, C = scores.shape
     local = hist_item - start
     local = jnp.where((hist_item >= 0) & (local >= 0) & (local < C), local, C)
     rows = jnp.broadcast_to(jnp.arange(B)[:, None], local.shape)
-    return scores.at[rows, local].add(jax.nn.softplus(params.copy) * attn, mode="drop")
+    return scores.at[rows, local].add(copy_weights(params, hist_item), mode="drop")
 
 
 def _mask_scores(scores, start, n_items, exclude):
     """-inf for padding rows past the catalogue and for each user's excluded items."""
     B, C = scores.shape
     index = start + jnp.arange(C)
-    scores = jnp.where(index[None, :] < n_items, scores, NEG_INF)
+    scores = jnp.where(index[None, :] < jnp.reshape(n_items, (-1, 1)), scores, NEG_INF)  # [] or [B]
     local = exclude - start
     local = jnp.where((exclude >= 0) & (local >= 0) & (local < C), local, C)            # C: dropped
     rows = jnp.broadcast_to(jnp.arange(B)[:, None], local.shape)
@@ -130,7 +137,7 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
     """
     C, d = params.item_emb.shape
     if C <= chunk:
-        scores = copy_scores(user @ params.item_emb.T + params.item_bias, 0, hist_item, attn, params)
+        scores = copy_scores(user @ params.item_emb.T + params.item_bias, 0, hist_item, params)
         scores = _mask_scores(scores, 0, n_items, exclude)
         return _topk(scores, k, 0)
     n_chunks = C // chunk
@@ -140,7 +147,7 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
     def step(best, xs):
         best_scores, best_items = best
         emb_c, bias_c, start = xs
-        scores = copy_scores(user @ emb_c.T + bias_c, start, hist_item, attn, params)
+        scores = copy_scores(user @ emb_c.T + bias_c, start, hist_item, params)
         scores = _mask_scores(scores, start, n_items, exclude)
         i, s = _topk(scores, k, start)
         merged_scores = jnp.concatenate([best_scores, s], axis=1)

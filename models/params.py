@@ -33,7 +33,8 @@ class Params(NamedTuple):
     w_value: jax.Array       # [d, d]
     decay: jax.Array         # []    time decay per log-hour of age, through softplus
     transfer: jax.Array      # []    gate of the scene-transfer term, through sigmoid
-    copy: jax.Array          # []    weight of the repeat (copy-from-history) score, through softplus
+    copy: jax.Array          # []    gain of the repeat (copy-from-history) score, through softplus
+    copy_tau: jax.Array      # []    its recency horizon in events: 1 + softplus(copy_tau)
 
 
 def item_rows(seed: int, start: int, stop: int, dim: int) -> jax.Array:
@@ -69,7 +70,8 @@ def init_params(cfg: EngineConfig, capacity: int | None = None) -> Params:
         w_query=jnp.eye(d, dtype=jnp.float32), w_key=jnp.eye(d, dtype=jnp.float32), w_value=jnp.eye(d, dtype=jnp.float32),
         decay=jnp.asarray(-2.0, jnp.float32),      # softplus(-2) ~ 0.13 per log-hour
         transfer=jnp.asarray(0.0, jnp.float32),    # gate 0.5
-        copy=jnp.asarray(0.0, jnp.float32),        # softplus(0) ~ 0.69
+        copy=jnp.asarray(2.0, jnp.float32),        # softplus(2) ~ 2.1: recent items first until trained
+        copy_tau=jnp.asarray(7.0, jnp.float32),    # horizon ~ 8 events
     )
 
 

@@ -55,8 +55,8 @@ def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, d
         hist_item = jnp.where(keep, hist_item, -1)
     ranks = kernels.RankInputs(hist_item=hist_item, hist_type=batch.hist_type, hist_age=batch.hist_age,
                                scene=batch.scene, exclude=jnp.full((hist_item.shape[0], 1), -1, jnp.int32))
-    user, attn = kernels.user_vectors(params, jax.lax.stop_gradient(batch.interest), batch.weight, ranks)
-    logits = kernels.copy_scores(user @ params.item_emb.T + params.item_bias, 0, hist_item, attn, params)
+    user, _ = kernels.user_vectors(params, jax.lax.stop_gradient(batch.interest), batch.weight, ranks)
+    logits = kernels.copy_scores(user @ params.item_emb.T + params.item_bias, 0, hist_item, params)
     logits = jnp.where(jnp.arange(logits.shape[1])[None, :] < n_items, logits, kernels.NEG_INF)
     picked = jnp.take_along_axis(logits, batch.target[:, None], axis=1)[:, 0]
     losses = jax.nn.logsumexp(logits, axis=1) - picked

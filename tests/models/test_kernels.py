@@ -47,7 +47,7 @@ def test_rank_matches_reference(chunk):
         user, attn = reference.user_vector(params, interest[b], weight[b], ranks.hist_item[b], ranks.hist_type[b],
                                            ranks.hist_age[b], ranks.scene[b])
         want_items, want_scores = reference.top_k(params, user, n_items, ranks.exclude[b], CFG.k,
-                                                  ranks.hist_item[b], attn)
+                                                  ranks.hist_item[b])
         np.testing.assert_allclose(np.asarray(scores[b]), want_scores, rtol=1e-4, atol=1e-4)
         assert np.asarray(items[b]).tolist() == want_items.tolist()
         assert not set(ranks.exclude[b][ranks.exclude[b] >= 0]) & set(np.asarray(items[b]).tolist())
