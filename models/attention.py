@@ -146,14 +146,18 @@ class AttentionRecommender:
         self.states[active] = sub
         return recs
 
-    def fit(self, log: EventLog) -> None:
+    def fit(self, log: EventLog, progress: bool = False) -> None:
         """Offline bootstrap: ``epochs`` online passes over ``log`` (states rebuilt each pass)."""
+        from tqdm import tqdm
+
         bounds = np.unique(np.r_[np.arange(0, len(log), self.batch), len(log)])
-        for _ in range(self.epochs):
-            self.states = self.codec.decode([None] * max(len(self.states), log.n_users))
-            for start, stop in zip(bounds[:-1], bounds[1:]):
-                self.learn(log.user[start:stop], log.item[start:stop], log.type[start:stop], log.scene[start:stop],
-                           log.ts[start:stop])
+        with tqdm(total=self.epochs * len(log), unit="ev", desc=f"fit {log.name}", disable=not progress) as bar:
+            for _ in range(self.epochs):
+                self.states = self.codec.decode([None] * max(len(self.states), log.n_users))
+                for start, stop in zip(bounds[:-1], bounds[1:]):
+                    self.learn(log.user[start:stop], log.item[start:stop], log.type[start:stop],
+                               log.scene[start:stop], log.ts[start:stop])
+                    bar.update(stop - start)
 
 
 def for_log(log: EventLog, **overrides) -> AttentionRecommender:
@@ -165,3 +169,23 @@ def for_log(log: EventLog, **overrides) -> AttentionRecommender:
     train = TrainConfig(**{k: overrides.pop(k) for k in list(overrides) if k in TrainConfig.__dataclass_fields__})
     cfg = replace(cfg, **{k: overrides.pop(k) for k in list(overrides) if k in EngineConfig.__dataclass_fields__})
     return AttentionRecommender(cfg, train, **overrides)
+
+
+def publish_bootstrap(model: AttentionRecommender, log: EventLog, store) -> int:
+    """Publish a model trained offline on ``log`` as the next parameter snapshot in ``store``.
+
+    The log's items are registered in the store's shared catalogue first, and the embedding rows
+    are permuted to the store's indices, so a running pipeline scores them under the same ids.
+    """
+    from models.params import capacity_for, grow, to_bytes
+
+    index = np.asarray(store.item_index(list(log.item_ids)), np.int64)
+    params = model.trainer.params
+    capacity = capacity_for(max(int(index.max()) + 1, store.n_items()), model.cfg.initial_capacity)
+    params = grow(params, capacity, model.cfg.seed)
+    emb, bias = np.array(params.item_emb), np.array(params.item_bias)
+    emb[index], bias[index] = np.asarray(params.item_emb)[: len(index)], np.asarray(params.item_bias)[: len(index)]
+    params = params._replace(item_emb=jnp.asarray(emb), item_bias=jnp.asarray(bias))
+    meta = {"source": f"bootstrap:{log.name}", "events": len(log), "epochs": model.epochs,
+            "steps": model.trainer.steps, "loss": model.trainer.last_loss, "n_items": store.n_items()}
+    return store.publish_params(to_bytes(params, meta))

@@ -6,6 +6,7 @@
     attnflow replay DATASET          push a real log into `events` with a progress bar
     attnflow tail TOPIC              print recommendations / feedback / deadletter readably
     attnflow demo                    the main job end to end on a real log, with a summary
+    attnflow bootstrap DATASET       train initial parameters offline, publish them to the workers
     attnflow eval ...                offline evaluation (see models.evaluate)
     attnflow reset                   drop this pipeline's topics and Redis keys
 
@@ -203,6 +204,28 @@ def cmd_demo(args, settings):
     return 0
 
 
+def cmd_bootstrap(args, settings):
+    """Train initial parameters offline on a historical log and publish them as a snapshot."""
+    from models.attention import AttentionRecommender, publish_bootstrap
+    from models.store import RedisStore
+
+    events_log = _load_log(args)
+    if args.limit:
+        from models.loaders import head
+        events_log = head(events_log, args.limit)
+    cfg = settings.engine_config()
+    if max(events_log.scene) >= cfg.n_scenes:
+        sys.exit(f"{events_log.name} uses {len(events_log.scene_names)} scenes, settings have {cfg.n_scenes}")
+    model = AttentionRecommender(cfg, settings.train_config(), epochs=args.epochs)
+    print(f"training on {len(events_log)} events of {events_log.name} for {args.epochs} epochs ...")
+    started = time.time()
+    model.fit(events_log, progress=True)
+    store = RedisStore(settings.redis_url, settings.redis_prefix)
+    version = publish_bootstrap(model, events_log, store)
+    print(f"published snapshot {version} (loss {model.trainer.last_loss:.3f}, {model.trainer.steps} steps, "
+          f"{time.time() - started:.0f}s); running workers load it with their next batch")
+
+
 def cmd_eval(args, settings):
     from models import evaluate
 
@@ -236,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prefix", default="demo.", help="topic prefix of the demo's own namespace")
     demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the worker to finish")
     demo.add_argument("--no-up", action="store_true", help="services are already running")
+    p = sub.add_parser("bootstrap", help="train initial parameters offline on a log; publish a snapshot")
+    p.add_argument("dataset", help="dataset folder name or alias")
+    p.add_argument("--data-dir", default="")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(fn=cmd_bootstrap)
     p = sub.add_parser("tail", help="print an output topic")
     p.add_argument("topic", choices=["recommendations", "feedback", "deadletter"])
     p.add_argument("--from-beginning", action="store_true")
