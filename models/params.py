@@ -33,7 +33,7 @@ class Params(NamedTuple):
     w_value: jax.Array       # [d, d]
     decay: jax.Array         # []    time decay per log-hour of age, through softplus
     transfer: jax.Array      # []    gate of the scene-transfer term, through sigmoid
-    copy: jax.Array          # []    gain of the repeat (copy-from-history) score, through softplus
+    copy: jax.Array          # []    signed gain of the repeat (copy-from-history) score
     copy_tau: jax.Array      # []    its recency horizon in events: 1 + softplus(copy_tau)
 
 
@@ -70,7 +70,7 @@ def init_params(cfg: EngineConfig, capacity: int | None = None) -> Params:
         w_query=jnp.eye(d, dtype=jnp.float32), w_key=jnp.eye(d, dtype=jnp.float32), w_value=jnp.eye(d, dtype=jnp.float32),
         decay=jnp.asarray(-2.0, jnp.float32),      # softplus(-2) ~ 0.13 per log-hour
         transfer=jnp.asarray(0.0, jnp.float32),    # gate 0.5
-        copy=jnp.asarray(2.0, jnp.float32),        # softplus(2) ~ 2.1: recent items first until trained
+        copy=jnp.asarray(2.0, jnp.float32),        # recent items first until trained
         copy_tau=jnp.asarray(7.0, jnp.float32),    # horizon ~ 8 events
     )
 

@@ -72,7 +72,7 @@ def user_vector(params: Params, interest, weight, hist_item, hist_type, hist_age
 def top_k(params: Params, user, n_items, exclude, k, hist_item=()):
     """Exact top-k over the first ``n_items`` items, excluded ones skipped; ties by lower index.
 
-    History items get the repeat score ``softplus(copy) * exp(-steps_back / tau)`` on top.
+    History items get the repeat score ``copy * exp(-steps_back / tau)`` on top.
     """
     p = _np(params)
     scores = p["item_emb"][:n_items] @ user + p["item_bias"][:n_items]
@@ -80,7 +80,7 @@ def top_k(params: Params, user, n_items, exclude, k, hist_item=()):
     tau = 1.0 + _softplus(p["copy_tau"])
     for j, item in enumerate(hist_item):
         if 0 <= item < n_items:
-            scores[item] += _softplus(p["copy"]) * np.exp(-(L - 1 - j) / tau)
+            scores[item] += p["copy"] * np.exp(-(L - 1 - j) / tau)
     scores[[e for e in exclude if 0 <= e < n_items]] = -np.inf
     order = sorted(range(n_items), key=lambda i: (-scores[i], i))[:k]
     order = [i for i in order if np.isfinite(scores[i])]

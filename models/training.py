@@ -40,9 +40,9 @@ class TrainConfig:
 
     learning_rate: float = 3e-3
     weight_decay: float = 0.0
-    batch_size: int = 256
+    batch_size: int = 64
     history_dropout: float = 0.2   # drop history entries at random: cheap augmentation against overfitting
-    replay_steps: int = 1          # extra steps on replayed past examples per batch of new ones
+    replay_steps: int = 2          # extra steps on replayed past examples per batch of new ones
     buffer_size: int = 65536
     seed: int = 0
 

@@ -53,9 +53,9 @@ class Settings:
     seed: int = 0
     # Online training: examples go to the train topic, one trainer learns, snapshots go to Redis
     train_enabled: bool = True
-    train_batch_size: int = 256
+    train_batch_size: int = 64
     train_learning_rate: float = 3e-3
-    train_replay_steps: int = 1
+    train_replay_steps: int = 2
     snapshot_interval_s: float = 20.0
     # Worker process
     web_host: str = "127.0.0.1"
