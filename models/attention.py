@@ -34,7 +34,7 @@ class AttentionRecommender:
 
     name = "attention"
 
-    def __init__(self, cfg: EngineConfig, train: TrainConfig = TrainConfig(), epochs: int = 1,
+    def __init__(self, cfg: EngineConfig, train: TrainConfig = TrainConfig(), epochs: int = 5,
                  batch: int = 256, params: Params | None = None, transfer: bool = True):
         self.cfg = cfg
         self.codec = StateCodec(cfg)
@@ -42,6 +42,7 @@ class AttentionRecommender:
         self.epochs = epochs
         self.batch = batch
         self.transfer = transfer
+        self.name = "attention" if transfer else "attention_no_transfer"
         self.states = self.codec.decode([None] * 1024)
         self.n_items = 0
         self._mask_codes = np.array([TYPE_CODE[t] for t in cfg.mask_types], np.int8)

@@ -5,10 +5,16 @@ only under the ``--out`` folder. Run ``python -m models.evaluate --help``.
 """
 from __future__ import annotations
 
+import os
+
+# Evaluation issues many tiny matrix products (a few users x the catalogue); multi-threaded OpenBLAS spins on
+# them and ran RiverMF 3x slower on a loaded 2-core box. Only takes effect when this module is the first
+# to import numpy (the CLI); export OPENBLAS_NUM_THREADS to override.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import importlib.metadata
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -29,7 +35,10 @@ PROTOCOLS = ("prequential", "loo")
 
 
 def _half_life(log: EventLog) -> float:
-    """A decay half-life of 1/20 of the log's robust time span (1st..99th percentile), at least 1 s."""
+    """A decay half-life of 1/20 of the log's robust time span (1st..99th percentile), at least 1 s;
+    no decay (infinite half-life) when the timestamps are synthetic (order only)."""
+    if log.extra.get("synthetic_ts"):
+        return float("inf")
     if len(log) < 2:
         return 1.0
     low, high = np.percentile(log.ts, [1, 99])
@@ -38,7 +47,15 @@ def _half_life(log: EventLog) -> float:
 
 # name -> factory(log) -> Recommender. Factories may size themselves from the log; adding a model is one line,
 # e.g. MODELS["attention"] = lambda log: AttentionRecommender(n_items_hint=log.n_items).
+def _attention(log: EventLog, **options) -> Recommender:
+    from models.attention import for_log  # imports JAX; only when asked for
+
+    return for_log(log, **options)
+
+
 MODELS: dict[str, Callable[[EventLog], Recommender]] = {
+    "attention": lambda log: _attention(log),
+    "attention_no_transfer": lambda log: _attention(log, transfer=False),
     "popularity": lambda log: DecayedPopularity(half_life_s=_half_life(log)),
     "transition_knn": lambda log: TransitionKNN(window=3, half_life_s=_half_life(log)),
     "river_mf": lambda log: RiverMF(n_factors=32, n_negatives=4, lr=0.05, l2=1e-4, seed=0),
@@ -103,10 +120,26 @@ def prequential(log: EventLog, model: Recommender, k: int = 10, batch: int = 256
     list_length = max(ks)
     accumulator = MetricAccumulator(ks=ks, n_windows=n_windows, type_names=EVENT_TYPES)
     known = np.zeros(max(log.n_items, 1), bool)
-    bounds = user_unique_batches(log.user, batch)
+    # A model that can rank each event from its exact pre-event history inside one call
+    # (``recommend_then_learn``) takes plain batches, where users may repeat; others get user-unique ones.
+    fused = hasattr(model, "recommend_then_learn")
+    bounds = (np.unique(np.r_[np.arange(0, len(log), batch), len(log)]) if fused
+              else user_unique_batches(log.user, batch))
+    first_seen = np.full(max(log.n_items, 1), len(log), np.int64)
+    np.minimum.at(first_seen, log.item, np.arange(len(log)))
     started = time.perf_counter()
     with _progress(len(log), f"{log.name}/{model.name}/prequential", progress) as bar:
         for start, stop in zip(bounds[:-1], bounds[1:]):
+            if fused:
+                users, items, types = log.user[start:stop], log.item[start:stop], log.type[start:stop]
+                recs = np.asarray(model.recommend_then_learn(users, items, types, log.scene[start:stop],
+                                                             log.ts[start:stop], list_length))
+                known[items] = True
+                _check_recommendations(model, recs, stop - start, list_length, known)
+                cold = first_seen[items] >= np.arange(start, stop)  # not seen before this very event
+                accumulator.add(rank_of(items, recs), types, log.ts[start:stop], cold=cold)
+                bar.update(stop - start)
+                continue
             users, items, types = log.user[start:stop], log.item[start:stop], log.type[start:stop]
             scenes, ts = log.scene[start:stop], log.ts[start:stop]
             recs = np.asarray(model.recommend(users, scenes, ts, list_length, None))
@@ -116,6 +149,8 @@ def prequential(log: EventLog, model: Recommender, k: int = 10, batch: int = 256
             known[items] = True
             bar.update(stop - start)
     return {"protocol": "prequential", "n_events": len(log), "n_batches": len(bounds) - 1, "batch": batch,
+            "batching": "fused (users may repeat; each event ranked from its pre-event history)" if fused
+            else "user-unique",
             "seconds": round(time.perf_counter() - started, 3), "metrics": accumulator.result()}
 
 
@@ -251,7 +286,7 @@ def run(datasets, models, protocols=("prequential",), out: str | Path = DEFAULT_
     if unknown:
         raise ValueError(f"unknown protocols {unknown}; choose from {PROTOCOLS}")
     out = Path(out)
-    context = {"command": [Path(sys.executable).name, *sys.argv], "machine": machine(), "git": git_commit()}
+    context = {"command": list(getattr(sys, "orig_argv", sys.argv)), "machine": machine(), "git": git_commit()}
     entries = []
     for dataset in datasets:
         log = loaders.load(dataset, data_dir=data_dir, **(dataset_options or {}).get(dataset, {}))

@@ -226,6 +226,13 @@ def cmd_bootstrap(args, settings):
           f"{time.time() - started:.0f}s); running workers load it with their next batch")
 
 
+def cmd_report(args, settings):
+    from streams.report import update_readme
+
+    update_readme()
+    print("README results block rewritten from docs/results/*.json")
+
+
 def cmd_eval(args, settings):
     from models import evaluate
 
@@ -275,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="offline evaluation; arguments go to models.evaluate", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_eval)
+    sub.add_parser("report", help="rewrite the README results from docs/results").set_defaults(fn=cmd_report)
     sub.add_parser("reset", help="delete topics and Redis keys of this pipeline").set_defaults(fn=cmd_reset)
     return parser
 

@@ -1,0 +1,115 @@
+"""Render measured results from ``docs/results/*.json`` into the README (between marker comments).
+
+The README never carries a hand-typed number: ``attnflow report`` rewrites the block from the
+files the evaluation and benchmark commands wrote, with the command behind each table.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+# Published full-ranking leave-one-out numbers on Amazon Beauty (from the issue / papers), for reference.
+PUBLISHED_BEAUTY = {"SASRec (published)": {"HR@20": 0.0894, "NDCG@20": 0.0386},
+                    "ICSRec (published, best)": {"HR@20": 0.1298, "NDCG@20": 0.0663}}
+
+
+def _load(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _command(entries) -> str:
+    commands = {shlex.join(e["command"]) for e in entries if e.get("command")}
+    return "; ".join(sorted(commands))
+
+
+def eval_tables(data: dict) -> list[str]:
+    entries = data.get("entries", [])
+    if not entries:
+        return []
+    out = []
+    preq = [e for e in entries if e["protocol"] == "prequential"]
+    if preq:
+        models = sorted({e["model"] for e in preq}, key=lambda m: (m != "attention", m))
+        out += ["### Prequential full-ranking (test-then-train over each whole log)", "",
+                "HR@10 / NDCG@10 per dataset and model; every model ran on the same stream in the same command.", "",
+                "| dataset | events | " + " | ".join(models) + " |",
+                "|---|---|" + "---|" * len(models)]
+        for dataset in sorted({e["dataset"] for e in preq}):
+            row = {e["model"]: e for e in preq if e["dataset"] == dataset}
+            n = next(iter(row.values()))["n_events"]
+            cells = []
+            best = max((r["result"]["metrics"]["overall"]["NDCG@10"] for r in row.values()), default=None)
+            for m in models:
+                if m not in row:
+                    cells.append("–")
+                    continue
+                o = row[m]["result"]["metrics"]["overall"]
+                cell = f"{o['HR@10']:.4f} / {o['NDCG@10']:.4f}"
+                cells.append(f"**{cell}**" if o["NDCG@10"] == best else cell)
+            out.append(f"| {dataset} | {n} | " + " | ".join(cells) + " |")
+        out += ["", f"Command(s): `{_command(preq)}`", ""]
+    loo = [e for e in entries if e["protocol"] == "loo"]
+    if loo:
+        out += ["### Leave-one-out full ranking (last item test, second-to-last validation, all items ranked)", "",
+                "| dataset | model | valid HR@10 | test HR@10 | test NDCG@10 | test HR@20 | test NDCG@20 |",
+                "|---|---|---|---|---|---|---|"]
+        for e in sorted(loo, key=lambda e: (e["dataset"], e["model"])):
+            v, t = e["result"]["valid"], e["result"]["test"]
+            out.append(f"| {e['dataset']} | {e['model']} | {v['HR@10']:.4f} | {t['HR@10']:.4f} | {t['NDCG@10']:.4f} "
+                       f"| {t['HR@20']:.4f} | {t['NDCG@20']:.4f} |")
+        if any(e["dataset"] == "amazon-beauty" for e in loo):
+            for name, m in PUBLISHED_BEAUTY.items():
+                out.append(f"| amazon-beauty | {name} | | | | {m['HR@20']:.4f} | {m['NDCG@20']:.4f} |")
+        out += ["", f"Command(s): `{_command(loo)}`", ""]
+    machines = {json.dumps(e.get("machine", {}), sort_keys=True) for e in entries}
+    out += [f"Machine(s): {'; '.join(sorted(machines))}", ""]
+    return out
+
+
+def generic_table(title: str, data: dict) -> list[str]:
+    """Benchmark files render their own ``summary`` rows (list of dicts) when present."""
+    rows = data.get("summary") or []
+    if not rows:
+        return []
+    cols = list(rows[0])
+    out = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(f"{r.get(c):.4g}" if isinstance(r.get(c), float) else str(r.get(c, ""))
+                                     for c in cols) + " |")
+    cmd = data.get("command")
+    if cmd:
+        out += ["", f"Command: `{shlex.join(cmd) if isinstance(cmd, list) else cmd}`"]
+    if data.get("machine"):
+        out += [f"Machine: {json.dumps(data['machine'], sort_keys=True)}"]
+    return out + [""]
+
+
+def render(folder: Path = REPO / "docs" / "results") -> str:
+    lines: list[str] = []
+    evaluation = _load(folder / "eval.json")
+    if evaluation:
+        lines += eval_tables(evaluation)
+    for name, title in (("bench.json", "Pipeline benchmark (real Kafka + Redis)"),
+                        ("kernel_bench.json", "Kernel microbenchmark")):
+        data = _load(folder / name)
+        if data:
+            lines += generic_table(title, data)
+    if not lines:
+        lines = ["No measured results yet."]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def update_readme(readme: Path = REPO / "README.md") -> None:
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme} has no {START} ... {END} block")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{render()}{END}{tail}")
+
+
+if __name__ == "__main__":
+    update_readme()
