@@ -289,9 +289,12 @@ def run(datasets, models, protocols=("prequential",), out: str | Path = DEFAULT_
     context = {"command": list(getattr(sys, "orig_argv", sys.argv)), "machine": machine(), "git": git_commit()}
     entries = []
     for dataset in datasets:
-        log = loaders.load(dataset, data_dir=data_dir, **(dataset_options or {}).get(dataset, {}))
+        options = (dataset_options or {}).get(dataset, {})
+        log = loaders.load(dataset, data_dir=data_dir, **options)
         if limit is not None:
             log = loaders.head(log, limit)
+        if options:  # a variant of the dataset (e.g. with scenes) is a dataset of its own in the results
+            log.name = log.name + "".join(f"[{key}={value}]" for key, value in sorted(options.items()))
         for model_name in models:
             for protocol in protocols:
                 model = MODELS[model_name](log)
@@ -402,14 +405,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=10, help="report HR/NDCG at k and 2k (default 10)")
     parser.add_argument("--batch", type=int, default=256, help="max micro-batch size (default 256)")
     parser.add_argument("--data-dir", default=None, help=f"dataset folder (default ${loaders.DATA_ENV} or shared)")
+    parser.add_argument("--scene", type=_csv, default=[],
+                        help="derive scenes, per dataset: e.g. tmall=type,taobao=category (see models.loaders)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     for name in args.models:
         if name not in MODELS:
             parser.error(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    run(args.datasets, args.models, args.protocols, out=args.out, limit=args.limit, k=args.k, batch=args.batch,
-        data_dir=args.data_dir, progress=not args.quiet, plots=not args.no_plots)
+    options = {}
+    for spec in args.scene:
+        name, _, scene = spec.partition("=")
+        options[loaders.ALIASES.get(name, name)] = {"scene": scene}
+    datasets = [loaders.ALIASES.get(d, d) for d in args.datasets]
+    run(datasets, args.models, args.protocols, out=args.out, limit=args.limit, k=args.k, batch=args.batch,
+        data_dir=args.data_dir, progress=not args.quiet, plots=not args.no_plots, dataset_options=options)
     return 0
 
 
