@@ -45,6 +45,7 @@ class AttentionRecommender:
         self.name = "attention" if transfer else "attention_no_transfer"
         self.states = self.codec.decode([None] * 1024)
         self.n_items = 0
+        self.seen = np.zeros(1024, bool)  # items learned so far (only these may be recommended)
         self._mask_codes = np.array([TYPE_CODE[t] for t in cfg.mask_types], np.int8)
 
     @property
@@ -72,6 +73,9 @@ class AttentionRecommender:
         users = np.asarray(users, np.int64)
         self._ensure_users(users)
         states = self.states[users]
+        unseen = np.flatnonzero(~self.seen[: self.n_items])  # below the index bound, never learned
+        if len(unseen):
+            exclude = [np.r_[e, unseen] for e in exclude] if exclude is not None else [unseen] * len(users)
         ranks = batching.rank_inputs(states, np.asarray(ts, np.float64), np.asarray(scenes), self._mask_codes,
                                      exclude)
         return self._rank(ranks, states["interest"], states["interest_weight"], k)
@@ -135,6 +139,9 @@ class AttentionRecommender:
             seen_before = np.maximum.accumulate(np.r_[self.n_items - 1, items[:-1]]) + 1
             recs = self._rank(ranks, ex.interest, ex.weight, k, seen_before.astype(np.int32))
         self.n_items = max(self.n_items, int(items.max()) + 1)
+        if self.n_items > len(self.seen):
+            self.seen = np.r_[self.seen, np.zeros(max(self.n_items, 2 * len(self.seen)) - len(self.seen), bool)]
+        self.seen[items] = True
         self.trainer.learn(ex, self.n_items)
         self.trainer.ensure_capacity(self.n_items)
         B, E, S = len(active), len(users), self.cfg.n_scenes

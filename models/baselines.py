@@ -237,10 +237,8 @@ class TransitionKNN:
             return []
         candidates, slots = np.unique(keys, return_inverse=True)
         values = np.bincount(slots, weights, minlength=candidates.size)
-        # Ties between neighbours go to the more popular item.
-        tie_break = np.nan_to_num(popularity[candidates], neginf=0.0)
-        tie_break = tie_break / (tie_break.max() + 1.0) * 1e-9
-        best = top_k(values + tie_break, min(k, values.size))[0]
+        # Best transition score first; ties go to the more popular item, then to the lower index.
+        best = np.lexsort((candidates, -popularity[candidates], -values))[:k]
         return candidates[best].tolist()
 
 

@@ -315,8 +315,10 @@ def load_beauty(root: Path, scene: str | None = None, synthetic_ts: str = "posit
         ts.extend(range(start, start + len(sequence)))
     notes = (f"amazon-beauty: every interaction -> view; synthetic ts = {synthetic_ts} index "
              "(position: k-th item of each user at ts=k, ties in file order); single scene 'default'")
-    return EventLog.from_columns("amazon-beauty", users, items, np.full(len(ts), TYPE_CODE["view"]), ts,
-                                 notes=notes)
+    log = EventLog.from_columns("amazon-beauty", users, items, np.full(len(ts), TYPE_CODE["view"]), ts,
+                                notes=notes)
+    log.extra["synthetic_ts"] = synthetic_ts
+    return log
 
 
 DATASETS: dict[str, Callable[..., EventLog]] = {
