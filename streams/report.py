@@ -87,16 +87,71 @@ def generic_table(title: str, data: dict) -> list[str]:
     return out + [""]
 
 
+def _fmt(value, digits=0):
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}" if isinstance(value, (int, float)) else str(value)
+
+
+def bench_tables(data: dict) -> list[str]:
+    medians, ratios = data.get("medians") or {}, data.get("ratios") or {}
+    if not medians:
+        return []
+    variants = ["raw_aiokafka", "noop_faust", "pipeline", "pipeline_notrain", "pipeline_2w", "naive"]
+    out = ["### Pipeline benchmark (real Kafka + Redis; medians of repeated runs)", "",
+           "| items | variant | events/s per worker | kernel p50 ms | RSS MiB | Redis round trips / event | Redis bytes in / event |",
+           "|---|---|---|---|---|---|---|"]
+    for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
+        for v in variants:
+            m = by_variant.get(v)
+            if not m:
+                continue
+            out.append(f"| {int(items):,} | {v} | {_fmt(m.get('events_per_s_per_worker'))} | {_fmt(m.get('kernel_ms_p50'), 1)} "
+                       f"| {_fmt(m.get('rss_mib'))} | {_fmt(m.get('redis_round_trips_per_event'), 4)} "
+                       f"| {_fmt(m.get('redis_bytes_in_per_event'))} |")
+    out += ["", "Latency, event produced → recommendation (ms, p50 / p95 / p99) at a fraction of the measured maximum rate:", "",
+            "| items | variant | rate | p50 | p95 | p99 |", "|---|---|---|---|---|---|"]
+    for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
+        for v in variants:
+            m = by_variant.get(v) or {}
+            for fraction in ("0.25", "0.50", "0.75"):
+                p50 = m.get(f"latency@{fraction}_p50_ms")
+                if p50 is not None:
+                    out.append(f"| {int(items):,} | {v} | {float(fraction):.0%} ({_fmt(m.get(f'latency@{fraction}_rate'))}/s) "
+                               f"| {_fmt(p50)} | {_fmt(m.get(f'latency@{fraction}_p95_ms'))} "
+                               f"| {_fmt(m.get(f'latency@{fraction}_p99_ms'))} |")
+    out += ["", "Ratios: " + "; ".join(f"{items} items: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if v is not None)
+                                     for items, r in sorted(ratios.items(), key=lambda kv: int(kv[0])))]
+    out += ["", f"Command: `{shlex.join(data['command']) if isinstance(data.get('command'), list) else data.get('command')}`",
+            f"Machine: {json.dumps(data.get('machine', {}), sort_keys=True)}", ""]
+    return out
+
+
+def kernel_tables(data: dict) -> list[str]:
+    results = data.get("results") or {}
+    if not results:
+        return []
+    out = ["### Kernel microbenchmark (one batch of 512 users; median ms)", "",
+           "| items | jitted kernel | vectorised NumPy | NumPy reference loop | jit vs NumPy |", "|---|---|---|---|---|"]
+    for items, r in sorted(results.items(), key=lambda kv: int(kv[0])):
+        step = r.get("step", {})
+        jit, vec, ref = (step.get(n, {}).get("median_ms") for n in ("jit", "numpy_vectorised", "reference_loop"))
+        ratio = f"{vec / jit:.1f}x" if jit and vec else "–"
+        out.append(f"| {int(items):,} | {_fmt(jit, 1)} | {_fmt(vec, 1)} | {_fmt(ref, 1)} | {ratio} |")
+    out += ["", f"Command: `{shlex.join(data['command']) if isinstance(data.get('command'), list) else data.get('command')}`", ""]
+    return out
+
+
 def render(folder: Path = REPO / "docs" / "results") -> str:
     lines: list[str] = []
     evaluation = _load(folder / "eval.json")
     if evaluation:
         lines += eval_tables(evaluation)
-    for name, title in (("bench.json", "Pipeline benchmark (real Kafka + Redis)"),
-                        ("kernel_bench.json", "Kernel microbenchmark")):
-        data = _load(folder / name)
-        if data:
-            lines += generic_table(title, data)
+    bench, kernel = _load(folder / "bench.json"), _load(folder / "kernel_bench.json")
+    if bench:
+        lines += bench_tables(bench) or generic_table("Pipeline benchmark", bench)
+    if kernel:
+        lines += kernel_tables(kernel) or generic_table("Kernel microbenchmark", kernel)
     if not lines:
         lines = ["No measured results yet."]
     return "\n".join(lines).rstrip() + "\n"
