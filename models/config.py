@@ -31,7 +31,7 @@ class EngineConfig:
     buckets: tuple[int, ...] = (8, 32, 128, 512, 2048, 8192)
     max_batch: int = 512
     # Catalogue scoring is chunked above this many items so B x N scores never materialise at once.
-    item_chunk: int = 16384
+    item_chunk: int = 4096
     initial_capacity: int = 16384
     seed: int = 0
 

@@ -134,33 +134,33 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
                 exclude: jax.Array, k: int, chunk: int) -> tuple[jax.Array, jax.Array]:
     """Exact top-``k`` of ``user . e_i + b_i`` (+ repeat score) over the catalogue, ``chunk`` items at a time.
 
-    With a catalogue no larger than ``chunk`` this is one matmul; above it a scan keeps a running
-    top-k so the full ``B x N`` score matrix never exists.
+    With a table no larger than ``chunk`` this is one matmul; above it a loop over the chunks that
+    hold live items keeps a running top-k, so the full ``B x N`` score matrix never exists.
     """
     C, d = params.item_emb.shape
     if C <= chunk:
         scores = copy_scores(user @ params.item_emb.T + params.item_bias, 0, hist_item, params)
         scores = _mask_scores(scores, 0, n_items, exclude)
         return _topk(scores, k, 0)
-    n_chunks = C // chunk
-    emb = params.item_emb.reshape(n_chunks, chunk, d)
-    bias = params.item_bias.reshape(n_chunks, chunk)
+    B = user.shape[0]
 
-    def step(best, xs):
+    def step(c, best):
         best_scores, best_items = best
-        emb_c, bias_c, start = xs
+        start = c * chunk
+        emb_c = jax.lax.dynamic_slice_in_dim(params.item_emb, start, chunk)
+        bias_c = jax.lax.dynamic_slice_in_dim(params.item_bias, start, chunk)
         scores = copy_scores(user @ emb_c.T + bias_c, start, hist_item, params)
         scores = _mask_scores(scores, start, n_items, exclude)
         i, s = _topk(scores, k, start)
         merged_scores = jnp.concatenate([best_scores, s], axis=1)
         merged_items = jnp.concatenate([best_items, i], axis=1)
         top, pos = jax.lax.top_k(merged_scores, k)
-        return (top, jnp.take_along_axis(merged_items, pos, axis=1)), None
+        return top, jnp.take_along_axis(merged_items, pos, axis=1)
 
-    B = user.shape[0]
     init = (jnp.full((B, k), NEG_INF, user.dtype), jnp.full((B, k), -1, jnp.int32))
-    starts = jnp.arange(n_chunks, dtype=jnp.int32) * chunk
-    (scores, items), _ = jax.lax.scan(step, init, (emb, bias, starts))
+    # Only the chunks that hold live items: the table's growth padding is never scored.
+    live = jnp.minimum((jnp.max(n_items) + chunk - 1) // chunk, C // chunk)
+    scores, items = jax.lax.fori_loop(0, live, step, init)
     return jnp.where(scores > NEG_INF / 2, items, -1), scores
 
 

@@ -48,7 +48,7 @@ class Settings:
     scenes: tuple[str, ...] = ("default", "home", "search", "product")
     mask_types: tuple[str, ...] = ()
     interest_decay: float = 0.9
-    item_chunk: int = 16384
+    item_chunk: int = 4096
     initial_capacity: int = 16384
     seed: int = 0
     # Online training: examples go to the train topic, one trainer learns, snapshots go to Redis
