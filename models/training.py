@@ -117,6 +117,13 @@ class Trainer:
         self._buffer_len = 0
         self._buffer_pos = 0
 
+    def warmup(self) -> None:
+        """Compile the step ahead of the first examples (kept in the persistent cache when enabled)."""
+        cfg, size = self.cfg, self.train_cfg.batch_size
+        batch = to_batch(toy_examples(cfg, n=1, n_items=1), size)
+        train_step.lower(self.params, self.opt_state, batch, jnp.int32(1), self.key,
+                         optimizer=self.optimizer, dropout=self.train_cfg.history_dropout).compile()
+
     def ensure_capacity(self, n_items: int) -> None:
         capacity = capacity_for(n_items, self.cfg.initial_capacity)
         if capacity > self.params.item_emb.shape[0]:

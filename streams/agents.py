@@ -201,6 +201,7 @@ class TrainWorker:
                 params = from_bytes(blob)[0]
                 log.info("trainer resumes from snapshot %d", version)
         self.trainer = Trainer(self.cfg, self.settings.train_config(), params)
+        self.trainer.warmup()
         self.metrics.published_version = version
 
     def learn(self, blobs: list[bytes]) -> None:
@@ -247,14 +248,23 @@ def register(app, settings, events_topic, recommendations_topic, feedback_topic,
     worker = RankWorker(settings, recommendations_topic, feedback_topic, deadletter_topic, train_topic)
     trainer = TrainWorker(settings)
 
-    @app.agent(events_topic, concurrency=1, name="rank")
-    async def rank(stream):
-        """Rank agent: micro-batches of events → recommendations, feedback, dead letters."""
-        await worker.start()
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            await worker.handle(events)
+    if settings.role in ("all", "rank"):
+        @app.agent(events_topic, concurrency=1, name="rank")
+        async def rank(stream):
+            """Rank agent: micro-batches of events → recommendations, feedback, dead letters."""
+            await worker.start()
+            async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+                await worker.handle(events)
+    else:
+        worker.metrics.ready = True  # nothing to warm up for ranking in a dedicated trainer
 
-    if settings.train_enabled:
+    if settings.train_enabled and settings.role in ("all", "train"):
+        @app.task
+        async def warm_trainer():
+            """Load the latest snapshot and compile the optimiser step before examples arrive."""
+            enable_compile_cache(settings.compile_cache_dir)
+            await asyncio.get_running_loop().run_in_executor(trainer.executor, trainer._resume)
+
         @app.agent(train_topic, concurrency=1, name="train")
         async def train(stream):
             """Train agent: training examples → optax steps → parameter snapshots in Redis."""

@@ -3,6 +3,7 @@
     attnflow up | down | status      local Kafka (KRaft) + Redis from deploy/
     attnflow topics [--delete]       create (or delete) the pipeline's topics
     attnflow worker                  run one rank worker (Faust); start more to scale out
+    attnflow trainer                 a dedicated trainer process (workers then use ATTNFLOW_ROLE=rank)
     attnflow replay DATASET          push a real log into `events` with a progress bar
     attnflow tail TOPIC              print recommendations / feedback / deadletter readably
     attnflow demo                    the main job end to end on a real log, with a summary
@@ -75,6 +76,14 @@ def cmd_worker(args, settings):
     sys.argv = ["attnflow", "worker", "--loglevel", args.loglevel or settings.log_level,
                 "--web-port", str(port), "--web-host", settings.web_host, "--web-bind", settings.web_host]
     app.main()
+
+
+def cmd_trainer(args, settings):
+    """A dedicated trainer process: only the train agent (rank workers then run ATTNFLOW_ROLE=rank)."""
+    os.environ["ATTNFLOW_ROLE"] = "train"
+    if args.web_port is None:
+        args.web_port = settings.web_port + 100
+    cmd_worker(args, Settings.from_env())
 
 
 def _load_log(args):
@@ -253,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web-port", type=int, default=None, help="default ATTNFLOW_WEB_PORT (6066)")
     p.add_argument("--loglevel", default=None)
     p.set_defaults(fn=cmd_worker)
+    p = sub.add_parser("trainer", help="run a dedicated trainer (then start workers with ATTNFLOW_ROLE=rank)")
+    p.add_argument("--web-port", type=int, default=None, help="default ATTNFLOW_WEB_PORT + 100")
+    p.add_argument("--loglevel", default=None)
+    p.set_defaults(fn=cmd_trainer)
     for name, fn, helptext in (("replay", cmd_replay, "replay a dataset into the events topic"),
                                ("demo", cmd_demo, "run the whole pipeline on a real log and summarise")):
         p = sub.add_parser(name, help=helptext)

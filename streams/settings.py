@@ -51,6 +51,9 @@ class Settings:
     item_chunk: int = 4096
     initial_capacity: int = 16384
     seed: int = 0
+    # What this process runs: "all" (rank + train agents), "rank", or "train" (a dedicated trainer, so
+    # optax steps do not compete with ranking for the same cores)
+    role: str = "all"
     # Online training: examples go to the train topic, one trainer learns, snapshots go to Redis
     train_enabled: bool = True
     train_batch_size: int = 64
@@ -93,6 +96,8 @@ class Settings:
                 raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
         values.update(overrides)
         settings = cls(**values)
+        if settings.role not in ("all", "rank", "train"):
+            raise ValueError(f"{PREFIX}ROLE={settings.role!r}: expected all, rank or train")
         settings.engine_config()  # fail at start-up, not on the first event
         return settings
 
