@@ -107,11 +107,14 @@ class Engine:
         self.model_version = model_version
         self._index: dict[str, int] = {}
         self._ids: list[str] = []
+        self._id_array: np.ndarray | None = None  # _ids as an array for vectorised lookups
         self._mask_codes = np.array([TYPE_CODE[t] for t in cfg.mask_types], np.int8)
 
     # ---- catalogue -------------------------------------------------------------------------
 
     def _learn_ids(self, ids: list[str], indices: list[int], n_items: int) -> None:
+        if ids:
+            self._id_array = None
         for item, index in zip(ids, indices):
             self._index[item] = index
         if n_items > len(self._ids):
@@ -121,6 +124,7 @@ class Engine:
 
     def item_id(self, index: int) -> str:
         if self._ids[index] is None:  # assigned by another worker: fetch the tail of the catalogue once
+            self._id_array = None
             missing = min(i for i, v in enumerate(self._ids) if v is None)
             for offset, item in enumerate(self.store.item_ids(missing)):
                 self._ids[missing + offset] = item
@@ -274,12 +278,18 @@ class Engine:
 
         users = [last_source[b].event.user_id for b in range(B)]
         result._users, result._values = users, self.codec.encode(sub)
+        if (top_items >= 0).any() and any(self._ids[i] is None for i in np.unique(top_items[top_items >= 0])):
+            self.item_id(int(top_items.max()))  # ids assigned by other workers: fetch them once
+        if self._id_array is None or len(self._id_array) != len(self._ids):
+            self._id_array = np.asarray(self._ids, dtype=object)
+        ids = self._id_array
+        scores = np.round(top_scores.astype(np.float64), 6)
+        now, scene = prepared.now.tolist(), prepared.scene.tolist()
         for b in range(B):
             shown = top_items[b][top_items[b] >= 0]
             result.recommendations.append(Recommendation(
-                user_id=users[b], scene=cfg.scenes[prepared.scene[b]], items=[self.item_id(i) for i in shown],
-                scores=[round(float(x), 6) for x in top_scores[b][: len(shown)]],
-                model_version=self.model_version, event_ts=float(prepared.now[b])))
+                user_id=users[b], scene=cfg.scenes[scene[b]], items=ids[shown].tolist(),
+                scores=scores[b, : len(shown)].tolist(), model_version=self.model_version, event_ts=now[b]))
 
     def warmup(self) -> float:
         """Compile the kernel for every bucket a batch can use, so no request waits on XLA."""

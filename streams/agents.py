@@ -40,6 +40,15 @@ def reason_code(reason: str) -> str:
     return "wrong_type" if "must be" in reason else "bad_value"
 
 
+async def _send(topic, key: bytes | None, value: bytes):
+    """Queue one record on the app's producer; returns its delivery future.
+
+    Straight to the producer: the values are already bytes, so Faust's per-message topic machinery
+    (serializers, FutureMessage, callbacks) is pure overhead on this path.
+    """
+    return await topic.app.producer.send(topic.get_topic_name(), key, value, None, None, None)
+
+
 @dataclass(slots=True)
 class DeadLetter:
     raw: bytes
@@ -146,16 +155,14 @@ class RankWorker:
         emitted = time.time()
         pending = []
         for rec in result.recommendations:
-            pending.append(await recommendations.send(
-                key=rec.user_id.encode(), value=encode_recommendation(rec, emitted), force=True))
+            pending.append(await _send(recommendations, rec.user_id.encode(), encode_recommendation(rec, emitted)))
         for fb in result.feedback:
-            pending.append(await feedback.send(key=fb.user_id.encode(), value=encode_feedback(fb), force=True))
+            pending.append(await _send(feedback, fb.user_id.encode(), encode_feedback(fb)))
             self.metrics.observe_feedback(fb.hit, fb.rank, fb.list_age_s is not None)
         pending += await self._send_deadletters([DeadLetter.of(r.event, r.reason, topic) for r in result.rejected])
         if self.train_topic is not None and result.examples is not None and len(result.examples):
             # one message per batch: examples are fixed-size binary records, not JSON
-            pending.append(await self.train_topic.send(
-                key=None, value=examples_to_bytes(result.examples, self.cfg), force=True))
+            pending.append(await _send(self.train_topic, None, examples_to_bytes(result.examples, self.cfg)))
         await asyncio.gather(*pending)
         self.metrics.recommendations += len(result.recommendations)
 
@@ -166,8 +173,8 @@ class RankWorker:
         for d in dead:
             log.warning("dead letter %s[%d]@%d: %s", d.topic, d.partition, d.offset, d.reason)
             self.metrics.deadletters[reason_code(d.reason)] += 1
-            futures.append(await deadletter.send(
-                key=None, value=encode_deadletter(d.raw, d.reason, d.topic, d.partition, d.offset), force=True))
+            futures.append(await _send(deadletter, None,
+                                       encode_deadletter(d.raw, d.reason, d.topic, d.partition, d.offset)))
         return futures
 
 
