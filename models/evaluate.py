@@ -353,6 +353,9 @@ def plot_results(entries: list[dict], folder: Path, k: int = 10) -> list[Path]:
     columns = min(3, len(datasets))
     rows = -(-len(datasets) // columns)
     paths = []
+    # one colour per model across every panel and both figures
+    all_models = sorted({m for _, m in chosen})
+    colour = {m: f"C{i % 10}" for i, m in enumerate(all_models)}
     for kind in ("over_time", "by_type"):
         figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
         for axis, dataset in zip(axes.flat, datasets):
@@ -361,7 +364,7 @@ def plot_results(entries: list[dict], folder: Path, k: int = 10) -> list[Path]:
                 for model in models:
                     windows = chosen[dataset, model]["result"]["metrics"]["windows"]
                     axis.plot(range(1, len(windows) + 1), [w.get(metric, 0.0) for w in windows], marker="o",
-                              label=model)
+                              label=model, color=colour[model])
                 axis.set_xlabel("time window (equal event counts)")
             else:
                 types = [t for t in EVENT_TYPES
@@ -370,7 +373,8 @@ def plot_results(entries: list[dict], folder: Path, k: int = 10) -> list[Path]:
                 for offset, model in enumerate(models):
                     by_type = chosen[dataset, model]["result"]["metrics"]["by_type"]
                     axis.bar(np.arange(len(types)) + offset * width,
-                             [by_type.get(t, {}).get(metric, 0.0) for t in types], width, label=model)
+                             [by_type.get(t, {}).get(metric, 0.0) for t in types], width, label=model,
+                             color=colour[model])
                 axis.set_xticks(np.arange(len(types)) + 0.4 - width / 2, types)
             axis.set_title(dataset, fontsize=10)
             axis.set_ylabel(metric)
