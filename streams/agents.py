@@ -239,8 +239,16 @@ class TrainWorker:
     async def handle(self, events) -> None:
         loop = asyncio.get_running_loop()
         good = []
+        horizon = time.time() - self.settings.train_max_lag_s
         for event in events:
+            # A trainer that cannot keep up learns from the newest examples instead of an ever older
+            # backlog; what it skips is counted, and the events themselves were applied long ago.
+            if self.settings.train_max_lag_s > 0 and event.message.timestamp and event.message.timestamp < horizon:
+                self.metrics.skipped_stale += 1
+                continue
             good.append(event.value)
+        if not good:
+            return
         try:
             await loop.run_in_executor(self.executor, self.learn, good)
         except ValueError as exc:  # a message from a worker with another layout: skip it, loudly

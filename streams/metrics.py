@@ -129,6 +129,7 @@ class TrainerMetrics:
     loss: float | None = None
     published_version: int = 0
     published_ts: float | None = None
+    skipped_stale: int = 0
 
     def snapshot(self) -> dict:
         return dict(self.__dict__)
@@ -138,6 +139,9 @@ class TrainerMetrics:
                  "# TYPE attnflow_train_examples_total counter", f"attnflow_train_examples_total {self.examples}",
                  "# HELP attnflow_train_steps_total optimiser steps taken by this worker",
                  "# TYPE attnflow_train_steps_total counter", f"attnflow_train_steps_total {self.steps}",
+                 "# HELP attnflow_train_skipped_stale_total training messages skipped as older than TRAIN_MAX_LAG_S",
+                 "# TYPE attnflow_train_skipped_stale_total counter",
+                 f"attnflow_train_skipped_stale_total {self.skipped_stale}",
                  "# HELP attnflow_published_model_version last parameter snapshot this worker published",
                  "# TYPE attnflow_published_model_version gauge",
                  f"attnflow_published_model_version {self.published_version}"]

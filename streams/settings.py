@@ -60,6 +60,7 @@ class Settings:
     train_learning_rate: float = 3e-3
     train_replay_steps: int = 2
     snapshot_interval_s: float = 20.0
+    train_max_lag_s: float = 120.0  # skip training messages older than this (0: never skip)
     # Worker process
     web_host: str = "127.0.0.1"
     web_port: int = 6066
