@@ -208,7 +208,10 @@ class TrainWorker:
                 params = from_bytes(blob)[0]
                 log.info("trainer resumes from snapshot %d", version)
         self.trainer = Trainer(self.cfg, self.settings.train_config(), params)
-        self.trainer.warmup()
+        try:
+            self.trainer.warmup()
+        except Exception:  # noqa: BLE001 -- only an optimisation: the first step compiles instead
+            log.exception("trainer warm-up failed; the first training step will compile")
         self.metrics.published_version = version
 
     def learn(self, blobs: list[bytes]) -> None:
@@ -278,7 +281,10 @@ def register(app, settings, events_topic, recommendations_topic, feedback_topic,
         async def warm_trainer():
             """Load the latest snapshot and compile the optimiser step before examples arrive."""
             enable_compile_cache(settings.compile_cache_dir)
-            await asyncio.get_running_loop().run_in_executor(trainer.executor, trainer._resume)
+            try:
+                await asyncio.get_running_loop().run_in_executor(trainer.executor, trainer._resume)
+            except TRANSIENT_ERRORS as exc:  # the first training batch resumes instead
+                log.warning("trainer could not resume yet (%s); will retry with the first examples", exc)
 
         @app.agent(train_topic, concurrency=1, name="train")
         async def train(stream):
