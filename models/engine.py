@@ -171,7 +171,6 @@ class Engine:
         result = BatchResult()
         if not batch:
             return result
-        cfg = self.cfg
         rows: dict[str, int] = {}
         for sourced in batch:
             rows.setdefault(sourced.event.user_id, len(rows))

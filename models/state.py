@@ -7,7 +7,6 @@ the rest. No I/O here; the store moves the bytes.
 from __future__ import annotations
 
 import zlib
-from typing import NamedTuple
 
 import numpy as np
 

@@ -209,7 +209,7 @@ def cmd_demo(args, settings):
             return 1
     finally:
         stop_worker(worker)
-    print(f"\nservices keep running; `attnflow tail recommendations` to read more, `attnflow down` to stop.")
+    print("\nservices keep running; `attnflow tail recommendations` to read more, `attnflow down` to stop.")
     return 0
 
 

@@ -1,6 +1,5 @@
 """models/engine.py: replay fences, feedback, masking, catalogue growth and snapshot reload."""
 import numpy as np
-import pytest
 
 from models.config import EngineConfig
 from models.batching import occurrence
