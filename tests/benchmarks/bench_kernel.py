@@ -179,7 +179,7 @@ def summary(seconds: list[float], users: int) -> dict:
 def bench_catalogue(n_items: int, args, log) -> dict:
     capacity = capacity_for(n_items, 16384 if n_items > 1024 else 1024)
     cfg = EngineConfig(dim=args.dim, history=args.history, k=args.k, initial_capacity=capacity,
-                       item_chunk=min(16384, capacity), max_batch=max(args.batch, 8))
+                       max_batch=max(args.batch, 8))  # the engine's own chunk: what a worker runs
     params = bench_params(cfg, capacity)
     inputs = make_inputs(cfg, args.batch, n_items)
     p_np = numpy_params(params)

@@ -33,11 +33,14 @@ def make_batch(rng, B, L, n_items, S):
     return kernels.RankInputs(hist_item, hist_type, hist_age, scene, exclude)
 
 
-@pytest.mark.parametrize("chunk", [64, 16])  # one matmul, and the chunked running top-k
-def test_rank_matches_reference(chunk):
+@pytest.mark.parametrize("capacity, n_items, chunk", [
+    (64, 50, 64), (64, 50, 16),        # one matmul with plain top-k, and the chunked running top-k
+    (1024, 900, 1024), (1024, 900, 256),  # the same with the two-stage block top-k (>= k blocks)
+])
+def test_rank_matches_reference(capacity, n_items, chunk):
     rng = np.random.default_rng(0)
-    params = random_params(CFG, 64)
-    B, S, n_items = 7, CFG.n_scenes, 50
+    params = random_params(CFG, capacity)
+    B, S = 7, CFG.n_scenes
     ranks = make_batch(rng, B, CFG.history, n_items, S)
     interest = rng.normal(size=(B, S, CFG.dim)).astype(np.float32)
     weight = np.where(rng.random((B, S)) < 0.6, rng.uniform(0.5, 3, (B, S)), 0).astype(np.float32)
@@ -51,6 +54,20 @@ def test_rank_matches_reference(chunk):
         np.testing.assert_allclose(np.asarray(scores[b]), want_scores, rtol=1e-4, atol=1e-4)
         assert np.asarray(items[b]).tolist() == want_items.tolist()
         assert not set(ranks.exclude[b][ranks.exclude[b] >= 0]) & set(np.asarray(items[b]).tolist())
+
+
+@pytest.mark.parametrize("shape, block", [((9, 4096), 32), ((5, 640), 16), ((3, 96), 32)])
+def test_block_top_k_is_exact(shape, block):
+    rng = np.random.default_rng(2)
+    scores = rng.normal(size=shape).astype(np.float32)
+    scores[0, :] = kernels.NEG_INF                      # nothing rankable
+    scores[1, 5:] = kernels.NEG_INF                     # fewer live items than k
+    scores[2] = np.sort(scores[2])                      # the best items all in the last block
+    top, items = kernels.block_top_k(jnp.asarray(scores), 20, block)
+    want_top, want_items = jax.lax.top_k(jnp.asarray(scores), 20)
+    np.testing.assert_array_equal(np.asarray(top), np.asarray(want_top))
+    live = np.asarray(want_top) > kernels.NEG_INF / 2
+    np.testing.assert_array_equal(np.asarray(items)[live], np.asarray(want_items)[live])
 
 
 def test_fold_matches_sequential_reference():
