@@ -21,6 +21,7 @@ from models.store import TRANSIENT_ERRORS, RedisStore
 from streams.codec import (BadEvent, decode_event, encode_deadletter, encode_event, encode_feedback,
                            encode_recommendation)
 from streams.metrics import PipelineMetrics, TrainerMetrics
+from streams.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class RankWorker:
         self.outputs = (recommendations, feedback, deadletter)
         self.train_topic = train if settings.train_enabled else None
         self.store = store
+        self.outbox = Outbox(lambda: recommendations.app.producer._ensure_producer())
         self.engine: Engine | None = None
         self.metrics = PipelineMetrics(k=self.cfg.k)
         # One thread: batches are sequential anyway, and JAX/Redis work must not block the loop.
@@ -151,14 +153,14 @@ class RankWorker:
                 delay = min(delay * 2, 5.0)
 
     async def _send_outputs(self, result: BatchResult, topic: str) -> None:
-        recommendations, feedback, _ = self.outputs
+        recommendations, feedback = (t.get_topic_name() for t in self.outputs[:2])
         emitted = time.time()
-        pending = []
-        for rec in result.recommendations:
-            pending.append(await _send(recommendations, rec.user_id.encode(), encode_recommendation(rec, emitted)))
+        records = [(recommendations, rec.user_id.encode(), encode_recommendation(rec, emitted))
+                   for rec in result.recommendations]
+        records += [(feedback, fb.user_id.encode(), encode_feedback(fb)) for fb in result.feedback]
         for fb in result.feedback:
-            pending.append(await _send(feedback, fb.user_id.encode(), encode_feedback(fb)))
             self.metrics.observe_feedback(fb.hit, fb.rank, fb.list_age_s is not None)
+        pending = await self.outbox.send(records)
         pending += await self._send_deadletters([DeadLetter.of(r.event, r.reason, topic) for r in result.rejected])
         if self.train_topic is not None and result.examples is not None and len(result.examples):
             # one message per batch: examples are fixed-size binary records, not JSON

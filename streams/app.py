@@ -39,6 +39,9 @@ app = faust.App(
     web_bind=settings.web_host,
     web_port=settings.web_port,
     producer_linger_ms=5,
+    # Outputs go out as per-partition record batches (streams/outbox.py): let a batch hold a whole
+    # rank batch's records for one partition (the broker's default limit is 1 MiB).
+    producer_max_batch_size=256 * 1024,
     producer_acks=-1,
 )
 

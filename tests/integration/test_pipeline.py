@@ -131,6 +131,24 @@ def test_events_to_recommendations_feedback_and_state(settings, redis_store, tmp
         assert record["topic"] == TopicNames.of(settings).events and record["offset"] >= 0
 
     assert_states_hold_each_event_once(settings, redis_store, producer.sent)
+    assert_outputs_keyed_like_events(settings, producer.sent)
+
+
+def assert_outputs_keyed_like_events(settings, sent):
+    """Outputs are keyed by user and partitioned as producers partition events (the Kafka default)."""
+    from kafka import KafkaConsumer
+
+    event_partition = {doc["user_id"]: partition for doc, partition, _ in sent}
+    names = TopicNames.of(settings)
+    consumer = KafkaConsumer(names.recommendations, names.feedback, bootstrap_servers=settings.kafka_bootstrap,
+                             group_id=None, auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    try:
+        seen = [(m.topic, m.partition, m.key, orjson.loads(m.value)["user_id"]) for m in consumer]
+    finally:
+        consumer.close()
+    assert {topic for topic, *_ in seen} == {names.recommendations, names.feedback}
+    for topic, partition, key, user in seen:
+        assert key == user.encode() and partition == event_partition[user], (topic, partition, user)
 
 
 def assert_states_hold_each_event_once(settings, redis_store, sent):

@@ -1,0 +1,56 @@
+"""Bulk output: one batch's records go to Kafka as record batches per partition, not one send each.
+
+A rank batch of 512 events produces about 1,000 output records (a recommendation per user, a
+feedback record per event). Sent one by one, each pays aiokafka's per-message path (metadata
+wait, partitioner, accumulator) and a future: about 20 µs, ~20 ms of every batch on this machine.
+Appending them to one ``BatchBuilder`` per (topic, partition) and handing each builder to
+``send_batch`` costs about 4 µs a record. Partitions are chosen by the producer's own partitioner,
+so a key lands exactly where ``producer.send`` would have put it.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Iterable
+
+
+class Outbox:
+    """Ships ``(topic, key, value)`` records through an aiokafka producer in per-partition batches.
+
+    ``producer`` is a callable returning the started ``AIOKafkaProducer`` (Faust starts its
+    producer after the agents are registered, so it is looked up at send time).
+    """
+
+    def __init__(self, producer):
+        self._producer = producer
+        self.batches_sent = 0
+        self.records_sent = 0
+
+    async def send(self, records: Iterable[tuple[str, bytes | None, bytes]]) -> list[asyncio.Future]:
+        """Queue every record; returns the delivery futures (one per record batch) to await."""
+        producer = self._producer()
+        open_batches: dict[tuple[str, int], object] = {}
+        futures: list[asyncio.Future] = []
+        known_topics: set[str] = set()
+        count = 0
+        for topic, key, value in records:
+            if topic not in known_topics:
+                await producer.partitions_for(topic)  # metadata for the partitioner below
+                known_topics.add(topic)
+            partition = producer._partition(topic, None, key, value, key, value)
+            builder = open_batches.get((topic, partition))
+            if builder is None:
+                builder = open_batches[(topic, partition)] = producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None) is None:  # full: ship it, start another
+                futures.append(await self._ship(producer, builder, topic, partition))
+                builder = open_batches[(topic, partition)] = producer.create_batch()
+                builder.append(key=key, value=value, timestamp=None)  # the first record always fits
+            count += 1
+        for (topic, partition), builder in open_batches.items():
+            futures.append(await self._ship(producer, builder, topic, partition))
+        self.records_sent += count
+        return futures
+
+    async def _ship(self, producer, builder, topic: str, partition: int) -> asyncio.Future:
+        builder.close()
+        self.batches_sent += 1
+        return await producer.send_batch(builder, topic, partition=partition)
