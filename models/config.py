@@ -26,9 +26,11 @@ class EngineConfig:
     interest_decay: float = 0.9
     # Items the user already did one of these to are never recommended back to them.
     mask_types: tuple[str, ...] = ()
-    # Users and events per kernel call are padded to one of these sizes so nothing recompiles
-    # while the pipeline runs; start-up compiles the ones a batch of ``max_batch`` events can use.
-    buckets: tuple[int, ...] = (8, 32, 128, 512, 2048, 8192)
+    # Users per kernel call are padded to one of these sizes so nothing recompiles while the
+    # pipeline runs; start-up compiles the ones a batch of ``max_batch`` events can use. Scoring
+    # cost grows with the padded user count, so the steps are fine (powers of two): a live batch
+    # of 150 users costs a 256-row call, not a 512-row one.
+    buckets: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
     max_batch: int = 512
     # Catalogue scoring is chunked above this many items so B x N scores never materialise at once.
     item_chunk: int = 4096
@@ -56,8 +58,8 @@ class EngineConfig:
     def bucket(self, n: int) -> int:
         """Smallest bucket that holds ``n`` rows.
 
-        >>> EngineConfig().bucket(9)
-        32
+        >>> EngineConfig().bucket(9), EngineConfig().bucket(150)
+        (16, 256)
         """
         for size in self.buckets:
             if n <= size:

@@ -254,7 +254,9 @@ class Engine:
         result.examples = prepared.examples
 
         self._ensure_capacity()
-        Bp, Ep = cfg.bucket(B), cfg.bucket(n_events)
+        # Events are always padded to the full batch: folding padding is nearly free, and one
+        # event size means start-up compiles one kernel per user bucket, not one per pair.
+        Bp, Ep = cfg.bucket(B), cfg.bucket(max(n_events, cfg.max_batch))
         ranks = batching.rank_inputs(sub, prepared.now, prepared.scene, self._mask_codes)
         started = time.perf_counter()
         interest, weight, top_items, top_scores = kernels.step(
@@ -294,21 +296,18 @@ class Engine:
         """Compile the kernel for every bucket a batch can use, so no request waits on XLA."""
         started = time.perf_counter()
         cfg = self.cfg
-        usable = [b for b in cfg.buckets if b < cfg.max_batch] + [cfg.bucket(cfg.max_batch)]
+        Ep = cfg.bucket(cfg.max_batch)
         self._ensure_capacity()
-        for Bp in usable:
-            for Ep in usable:
-                if Ep < Bp:
-                    continue
-                states = self.codec.decode([None] * Bp)
-                fold = kernels.FoldInputs(
-                    item=np.zeros(Ep, np.int32), type=np.zeros(Ep, np.int32),
-                    slot=np.full(Ep, Bp * cfg.n_scenes, np.int32), later=np.zeros(Ep, np.int32),
-                    slot_count=np.zeros((Bp, cfg.n_scenes), np.int32))
-                ranks = batching.rank_inputs(states, np.zeros(Bp), np.zeros(Bp, np.int8), self._mask_codes)
-                out = kernels.step(self.params, np.zeros((Bp, cfg.n_scenes, cfg.dim), np.float32),
-                                   np.zeros((Bp, cfg.n_scenes), np.float32), fold, ranks, jnp.int32(0),
-                                   k=cfg.k, chunk=cfg.item_chunk, gamma=cfg.interest_decay)
-                jax.block_until_ready(out)
+        for Bp in [b for b in cfg.buckets if b <= Ep]:
+            states = self.codec.decode([None] * Bp)
+            fold = kernels.FoldInputs(
+                item=np.zeros(Ep, np.int32), type=np.zeros(Ep, np.int32),
+                slot=np.full(Ep, Bp * cfg.n_scenes, np.int32), later=np.zeros(Ep, np.int32),
+                slot_count=np.zeros((Bp, cfg.n_scenes), np.int32))
+            ranks = batching.rank_inputs(states, np.zeros(Bp), np.zeros(Bp, np.int8), self._mask_codes)
+            out = kernels.step(self.params, np.zeros((Bp, cfg.n_scenes, cfg.dim), np.float32),
+                               np.zeros((Bp, cfg.n_scenes), np.float32), fold, ranks, jnp.int32(0),
+                               k=cfg.k, chunk=cfg.item_chunk, gamma=cfg.interest_decay)
+            jax.block_until_ready(out)
         return time.perf_counter() - started
 
