@@ -86,8 +86,9 @@ class RankWorker:
         self.store = self.store or RedisStore(self.settings.redis_url, self.settings.redis_prefix)
         self.engine = Engine(self.cfg, self.store, emit_examples=self.train_topic is not None)
         seconds = await loop.run_in_executor(self.executor, self.engine.warmup)
-        log.info("rank worker ready: kernels compiled in %.1fs (k=%d, history=%d, dim=%d, scenes=%s)",
-                 seconds, self.cfg.k, self.cfg.history, self.cfg.dim, ",".join(self.cfg.scenes))
+        log.info("rank worker ready: kernels compiled in %.1fs (k=%d, history=%d, dim=%d, scenes=%s, loop=%s)",
+                 seconds, self.cfg.k, self.cfg.history, self.cfg.dim, ",".join(self.cfg.scenes),
+                 type(loop).__module__.split(".")[0])
         self.metrics.ready = True
 
     async def handle(self, events) -> None:

@@ -65,6 +65,8 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     log_level: str = "info"
+    # asyncio event loop: "auto" (uvloop when installed), "uvloop" or "asyncio"
+    event_loop: str = "auto"
     # Consumer group timing; short values make rebalances quick on a small cluster
     session_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0
@@ -99,6 +101,8 @@ class Settings:
         settings = cls(**values)
         if settings.role not in ("all", "rank", "train"):
             raise ValueError(f"{PREFIX}ROLE={settings.role!r}: expected all, rank or train")
+        if settings.event_loop not in ("auto", "uvloop", "asyncio"):
+            raise ValueError(f"{PREFIX}EVENT_LOOP={settings.event_loop!r}: expected auto, uvloop or asyncio")
         settings.engine_config()  # fail at start-up, not on the first event
         return settings
 
@@ -123,3 +127,23 @@ class Settings:
             value = getattr(self, f.name)
             env[PREFIX + f.name.upper()] = ",".join(value) if isinstance(value, tuple) else str(value)
         return env
+
+
+def use_event_loop(settings: Settings) -> str:
+    """Install the configured event loop policy; call it before Faust creates its loop.
+
+    uvloop runs Faust's callbacks and aiokafka's socket handling in C instead of Python; it is the
+    default when installed. Returns the loop in use ("uvloop" or "asyncio").
+    """
+    if settings.event_loop == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop
+    except ImportError:
+        if settings.event_loop == "uvloop":
+            raise RuntimeError(f"{PREFIX}EVENT_LOOP=uvloop but uvloop is not installed (pip install uvloop)") from None
+        return "asyncio"
+    import asyncio
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"

@@ -10,7 +10,7 @@ import time
 
 import faust
 
-from streams.settings import Settings
+from streams.settings import Settings, use_event_loop
 from streams.topics import TopicNames
 
 
@@ -43,6 +43,7 @@ class Counters:
 def make_app(kind: str):
     """(app, settings, events topic, recommendations topic, counters) for a baseline worker."""
     settings = Settings.from_env()
+    use_event_loop(settings)  # the same loop as the pipeline
     names = TopicNames.of(settings)
     app = faust.App(
         settings.app_id,

@@ -22,7 +22,7 @@ ENGINE_PY = Path(__file__).resolve().parent.parent.parent / "models" / "engine.p
 
 # (category, test on (function, file)); checked in this order on every frame.
 CATEGORIES = [
-    ("idle: event loop waiting (select)", lambda fn, f: f.endswith("selectors.py") and "select" in fn),
+    ("idle: event loop waiting (select, or in uvloop)", lambda fn, f: f.endswith("selectors.py") and "select" in fn),
     ("idle: executor thread waiting for work", lambda fn, f: f.endswith(("concurrent/futures/thread.py", "queue.py"))
      and fn.split(".")[-1] in ("_worker", "get")),
     ("jax compile (a new shape at run time)", lambda fn, f: ("/jax/" in f or "/jaxlib/" in f)
@@ -102,12 +102,17 @@ def parse(text: str):
 
 
 ASYNCIO = "asyncio event loop"
+# Under uvloop the loop (and its epoll wait) is C: an idle loop thread's innermost Python frame is the one
+# that called ``run_until_complete``/``run_forever``.
+UVLOOP_RUNNERS = ("Worker.execute_from_commandline", "ServiceThread._start_thread")
 LOOP_BOUNDARY = ("Handle._run", "BaseEventLoop._run_once", "BaseEventLoop.run_forever", "BaseEventLoop.run_until_complete")
 
 
 def classify(frames, kernel_lines=frozenset()) -> str:
     """The category of the innermost frame that has one. asyncio frames (futures, transports, call_soon) are
     charged to the code that called them; only what the loop does between callbacks stays "asyncio"."""
+    if frames and frames[-1][0] in UVLOOP_RUNNERS and "/mode/" in frames[-1][1]:
+        return CATEGORIES[0][0]
     fallback = None
     for fn, f, line in reversed(frames):
         if line in kernel_lines and f.endswith("models/engine.py"):
