@@ -8,6 +8,7 @@ calls: ``read_batch``, ``write_states`` and snapshot loads. The Faust agent is a
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -22,6 +23,7 @@ from models.config import EngineConfig
 from models.events import TYPE_CODE, Event
 from models.params import Params, capacity_for, from_bytes, grow, init_params
 from models.state import NO_ITEM, StateCodec, StateLayoutError
+from models.store import fence_of
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,9 @@ class Engine:
         self._ids: list[str] = []
         self._id_array: np.ndarray | None = None  # _ids as an array for vectorised lookups
         self._mask_codes = np.array([TYPE_CODE[t] for t in cfg.mask_types], np.int8)
+        # States computed by ``process`` and not yet written by ``commit``: the next batch builds on
+        # them, so a worker can rank batch N+1 while batch N's outputs are still being delivered.
+        self._pending: dict[str, bytes] = {}
 
     # ---- catalogue -------------------------------------------------------------------------
 
@@ -181,7 +186,10 @@ class Engine:
         if read.params_version > self.model_version:
             self.load_params(read.params_version)
 
-        states, broken = self._decode(users, read.states)
+        values = read.states
+        if self._pending:
+            values = [_newer(self._pending.get(u), v) for u, v in zip(users, values)]
+        states, broken = self._decode(users, values)
         applied: list[tuple[int, SourcedEvent]] = []
         for sourced in batch:
             row = rows[sourced.event.user_id]
@@ -201,7 +209,16 @@ class Engine:
 
     def commit(self, result: BatchResult) -> list[bool]:
         """Fenced write of the batch's new states; False for users a newer writer already advanced."""
-        return self.store.write_states(result._users, result._values)
+        written = self.store.write_states(result._users, result._values)
+        for user, value in zip(result._users, result._values):
+            if self._pending.get(user) is value:
+                del self._pending[user]
+        return written
+
+    def discard_pending(self) -> None:
+        """Forget processed-but-uncommitted states (their outputs were not delivered): the next batch
+        reads what the store holds, and the events will be processed again when they are redelivered."""
+        self._pending.clear()
 
     def _decode(self, users, values):
         try:
@@ -279,6 +296,7 @@ class Engine:
 
         users = [last_source[b].event.user_id for b in range(B)]
         result._users, result._values = users, self.codec.encode(sub)
+        self._pending.update(zip(result._users, result._values))
         if (top_items >= 0).any() and any(self._ids[i] is None for i in np.unique(top_items[top_items >= 0])):
             self.item_id(int(top_items.max()))  # ids assigned by other workers: fetch them once
         if self._id_array is None or len(self._id_array) != len(self._ids):
@@ -311,3 +329,14 @@ class Engine:
             jax.block_until_ready(out)
         return time.perf_counter() - started
 
+
+def _newer(pending: bytes | None, stored: bytes | None) -> bytes | None:
+    """The uncommitted state unless the store already holds a newer one for the same partition
+    (another worker got there first)."""
+    if pending is None or stored is None:
+        return pending if pending is not None else stored
+    try:
+        (pp, po), (sp, so) = fence_of(pending), fence_of(stored)
+    except struct.error:  # a malformed stored value: let the decoder reject it with a reason
+        return stored
+    return stored if pp == sp and so >= po else pending

@@ -1,15 +1,16 @@
 """Faust agents: thin loops that batch events, hand them to ``RankWorker`` and ship what it returns.
 
 ``RankWorker`` is the glue: decode and validate, run the engine off the event loop, send outputs,
-then commit state. The order matters: outputs are delivered before the fenced state write, and
-Kafka offsets are committed (by Faust, after the loop body acks) only after both, so a crash at
-any point replays events whose effects are either absent or fenced off.
+then commit state. The order matters: outputs are delivered before the fenced state write, and a
+batch's events are acked (so Faust may commit their offsets) only after both, so a crash at any
+point replays events whose effects are either absent or fenced off.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -63,8 +64,28 @@ class DeadLetter:
         return cls(encode_event(sourced.event), reason, topic, sourced.partition, sourced.offset)
 
 
+@dataclass(slots=True)
+class _InFlight:
+    """One micro-batch between ``RankWorker.handle`` and its acks."""
+
+    events: list
+    batch: list[SourcedEvent]
+    dead: list[DeadLetter]
+    produced: list[float]
+    started: float
+    processed: asyncio.Future  # done once the engine has finished with the batch
+    task: asyncio.Task | None = None
+
+
 class RankWorker:
-    """Everything the rank agent does per micro-batch, without any ``async for`` in it."""
+    """Everything the rank agent does per micro-batch, without any ``async for`` in it.
+
+    Batches are pipelined: while batch N's outputs are delivered and its states written, the engine
+    already ranks batch N+1 on top of N's uncommitted states (``Engine`` keeps them until
+    ``commit``). Every stage still runs in batch order, and a batch's events are acked, so that Faust
+    may commit their offsets, only after its outputs were delivered and its states written.
+    ``ATTNFLOW_PIPELINE_DEPTH=1`` processes one batch at a time.
+    """
 
     def __init__(self, settings, recommendations, feedback, deadletter, train=None, store=None):
         self.settings = settings
@@ -75,7 +96,9 @@ class RankWorker:
         self.outbox = Outbox(lambda: recommendations.app.producer._ensure_producer())
         self.engine: Engine | None = None
         self.metrics = PipelineMetrics(k=self.cfg.k)
-        # One thread: batches are sequential anyway, and JAX/Redis work must not block the loop.
+        self.depth = settings.pipeline_depth
+        self._inflight: deque[_InFlight] = deque()
+        # One thread: engine calls must run in batch order, and JAX/Redis work must not block the loop.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnflow-engine")
 
     async def start(self) -> None:
@@ -86,18 +109,23 @@ class RankWorker:
         self.store = self.store or RedisStore(self.settings.redis_url, self.settings.redis_prefix)
         self.engine = Engine(self.cfg, self.store, emit_examples=self.train_topic is not None)
         seconds = await loop.run_in_executor(self.executor, self.engine.warmup)
-        log.info("rank worker ready: kernels compiled in %.1fs (k=%d, history=%d, dim=%d, scenes=%s, loop=%s)",
-                 seconds, self.cfg.k, self.cfg.history, self.cfg.dim, ",".join(self.cfg.scenes),
-                 type(loop).__module__.split(".")[0])
+        log.info("rank worker ready: kernels compiled in %.1fs (k=%d, history=%d, dim=%d, scenes=%s, loop=%s, "
+                 "pipeline depth %d)", seconds, self.cfg.k, self.cfg.history, self.cfg.dim,
+                 ",".join(self.cfg.scenes), type(loop).__module__.split(".")[0], self.depth)
         self.metrics.ready = True
 
     async def handle(self, events) -> None:
-        """Process one micro-batch of Faust events end to end."""
+        """Take one micro-batch of Faust events; returns once fewer than ``depth`` batches are in flight.
+
+        The events stay referenced (Faust's own ack after the loop body does not make them
+        committable) until :meth:`_complete` acks them.
+        """
         started = time.perf_counter()
         batch, produced = [], []
         dead: list[DeadLetter] = []
         for event in events:
             message = event.message
+            message.incref()
             try:
                 decoded = decode_event(event.value, self.cfg.scenes)
             except BadEvent as exc:
@@ -106,39 +134,88 @@ class RankWorker:
             batch.append(SourcedEvent(decoded, message.partition, message.offset))
             produced.append(message.timestamp)
         self.metrics.events += len(events)
-        await asyncio.gather(*await self._send_deadletters(dead))
-        if batch:
-            await self._apply(batch, events[0].message.topic)
+        loop = asyncio.get_running_loop()
+        previous = self._inflight[-1] if self._inflight else None
+        item = _InFlight(list(events), batch, dead, produced, started, loop.create_future())
+        item.task = loop.create_task(self._complete(item, previous, events[0].message.topic))
+        self._inflight.append(item)
+        while len(self._inflight) >= self.depth:
+            oldest = self._inflight.popleft()
+            try:
+                await asyncio.shield(oldest.task)
+            except asyncio.CancelledError:
+                raise  # shutting down: batches in flight finish and ack; Faust waits for the acks
+            except Exception:
+                await self._abandon()
+                raise
+
+    async def drain(self, timeout: float = 60.0) -> None:
+        """Wait for the batches in flight (the agent is stopping)."""
+        tasks = [item.task for item in self._inflight]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    async def _abandon(self) -> None:
+        """A batch failed after processing: later batches built on its uncommitted states, so none of
+        them is delivered or committed; their events stay unacked and come back on redelivery."""
+        tasks = [item.task for item in self._inflight]
+        self._inflight.clear()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.discard_pending)
+
+    async def _complete(self, item: _InFlight, previous: _InFlight | None, topic: str) -> None:
+        """Engine, then delivery, then the fenced write, then acks; each stage in batch order."""
+        try:
+            if previous is not None:
+                await previous.processed
+            results, dead = await self._process(item.batch, topic)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                item.processed.cancel()
+            else:
+                item.processed.set_exception(exc)
+                item.processed.exception()  # retrieved: the next batch or the agent reports it
+            raise
+        item.processed.set_result(None)
+        if previous is not None:
+            await previous.task  # outputs leave in batch order; a failed predecessor fails this one too
+        pending = await self._send_deadletters(item.dead + dead)
+        for result in results:
+            pending += await self._queue_outputs(result, topic)
+        await asyncio.gather(*pending)
+        for result in results:
+            written = await self._run(self.engine.commit, result)
+            self.metrics.fenced_skips += written.count(False)
+            self.metrics.replayed += result.replayed
+            self.metrics.kernel_seconds.add(result.kernel_s)
+            self.metrics.recommendations += len(result.recommendations)
+        for event in item.events:
+            event.ack()
         now = time.time()
-        for ts in produced:
+        for ts in item.produced:
             if ts:
                 self.metrics.latency_seconds.add(now - ts)
+        self.metrics.model_version = self.engine.model_version
+        self.metrics.n_items = self.engine.n_items
         self.metrics.batches += 1
-        self.metrics.batch_sizes.add(len(events))
-        self.metrics.batch_seconds.add(time.perf_counter() - started)
+        self.metrics.batch_sizes.add(len(item.events))
+        self.metrics.batch_seconds.add(time.perf_counter() - item.started)
 
-    async def _apply(self, batch: list[SourcedEvent], topic: str) -> None:
-        """process → send → commit; an unexpected error splits the batch until the poison event is alone."""
+    async def _process(self, batch: list[SourcedEvent], topic: str) -> tuple[list[BatchResult], list[DeadLetter]]:
+        """Run the engine; an unexpected error splits the batch until the poison event is alone."""
+        if not batch:
+            return [], []
         try:
-            result = await self._run(self.engine.process, batch)
+            return [await self._run(self.engine.process, batch)], []
         except Exception as exc:  # noqa: BLE001 -- anything but a store outage is a per-event problem
             if len(batch) == 1:
                 s = batch[0]
                 log.exception("event at %s[%d]@%d failed processing", topic, s.partition, s.offset)
-                reason = f"processing error: {type(exc).__name__}: {exc}"
-                await asyncio.gather(*await self._send_deadletters([DeadLetter.of(s, reason, topic)]))
-                return
+                return [], [DeadLetter.of(s, f"processing error: {type(exc).__name__}: {exc}", topic)]
             mid = len(batch) // 2
-            await self._apply(batch[:mid], topic)
-            await self._apply(batch[mid:], topic)
-            return
-        await self._send_outputs(result, topic)
-        written = await self._run(self.engine.commit, result)
-        self.metrics.fenced_skips += written.count(False)
-        self.metrics.replayed += result.replayed
-        self.metrics.kernel_seconds.add(result.kernel_s)
-        self.metrics.model_version = self.engine.model_version
-        self.metrics.n_items = self.engine.n_items
+            first, first_dead = await self._process(batch[:mid], topic)
+            second, second_dead = await self._process(batch[mid:], topic)
+            return first + second, first_dead + second_dead
 
     async def _run(self, fn, *args):
         """Run engine work in the executor, retrying store outages with backoff until they pass."""
@@ -153,7 +230,9 @@ class RankWorker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _send_outputs(self, result: BatchResult, topic: str) -> None:
+    async def _queue_outputs(self, result: BatchResult, topic: str) -> list:
+        """Queue a batch's recommendations, feedback, dead letters and training examples; returns
+        their delivery futures."""
         recommendations, feedback = (t.get_topic_name() for t in self.outputs[:2])
         emitted = time.time()
         records = [(recommendations, rec.user_id.encode(), encode_recommendation(rec, emitted))
@@ -166,8 +245,7 @@ class RankWorker:
         if self.train_topic is not None and result.examples is not None and len(result.examples):
             # one message per batch: examples are fixed-size binary records, not JSON
             pending.append(await _send(self.train_topic, None, examples_to_bytes(result.examples, self.cfg)))
-        await asyncio.gather(*pending)
-        self.metrics.recommendations += len(result.recommendations)
+        return pending
 
     async def _send_deadletters(self, dead: list[DeadLetter]) -> list:
         """Queue dead-letter records; returns their delivery futures."""
@@ -274,8 +352,11 @@ def register(app, settings, events_topic, recommendations_topic, feedback_topic,
         async def rank(stream):
             """Rank agent: micro-batches of events → recommendations, feedback, dead letters."""
             await worker.start()
-            async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-                await worker.handle(events)
+            try:
+                async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+                    await worker.handle(events)
+            finally:
+                await worker.drain()
     else:
         worker.metrics.ready = True  # nothing to warm up for ranking in a dedicated trainer
 

@@ -41,6 +41,8 @@ class Settings:
     # Micro-batching: up to ``batch_size`` events, waiting at most ``batch_within_s`` for them
     batch_size: int = 512
     batch_within_s: float = 0.02
+    # Batches in flight per worker: 2 ranks batch N+1 while batch N's outputs are delivered; 1 = one at a time
+    pipeline_depth: int = 2
     # Model shape and policies (see models.config.EngineConfig)
     dim: int = 64
     history: int = 50
@@ -101,6 +103,8 @@ class Settings:
         settings = cls(**values)
         if settings.role not in ("all", "rank", "train"):
             raise ValueError(f"{PREFIX}ROLE={settings.role!r}: expected all, rank or train")
+        if settings.pipeline_depth < 1:
+            raise ValueError(f"{PREFIX}PIPELINE_DEPTH={settings.pipeline_depth}: must be at least 1")
         if settings.event_loop not in ("auto", "uvloop", "asyncio"):
             raise ValueError(f"{PREFIX}EVENT_LOOP={settings.event_loop!r}: expected auto, uvloop or asyncio")
         settings.engine_config()  # fail at start-up, not on the first event

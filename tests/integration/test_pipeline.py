@@ -193,3 +193,57 @@ def test_redelivery_is_applied_once(settings, redis_store, tmp_path):
     assert stats["replayed"] == len(producer.sent)
     assert stats["feedback"] == 0 and stats["recommendations"] == 0
     assert {u: redis_store.read_state(u) for u in USERS[:4]} == before
+
+
+def test_killed_worker_loses_nothing_and_applies_each_event_once(settings, redis_store, tmp_path):
+    """SIGKILL a worker while batches are in flight, start another in the same group: every event is
+    in the states exactly once and has its feedback. Redis writes are paused before the second half
+    of the events arrives, so its batches are stuck between consumption and their state write for
+    several offset-commit intervals when the worker dies: an event acked (made committable) before
+    its state is written would be lost here."""
+    import os
+    import signal
+
+    ensure_topics(settings)
+    users = [f"user-{i}" for i in range(24)]
+
+    def produce(steps):
+        producer = Producer(settings)
+        for step in steps:
+            for n, user in enumerate(users):
+                producer.event(user, CATALOGUE[(step * 3 + n) % 40], EVENT_TYPES[step % 4], 1_700_000_000.0 + step)
+        producer.close()
+        return producer.sent
+
+    sent = produce(range(10))
+    worker = start_worker(settings, tmp_path / "killed.log")
+    try:
+        wait_ready(settings.web_port, worker)
+        wait_for(settings.web_port, len(sent))
+        redis_store.redis.execute_command("CLIENT", "PAUSE", "8000", "WRITE")
+        paused = time.time()
+        sent += produce(range(10, 20))
+        time.sleep(max(0.0, paused + 3.0 - time.time()))  # several of the worker's offset-commit intervals
+        assert time.time() < paused + 7.0, "producing took too long to kill the worker inside the pause"
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    finally:
+        stop_worker(worker)
+
+    last = {doc["user_id"]: offset for doc, _, offset in sent}
+    worker = start_worker(settings, tmp_path / "restarted.log")
+    try:
+        wait_ready(settings.web_port, worker)
+        codec = StateCodec(settings.engine_config())
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            states = codec.decode([redis_store.read_state(u) for u in users])
+            if all(int(s["offset"]) == last[u] for s, u in zip(states, users)):
+                break
+            time.sleep(0.5)
+    finally:
+        stop_worker(worker)
+    assert_states_hold_each_event_once(settings, redis_store, sent)
+    feedback = {f["event_id"] for f in read_topic(settings, "feedback", timeout_s=3)}
+    assert feedback == {d["event_id"] for d, _, _ in sent}   # at least once each, none lost
+    assert set(latest_lists(settings)) == set(users)

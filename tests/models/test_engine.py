@@ -90,3 +90,31 @@ def test_occurrence_counts_earlier_equal_keys():
     keys = np.random.default_rng(0).integers(0, 5, 200)
     want = [int((keys[:i] == keys[i]).sum()) for i in range(len(keys))]
     assert occurrence(keys).tolist() == want
+
+
+def test_pipelined_batches_build_on_uncommitted_states():
+    """Processing batch 2 before batch 1 is committed (the rank worker's pipeline) gives the same states,
+    lists and feedback as one batch at a time; discarding uncommitted states falls back to the store."""
+    rows = [("u", "a", "view", 1.0, "default"), ("v", "b", "cart", 1.5, "search"), ("u", "c", "click", 2.0, "default")]
+    later = [("u", "d", "view", 3.0, "search"), ("v", "a", "purchase", 3.5, "search")]
+
+    sequential_store = MemoryStore()
+    sequential = Engine(CFG, sequential_store)
+    run(sequential, batch(rows))
+    expected = run(sequential, batch(later, start=3))
+
+    pipelined_store = MemoryStore()
+    pipelined = Engine(CFG, pipelined_store)
+    first = pipelined.process(batch(rows))
+    second = pipelined.process(batch(later, start=3))   # batch 1 not written yet
+    assert not pipelined_store.states
+    assert pipelined.commit(first) == [True, True] and pipelined.commit(second) == [True, True]
+    assert pipelined_store.states == sequential_store.states
+    assert [(r.user_id, r.items) for r in second.recommendations] == [(r.user_id, r.items) for r in expected.recommendations]
+    assert [(f.hit, f.rank) for f in second.feedback] == [(f.hit, f.rank) for f in expected.feedback]
+
+    again = pipelined.process(batch([("u", "e", "view", 4.0, "default")], start=5))
+    pipelined.discard_pending()
+    assert again.replayed == 0
+    redo = pipelined.process(batch([("u", "e", "view", 4.0, "default")], start=5))
+    assert redo.feedback[0].list_age_s == 1.0   # built on the stored state of offset 3, not the discarded one
