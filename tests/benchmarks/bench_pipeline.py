@@ -13,9 +13,12 @@ topic with its own consumer group:
 
 - ``pipeline``: the real rank worker (``streams.cli.start_worker``), one process;
 - ``pipeline_notrain``: the same with ``ATTNFLOW_TRAIN_ENABLED=0`` (the rank path alone; throughput only);
+- ``pipeline_notrain_d1``: the rank path alone with ``ATTNFLOW_PIPELINE_DEPTH=1`` (one batch in flight:
+  what pipelining batches costs or gives in throughput and latency);
 - ``pipeline_2w``: two rank workers in one group (4 partitions);
 - ``naive``: ``tests.benchmarks.naive_app`` (per event: GET, NumPy full scoring, SET, one send);
 - ``noop_faust``: ``tests.benchmarks.noop_app`` (take_events and count: Faust's ceiling);
+- ``noop_faust_asyncio``: the same on asyncio's own event loop instead of uvloop (what uvloop gives);
 - ``raw_aiokafka``: an aiokafka consumer in this process (the transport's ceiling).
 
 Measured: max throughput from the backlog (worker ``/stats`` event counters, from the first event
@@ -50,13 +53,15 @@ from streams.topics import TopicNames, ensure_topics
 from tests.benchmarks.common import REPO, RESULTS, header, median, ratio
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-VARIANTS = ("raw_aiokafka", "noop_faust", "pipeline", "pipeline_notrain", "pipeline_2w", "naive")
+VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline", "pipeline_notrain",
+            "pipeline_notrain_d1", "pipeline_2w", "naive")
 # Latency phases cost ~10-20 s each: the design and its baseline at every rate; the rank path alone
 # (no trainer in the worker) at 50% on the first catalogue, to show what the trainer costs in latency.
-LATENCY_VARIANTS = ("pipeline", "naive", "pipeline_notrain")
+LATENCY_VARIANTS = ("pipeline", "naive", "pipeline_notrain", "pipeline_notrain_d1")
 # Measured on the first catalogue only (time budget): the baselines that never look at item ids, and the
 # pipeline variants whose question (trainer cost, scaling) the first catalogue answers.
-FIRST_CATALOGUE_ONLY = ("raw_aiokafka", "noop_faust", "pipeline_notrain", "pipeline_2w")
+FIRST_CATALOGUE_ONLY = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline_notrain", "pipeline_notrain_d1",
+                        "pipeline_2w")
 EVENT_TYPES = ("view", "click", "cart", "purchase")
 TYPE_P = (0.75, 0.15, 0.07, 0.03)
 SCENES = ("default", "home", "search", "product")
@@ -531,12 +536,16 @@ def clear_namespace(settings: Settings) -> None:
 def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: Dataset, run: int,
                        max_rates: dict, profile: bool = False) -> dict:
     args = ctx.args
-    kind = {"pipeline": "pipeline", "pipeline_notrain": "pipeline", "pipeline_2w": "pipeline", "naive": "naive",
-            "noop_faust": "noop"}[name]
+    kind = {"pipeline": "pipeline", "pipeline_notrain": "pipeline", "pipeline_notrain_d1": "pipeline",
+            "pipeline_2w": "pipeline", "naive": "naive", "noop_faust": "noop", "noop_faust_asyncio": "noop"}[name]
     n_workers = 2 if name == "pipeline_2w" else 1
     settings = variant_settings(ctx, ds_settings, name, run)
-    if name == "pipeline_notrain" and hasattr(settings, "train_enabled"):
+    if name.startswith("pipeline_notrain") and hasattr(settings, "train_enabled"):
         settings = replace(settings, train_enabled=False)  # the rank path alone: no examples, no trainer
+    if name == "pipeline_notrain_d1":
+        settings = replace(settings, pipeline_depth=1)
+    if name == "noop_faust_asyncio":
+        settings = replace(settings, event_loop="asyncio")
     if kind != "noop":
         register_catalogue(settings, dataset)
     workers = []
@@ -630,7 +639,7 @@ def wait_stable(kafka: Kafka, group: str, members: int, timeout_s: float = 60.0)
 
 def fractions_for(args, name: str, n_items: int, profile: bool) -> list[float]:
     """Latency rates (fractions of the measured maximum): all on the first catalogue, fewer on the others."""
-    if profile or name == "pipeline_notrain":
+    if profile or name.startswith("pipeline_notrain"):
         return [0.5] if n_items == args.items[0] or profile else []
     return list(args.latency_fractions if n_items == args.items[0] else args.latency_fractions_other)
 
@@ -747,8 +756,12 @@ def ratios(med: dict) -> dict:
             "pipeline_over_naive": ratio(get("pipeline"), get("naive")),
             "pipeline_over_noop_faust": ratio(get("pipeline"), get("noop_faust")),
             "noop_faust_over_raw_aiokafka": ratio(get("noop_faust"), get("raw_aiokafka")),
+            "noop_faust_uvloop_over_asyncio": ratio((m.get("noop_faust") or {}).get("events_per_s"),
+                                                    (m.get("noop_faust_asyncio") or {}).get("events_per_s")),
             "pipeline_2w_over_1w": ratio((m.get("pipeline_2w") or {}).get("events_per_s"), get("pipeline")),
             "pipeline_over_pipeline_notrain": ratio(get("pipeline"), (m.get("pipeline_notrain") or {}).get("events_per_s")),
+            "pipeline_notrain_depth2_over_depth1": ratio((m.get("pipeline_notrain") or {}).get("events_per_s"),
+                                                         (m.get("pipeline_notrain_d1") or {}).get("events_per_s")),
         }
     return out
 

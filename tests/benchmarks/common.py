@@ -54,8 +54,17 @@ def git_commit() -> dict:
     return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
+def command_line() -> list[str]:
+    """The command as a user types it: ``python -m tests.benchmarks.x ...`` rather than the module's path."""
+    argv = list(sys.argv)
+    path = Path(argv[0]).resolve() if argv and argv[0] else None
+    if path is not None and path.suffix == ".py" and REPO in path.parents:
+        return ["python", "-m", ".".join(path.relative_to(REPO).with_suffix("").parts), *argv[1:]]
+    return argv
+
+
 def header() -> dict:
-    return {"command": list(sys.argv), "machine": machine(),
+    return {"command": command_line(), "machine": machine(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "git": git_commit()}
 
 
