@@ -120,10 +120,37 @@ def bench_tables(data: dict) -> list[str]:
                     out.append(f"| {int(items):,} | {v} | {float(fraction):.0%} ({_fmt(m.get(f'latency@{fraction}_rate'))}/s) "
                                f"| {_fmt(p50)} | {_fmt(m.get(f'latency@{fraction}_p95_ms'))} "
                                f"| {_fmt(m.get(f'latency@{fraction}_p99_ms'))} |")
-    out += ["", "Ratios: " + "; ".join(f"{items} items: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if v is not None)
-                                     for items, r in sorted(ratios.items(), key=lambda kv: int(kv[0])))]
+    known = {items: {k: v for k, v in r.items() if v is not None} for items, r in ratios.items()}
+    out += ["", "Ratios: " + "; ".join(f"{items} items: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items())
+                                     for items, r in sorted(known.items(), key=lambda kv: int(kv[0])) if r)]
+    out += _profile_lines(data.get("profile") or {})
     out += ["", f"Command: `{shlex.join(data['command']) if isinstance(data.get('command'), list) else data.get('command')}`",
             f"Machine: {json.dumps(data.get('machine', {}), sort_keys=True)}", ""]
+    return out
+
+
+def _profile_lines(profile: dict) -> list[str]:
+    """Where each worker thread's time went (py-spy, at max throughput): busy share and top categories."""
+    runs = [("pipeline", (profile.get("profile") or {})),
+            ("noop_faust", ((profile.get("noop_faust") or {}).get("profile") or {}))]
+    runs += [(f"pipeline at {float(f):.0%} of max", (phase.get("profile") or {}))
+             for f, phase in (profile.get("latency") or {}).items()]
+    rows = []
+    for name, summary in runs:
+        for role, cats in (summary.get("categories") or {}).items():
+            busy = (summary.get("busy_share_pct") or {}).get(role)
+            if not busy or busy < 5:
+                continue
+            top = [f"{k} {v:.0f}%" for k, v in cats.items() if not k.startswith("idle")][:4]
+            rows.append(f"| {name} | {role} | {busy:.0f}% | {', '.join(top)} |")
+    if not rows:
+        return []
+    out = ["", "Where the time goes (py-spy on one worker; share of each thread's samples):", "",
+           "| process | thread | busy | largest shares |", "|---|---|---|---|", *rows]
+    noop = ((profile.get("noop_faust") or {}).get("profile") or {}).get("top_functions", {}).get("event loop (main thread)")
+    if noop:
+        out += ["", "Faust's own per-event path (do-nothing agent, event loop, own time): "
+                + ", ".join(f"`{k}` {v:.0f}%" for k, v in list(noop.items())[:8])]
     return out
 
 
@@ -138,6 +165,7 @@ def kernel_tables(data: dict) -> list[str]:
         jit, vec, ref = (step.get(n, {}).get("median_ms") for n in ("jit", "numpy_vectorised", "reference_loop"))
         ratio = f"{vec / jit:.1f}x" if jit and vec else "–"
         out.append(f"| {int(items):,} | {_fmt(jit, 1)} | {_fmt(vec, 1)} | {_fmt(ref, 1)} | {ratio} |")
+    out += _profile_lines(data.get("profile") or {})
     out += ["", f"Command: `{shlex.join(data['command']) if isinstance(data.get('command'), list) else data.get('command')}`", ""]
     return out
 

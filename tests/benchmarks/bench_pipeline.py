@@ -580,7 +580,7 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
         out["settings"] = {k: v for k, v in settings.as_env().items() if "URL" not in k and "BOOTSTRAP" not in k}
         rate = out["throughput"].get("events_per_s")
         fractions = fractions_for(args, name, dataset.n_items, profile)
-        if args.latency_s > 0 and rate and fractions and (name in LATENCY_VARIANTS or profile):
+        if args.latency_s > 0 and rate and fractions and (name in LATENCY_VARIANTS or (profile and kind == "pipeline")):
             # Live traffic goes to a fresh namespace (own topic, keys, group) so the backlog topic stays
             # identical for every variant and the worker starts with an empty lag.
             stop_workers(workers)
@@ -885,6 +885,8 @@ def main(argv=None) -> dict:
         from tests.benchmarks.profile_summary import format_summary
 
         print("\n== profile at max throughput ==\n" + format_summary(report["profile"].get("profile") or {}))
+        noop = (report["profile"].get("noop_faust") or {}).get("profile") or {}
+        print("\n== do-nothing Faust agent at max throughput ==\n" + format_summary(noop))
         for fraction, phase in (report["profile"].get("latency") or {}).items():
             print(f"\n== profile at {float(fraction):.0%} of max ==\n" + format_summary(phase.get("profile") or {}))
     print(f"\n{'quick' if args.quick else 'full'} run, {args.runs} run(s), {report['wall_s'] / 60:.1f} min; wrote {args.out}")
@@ -900,6 +902,8 @@ def profile_run(ctx: Context) -> dict:
     dataset = Dataset(n_items=n_items, n_users=max(1, ctx.args.events // 5), seed=ctx.args.seed)
     produce_backlog(ds_settings, dataset.events(ctx.args.events, ts0=time.time() - 3600))
     out = run_worker_variant(ctx, "pipeline", ds_settings, dataset, 0, {}, profile=True)
+    # Faust's own per-event cost: the do-nothing agent at full speed, on the same backlog
+    out["noop_faust"] = run_worker_variant(ctx, "noop_faust", ds_settings, dataset, 0, {}, profile=True)
     if ctx.args.delete_topics:
         from streams.topics import delete_topics
 

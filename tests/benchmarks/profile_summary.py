@@ -142,10 +142,15 @@ def summarise(text: str, rate: float, seconds: float | None, engine_py: Path = E
     by_role: dict[str, Counter] = defaultdict(Counter)
     inclusive: dict[str, Counter] = defaultdict(Counter)
     totals: Counter = Counter()
+    leaves: dict[str, Counter] = defaultdict(Counter)
     for thread, frames, n in parse(text):
         role = thread_role(thread)
         totals[role] += n
-        by_role[role][classify(frames, kernel_lines)] += n
+        label = classify(frames, kernel_lines)
+        by_role[role][label] += n
+        if frames and not label.startswith("idle"):
+            fn, f, _ = frames[-1]
+            leaves[role][f"{fn} ({_short(f)})"] += n
         names = {fn for fn, _, _ in frames}
         for key in KEY_FUNCTIONS:
             if key in names:
@@ -155,12 +160,23 @@ def summarise(text: str, rate: float, seconds: float | None, engine_py: Path = E
         total = totals[role]
         out["categories"][role] = {k: round(100 * v / total, 1) for k, v in counts.most_common()}
         out["inclusive"][role] = {k: round(100 * v / total, 1) for k, v in inclusive[role].most_common()}
+        out.setdefault("top_functions", {})[role] = {k: round(100 * v / total, 1)
+                                                     for k, v in leaves[role].most_common(12)}
     busy = {role: {k: v for k, v in cats.items() if not k.startswith("idle")}
             for role, cats in out["categories"].items()}
     out["busy_share_pct"] = {role: round(sum(v.values()), 1) for role, v in busy.items()}
     if seconds:
         out["samples_expected_per_thread"] = rate * seconds
     return out
+
+
+def _short(path: str) -> str:
+    """``faust/streams.py`` rather than the whole site-packages path."""
+    for marker in ("site-packages/", "/lib/python3.", "/work/main/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            return path.split("/", 1)[1] if marker == "/lib/python3." else path
+    return path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1] if "/" in path else path
 
 
 def format_summary(s: dict) -> str:
@@ -172,6 +188,9 @@ def format_summary(s: dict) -> str:
         inc = s["inclusive"].get(role) or {}
         if inc:
             lines.append("  inclusive: " + ", ".join(f"{k} {v}%" for k, v in inc.items()))
+        top = (s.get("top_functions") or {}).get(role) or {}
+        if top:
+            lines.append("  busiest functions (own time): " + ", ".join(f"{k} {v}%" for k, v in top.items()))
     return "\n".join(lines)
 
 
