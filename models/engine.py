@@ -136,6 +136,12 @@ class Engine:
                 self._index[item] = missing + offset
         return self._ids[index]
 
+    def _item_ids(self) -> np.ndarray:
+        """The catalogue's ids as an object array (None where another worker assigned one we have not seen)."""
+        if self._id_array is None or len(self._id_array) != len(self._ids):
+            self._id_array = np.asarray(self._ids, dtype=object)
+        return self._id_array
+
     @property
     def n_items(self) -> int:
         return len(self._ids)
@@ -202,9 +208,12 @@ class Engine:
         if not applied:
             return result
 
-        result.feedback = self._feedback(states, applied)
-        active = sorted({row for row, _ in applied})
-        self._fold_and_rank(states, applied, active, result)
+        n_events = len(applied)
+        row = np.fromiter((r for r, _ in applied), np.int64, n_events)
+        item = np.fromiter((self._index[s.event.item_id] for _, s in applied), np.int32, n_events)
+        result.feedback = self._feedback(states, applied, row, item)
+        active = np.unique(row)
+        self._fold_and_rank(states, applied, row, item, active, result)
         return result
 
     def commit(self, result: BatchResult) -> list[bool]:
@@ -235,28 +244,27 @@ class Engine:
                 good.append(None)
         return self.codec.decode(good), broken
 
-    def _feedback(self, states, applied) -> list[Feedback]:
-        out = []
+    def _feedback(self, states, applied, row, item) -> list[Feedback]:
+        shown = states["last_list"][row]                       # [n, K] the list each event's user last saw
+        listed = shown[:, 0] != NO_ITEM
+        hit = (shown == item[:, None]) & listed[:, None]
+        ranks = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, 0).tolist()
+        list_ts, list_scene = states["list_ts"][row].tolist(), states["list_scene"][row].tolist()
         scenes = self.cfg.scenes
-        for row, sourced in applied:
+        out = []
+        for (_, sourced), is_listed, rank, shown_ts, shown_scene in zip(applied, listed.tolist(), ranks, list_ts,
+                                                                        list_scene):
             event = sourced.event
-            shown = states["last_list"][row]
-            listed = shown[0] != NO_ITEM
-            hits = np.flatnonzero(shown == self._index[event.item_id]) if listed else ()
-            rank = int(hits[0]) + 1 if len(hits) else None
-            list_ts = float(states["list_ts"][row])
             out.append(Feedback(
                 user_id=event.user_id, item_id=event.item_id, type=event.type, scene=event.scene, ts=event.ts,
-                hit=rank is not None, rank=rank, list_age_s=event.ts - list_ts if listed else None,
-                list_scene=scenes[states["list_scene"][row]] if listed else None, event_id=event.event_id))
+                hit=rank > 0, rank=rank or None, list_age_s=event.ts - shown_ts if is_listed else None,
+                list_scene=scenes[shown_scene] if is_listed else None, event_id=event.event_id))
         return out
 
-    def _fold_and_rank(self, states, applied, active, result: BatchResult) -> None:
+    def _fold_and_rank(self, states, applied, row, item, active, result: BatchResult) -> None:
         cfg = self.cfg
         S = cfg.n_scenes
         n_events = len(applied)
-        row = np.fromiter((r for r, _ in applied), np.int64, n_events)
-        item = np.fromiter((self._index[s.event.item_id] for _, s in applied), np.int32, n_events)
         etype = np.fromiter((TYPE_CODE[s.event.type] for _, s in applied), np.int8, n_events)
         scene = np.fromiter((cfg.scene_code(s.event.scene) for _, s in applied), np.int8, n_events)
         ts = np.fromiter((s.event.ts for _, s in applied), np.float64, n_events)
@@ -297,18 +305,25 @@ class Engine:
         users = [last_source[b].event.user_id for b in range(B)]
         result._users, result._values = users, self.codec.encode(sub)
         self._pending.update(zip(result._users, result._values))
-        if (top_items >= 0).any() and any(self._ids[i] is None for i in np.unique(top_items[top_items >= 0])):
-            self.item_id(int(top_items.max()))  # ids assigned by other workers: fetch them once
-        if self._id_array is None or len(self._id_array) != len(self._ids):
-            self._id_array = np.asarray(self._ids, dtype=object)
-        ids = self._id_array
-        scores = np.round(top_scores.astype(np.float64), 6)
+        ids = self._item_ids()
+        shown_any = top_items[top_items >= 0]
+        if len(shown_any) and np.equal(ids[shown_any], None).any():
+            self.item_id(int(shown_any.max()))  # ids assigned by other workers: fetch them once
+            ids = self._item_ids()
+        valid = top_items >= 0
+        names = ids[np.where(valid, top_items, 0)].tolist()
+        scores = np.round(top_scores.astype(np.float64), 6).tolist()
+        full = valid.all(axis=1).tolist()
         now, scene = prepared.now.tolist(), prepared.scene.tolist()
         for b in range(B):
-            shown = top_items[b][top_items[b] >= 0]
+            items, row_scores = names[b], scores[b]
+            if not full[b]:  # fewer live items than k
+                keep = valid[b]
+                items = [n for n, ok in zip(items, keep) if ok]
+                row_scores = [x for x, ok in zip(row_scores, keep) if ok]
             result.recommendations.append(Recommendation(
-                user_id=users[b], scene=cfg.scenes[scene[b]], items=ids[shown].tolist(),
-                scores=scores[b, : len(shown)].tolist(), model_version=self.model_version, event_ts=now[b]))
+                user_id=users[b], scene=cfg.scenes[scene[b]], items=items, scores=row_scores,
+                model_version=self.model_version, event_ts=now[b]))
 
     def warmup(self) -> float:
         """Compile the kernel for every bucket a batch can use, so no request waits on XLA."""
