@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -113,7 +114,9 @@ class Engine:
         self._mask_codes = np.array([TYPE_CODE[t] for t in cfg.mask_types], np.int8)
         # States computed by ``process`` and not yet written by ``commit``: the next batch builds on
         # them, so a worker can rank batch N+1 while batch N's outputs are still being delivered.
+        # ``commit`` may run on another thread than ``process`` (the rank worker writes on its own).
         self._pending: dict[str, bytes] = {}
+        self._pending_lock = threading.Lock()
 
     # ---- catalogue -------------------------------------------------------------------------
 
@@ -187,14 +190,16 @@ class Engine:
             rows.setdefault(sourced.event.user_id, len(rows))
         users = list(rows)
         new_ids = list(dict.fromkeys(s.event.item_id for s in batch if s.event.item_id not in self._index))
+        with self._pending_lock:  # taken before the read: a commit landing in between is then in both
+            pending = dict(self._pending) if self._pending else None
         read = self.store.read_batch(users, new_ids)
         self._learn_ids(new_ids, read.item_index, read.n_items)
         if read.params_version > self.model_version:
             self.load_params(read.params_version)
 
         values = read.states
-        if self._pending:
-            values = [_newer(self._pending.get(u), v) for u, v in zip(users, values)]
+        if pending:
+            values = [_newer(pending.get(u), v) for u, v in zip(users, values)]
         states, broken = self._decode(users, values)
         applied: list[tuple[int, SourcedEvent]] = []
         for sourced in batch:
@@ -219,15 +224,17 @@ class Engine:
     def commit(self, result: BatchResult) -> list[bool]:
         """Fenced write of the batch's new states; False for users a newer writer already advanced."""
         written = self.store.write_states(result._users, result._values)
-        for user, value in zip(result._users, result._values):
-            if self._pending.get(user) is value:
-                del self._pending[user]
+        with self._pending_lock:
+            for user, value in zip(result._users, result._values):
+                if self._pending.get(user) is value:
+                    del self._pending[user]
         return written
 
     def discard_pending(self) -> None:
         """Forget processed-but-uncommitted states (their outputs were not delivered): the next batch
         reads what the store holds, and the events will be processed again when they are redelivered."""
-        self._pending.clear()
+        with self._pending_lock:
+            self._pending.clear()
 
     def _decode(self, users, values):
         try:
@@ -304,7 +311,8 @@ class Engine:
 
         users = [last_source[b].event.user_id for b in range(B)]
         result._users, result._values = users, self.codec.encode(sub)
-        self._pending.update(zip(result._users, result._values))
+        with self._pending_lock:
+            self._pending.update(zip(result._users, result._values))
         ids = self._item_ids()
         shown_any = top_items[top_items >= 0]
         if len(shown_any) and np.equal(ids[shown_any], None).any():

@@ -98,8 +98,11 @@ class RankWorker:
         self.metrics = PipelineMetrics(k=self.cfg.k)
         self.depth = settings.pipeline_depth
         self._inflight: deque[_InFlight] = deque()
-        # One thread: engine calls must run in batch order, and JAX/Redis work must not block the loop.
+        # One thread each: engine calls, and state writes, must run in batch order, and JAX/Redis work
+        # must not block the loop. Writes mostly wait on Redis (and its fsync): on their own thread
+        # they overlap with ranking the next batch.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnflow-engine")
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnflow-write")
 
     async def start(self) -> None:
         if self.engine is not None:
@@ -184,7 +187,7 @@ class RankWorker:
             pending += await self._queue_outputs(result, topic)
         await asyncio.gather(*pending)
         for result in results:
-            written = await self._run(self.engine.commit, result)
+            written = await self._run(self.engine.commit, result, executor=self.writer)
             self.metrics.fenced_skips += written.count(False)
             self.metrics.replayed += result.replayed
             self.metrics.kernel_seconds.add(result.kernel_s)
@@ -217,13 +220,13 @@ class RankWorker:
             second, second_dead = await self._process(batch[mid:], topic)
             return first + second, first_dead + second_dead
 
-    async def _run(self, fn, *args):
-        """Run engine work in the executor, retrying store outages with backoff until they pass."""
+    async def _run(self, fn, *args, executor=None):
+        """Run engine work in a worker thread, retrying store outages with backoff until they pass."""
         loop = asyncio.get_running_loop()
         delay = 0.1
         while True:
             try:
-                return await loop.run_in_executor(self.executor, fn, *args)
+                return await loop.run_in_executor(executor or self.executor, fn, *args)
             except TRANSIENT_ERRORS as exc:
                 self.metrics.retries += 1
                 log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)

@@ -128,7 +128,9 @@ def classify(frames, kernel_lines=frozenset()) -> str:
 
 def thread_role(name: str) -> str:
     if name.startswith("attnflow-engine"):
-        return "engine thread (Engine.process/commit)"
+        return "engine thread (Engine.process)"
+    if name.startswith("attnflow-write"):
+        return "writer thread (Engine.commit)"
     if name.startswith("attnflow-train"):
         return "trainer thread"
     if name == "MainThread":
