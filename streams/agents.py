@@ -136,7 +136,6 @@ class RankWorker:
                 continue
             batch.append(SourcedEvent(decoded, message.partition, message.offset))
             produced.append(message.timestamp)
-        self.metrics.events += len(events)
         loop = asyncio.get_running_loop()
         previous = self._inflight[-1] if self._inflight else None
         item = _InFlight(list(events), batch, dead, produced, started, loop.create_future())
@@ -194,6 +193,7 @@ class RankWorker:
             self.metrics.recommendations += len(result.recommendations)
         for event in item.events:
             event.ack()
+        self.metrics.events += len(item.events)  # counted once done, so a rate over it is end to end
         now = time.time()
         for ts in item.produced:
             if ts:

@@ -21,8 +21,9 @@ topic with its own consumer group:
 - ``noop_faust_asyncio``: the same on asyncio's own event loop instead of uvloop (what uvloop gives);
 - ``raw_aiokafka``: an aiokafka consumer in this process (the transport's ceiling).
 
-Measured: max throughput from the backlog (worker ``/stats`` event counters, from the first event
-consumed to the last; two workers from the moment the group is stable), then, with the same worker
+Measured: max throughput from the backlog (worker ``/stats`` event counters, which the rank worker
+advances when a batch is done: outputs delivered and state written; from the first batch done to the
+last; two workers from the moment the group is stable), then, with the same worker
 caught up, latency at 25/50/75% of that maximum (events carry their produce time in ``ts``; latency =
 the recommendation's Kafka timestamp minus it), Redis commands / socket reads / bytes per event
 (``INFO`` deltas; this Redis must serve only the benchmark), kernel time and batch sizes from
