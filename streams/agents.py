@@ -262,6 +262,30 @@ class RankWorker:
         return futures
 
 
+class DutyCycle:
+    """Keeps background work to at most ``share`` of wall time: after work that took ``t`` seconds it
+    declines new work for ``t * (1 - share) / share`` seconds (the caller counts what it declines).
+
+    >>> budget = DutyCycle(0.25)
+    >>> budget.ready(now=0.0)
+    True
+    >>> budget.spent(1.0, now=1.0)
+    >>> budget.ready(now=3.9), budget.ready(now=4.0)
+    (False, True)
+    """
+
+    def __init__(self, share: float):
+        self.share = share
+        self._until = 0.0
+
+    def ready(self, now: float | None = None) -> bool:
+        return self.share >= 1.0 or (time.monotonic() if now is None else now) >= self._until
+
+    def spent(self, seconds: float, now: float | None = None) -> None:
+        if self.share < 1.0:
+            self._until = (time.monotonic() if now is None else now) + seconds * (1.0 - self.share) / self.share
+
+
 class TrainWorker:
     """The single online trainer: learns from the train topic, publishes snapshots to the store.
 
@@ -278,6 +302,8 @@ class TrainWorker:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnflow-train")
         self._dirty = False
         self._published_at = time.monotonic()
+        # Beside a rank agent, learning must not starve ranking; a dedicated trainer uses all it has.
+        self.budget = DutyCycle(settings.train_max_share if settings.role == "all" else 1.0)
 
     def _resume(self) -> None:
         """Start from the newest snapshot in the store (an offline bootstrap or a previous trainer)."""
@@ -325,6 +351,11 @@ class TrainWorker:
 
     async def handle(self, events) -> None:
         loop = asyncio.get_running_loop()
+        if not self.budget.ready():
+            # Over its share of the worker's time: these examples are skipped (counted), the next
+            # ones after the cool-down are learned. The events themselves are ranked regardless.
+            self.metrics.skipped_budget += len(events)
+            return
         good = []
         horizon = time.time() - self.settings.train_max_lag_s
         for event in events:
@@ -336,10 +367,12 @@ class TrainWorker:
             good.append(event.value)
         if not good:
             return
+        started = time.monotonic()
         try:
             await loop.run_in_executor(self.executor, self.learn, good)
         except ValueError as exc:  # a message from a worker with another layout: skip it, loudly
             log.error("training messages skipped: %s", exc)
+        self.budget.spent(time.monotonic() - started)
 
     async def tick(self) -> None:
         if self._dirty and time.monotonic() - self._published_at >= self.settings.snapshot_interval_s:

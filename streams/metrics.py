@@ -130,6 +130,7 @@ class TrainerMetrics:
     published_version: int = 0
     published_ts: float | None = None
     skipped_stale: int = 0
+    skipped_budget: int = 0
 
     def snapshot(self) -> dict:
         return dict(self.__dict__)
@@ -142,6 +143,10 @@ class TrainerMetrics:
                  "# HELP attnflow_train_skipped_stale_total training messages skipped as older than TRAIN_MAX_LAG_S",
                  "# TYPE attnflow_train_skipped_stale_total counter",
                  f"attnflow_train_skipped_stale_total {self.skipped_stale}",
+                 "# HELP attnflow_train_skipped_budget_total training messages skipped while an in-process trainer "
+                 "was over TRAIN_MAX_SHARE",
+                 "# TYPE attnflow_train_skipped_budget_total counter",
+                 f"attnflow_train_skipped_budget_total {self.skipped_budget}",
                  "# HELP attnflow_published_model_version last parameter snapshot this worker published",
                  "# TYPE attnflow_published_model_version gauge",
                  f"attnflow_published_model_version {self.published_version}"]

@@ -63,6 +63,9 @@ class Settings:
     train_replay_steps: int = 2
     snapshot_interval_s: float = 20.0
     train_max_lag_s: float = 120.0  # skip training messages older than this (0: never skip)
+    # Most of the wall time a trainer beside a rank agent (role "all") spends learning; examples that
+    # arrive while it is over that share are skipped and counted. A dedicated trainer uses all it has.
+    train_max_share: float = 0.25
     # Worker process
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -103,6 +106,8 @@ class Settings:
         settings = cls(**values)
         if settings.role not in ("all", "rank", "train"):
             raise ValueError(f"{PREFIX}ROLE={settings.role!r}: expected all, rank or train")
+        if not 0.0 < settings.train_max_share <= 1.0:
+            raise ValueError(f"{PREFIX}TRAIN_MAX_SHARE={settings.train_max_share}: must be in (0, 1]")
         if settings.pipeline_depth < 1:
             raise ValueError(f"{PREFIX}PIPELINE_DEPTH={settings.pipeline_depth}: must be at least 1")
         if settings.event_loop not in ("auto", "uvloop", "asyncio"):
