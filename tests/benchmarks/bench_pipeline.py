@@ -805,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small backlog, 1 run, short phases (smoke check)")
     parser.add_argument("--runs", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
-    parser.add_argument("--events", type=int, default=None, help="backlog size N (default 12000; 4000 with --quick)")
+    parser.add_argument("--events", type=int, default=None, help="backlog size N (default 40000: a steady-state window of seconds, not a start-up transient; 4000 with --quick)")
     parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000], help="catalogue sizes")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--every-variant-everywhere", action="store_true",
@@ -832,7 +832,7 @@ def main(argv=None) -> dict:
 
     args = build_parser().parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
-    args.events = args.events or (4000 if args.quick else 12000)
+    args.events = args.events or (4000 if args.quick else 40000)
     args.latency_s = args.latency_s if args.latency_s is not None else (5.0 if args.quick else 10.0)
     args.naive_cap_s = args.naive_cap_s or (6.0 if args.quick else 12.0)
     base = Settings.from_env(log_level="warn")
