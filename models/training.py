@@ -123,6 +123,7 @@ class Trainer:
         batch = to_batch(toy_examples(cfg, n=1, n_items=1), size)
         train_step.lower(self.params, self.opt_state, batch, jnp.int32(1), self.key,
                          optimizer=self.optimizer, dropout=self.train_cfg.history_dropout).compile()
+        _, _ = jax.random.split(self.key)  # the per-step key split (and its unpacking) compile too; key unchanged
 
     def ensure_capacity(self, n_items: int) -> None:
         capacity = capacity_for(n_items, self.cfg.initial_capacity)

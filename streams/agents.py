@@ -263,27 +263,44 @@ class RankWorker:
 
 
 class DutyCycle:
-    """Keeps background work to at most ``share`` of wall time: after work that took ``t`` seconds it
-    declines new work for ``t * (1 - share) / share`` seconds (the caller counts what it declines).
+    """Keeps background work to ``share`` of wall time in the long run, as a token bucket of seconds.
 
-    >>> budget = DutyCycle(0.25)
+    The bucket refills at ``share`` seconds per second, up to ``share * burst_s``. Work is allowed
+    while the bucket holds time, and the work's duration is taken out of it afterwards. A single slow
+    call (a first-step compile, say) or a trickle of work never trips it; sustained work beyond the
+    share is declined, and the caller counts what it declines.
+
+    >>> budget = DutyCycle(0.25, burst_s=4.0)   # up to 1 s of work in hand
     >>> budget.ready(now=0.0)
     True
-    >>> budget.spent(1.0, now=1.0)
-    >>> budget.ready(now=3.9), budget.ready(now=4.0)
+    >>> budget.spent(3.0, now=3.0)              # 3 s of work: the bucket is 2 s in debt
+    >>> budget.ready(now=10.0), budget.ready(now=12.0)
     (False, True)
     """
 
-    def __init__(self, share: float):
+    def __init__(self, share: float, burst_s: float = 10.0):
         self.share = share
-        self._until = 0.0
+        self.capacity = share * burst_s
+        self._tokens = self.capacity
+        self._at: float | None = None
+
+    def _refill(self, now: float | None) -> float:
+        now = time.monotonic() if now is None else now
+        if self._at is not None:
+            self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.share)
+        self._at = now
+        return now
 
     def ready(self, now: float | None = None) -> bool:
-        return self.share >= 1.0 or (time.monotonic() if now is None else now) >= self._until
+        if self.share >= 1.0:
+            return True
+        self._refill(now)
+        return self._tokens > 0.0
 
     def spent(self, seconds: float, now: float | None = None) -> None:
         if self.share < 1.0:
-            self._until = (time.monotonic() if now is None else now) + seconds * (1.0 - self.share) / self.share
+            self._refill(now)
+            self._tokens -= seconds
 
 
 class TrainWorker:
@@ -328,13 +345,16 @@ class TrainWorker:
         if self.trainer is None or self.store.params_version() > self.metrics.published_version:
             self._resume()
         n_items = self.store.n_items()
+        steps_before = self.trainer.steps
         for blob in blobs:
             examples = examples_from_bytes(blob, self.cfg)
             self.trainer.learn(examples, n_items)
             self.metrics.examples += len(examples)
         self.metrics.steps = self.trainer.steps
         self.metrics.loss = None if self.trainer.last_loss != self.trainer.last_loss else self.trainer.last_loss
-        self._dirty = True
+        # Examples only queued (fewer than a training batch) leave the parameters as they are: no new
+        # snapshot for them, or every worker would reload identical parameters under a new version.
+        self._dirty = self._dirty or self.trainer.steps > steps_before
         if time.monotonic() - self._published_at >= self.settings.snapshot_interval_s:
             self.publish()
 
