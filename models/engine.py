@@ -313,12 +313,11 @@ class Engine:
         result._users, result._values = users, self.codec.encode(sub)
         with self._pending_lock:
             self._pending.update(zip(result._users, result._values))
-        ids = self._item_ids()
-        shown_any = top_items[top_items >= 0]
+        ids, valid = self._item_ids(), top_items >= 0
+        shown_any = top_items[valid]
         if len(shown_any) and np.equal(ids[shown_any], None).any():
             self.item_id(int(shown_any.max()))  # ids assigned by other workers: fetch them once
             ids = self._item_ids()
-        valid = top_items >= 0
         names = ids[np.where(valid, top_items, 0)].tolist()
         scores = np.round(top_scores.astype(np.float64), 6).tolist()
         full = valid.all(axis=1).tolist()
@@ -356,8 +355,10 @@ class Engine:
 def _newer(pending: bytes | None, stored: bytes | None) -> bytes | None:
     """The uncommitted state unless the store already holds a newer one for the same partition
     (another worker got there first)."""
-    if pending is None or stored is None:
-        return pending if pending is not None else stored
+    if pending is None:
+        return stored
+    if stored is None:
+        return pending
     try:
         (pp, po), (sp, so) = fence_of(pending), fence_of(stored)
     except struct.error:  # a malformed stored value: let the decoder reject it with a reason

@@ -262,7 +262,7 @@ class RankWorker:
         return futures
 
 
-class DutyCycle:
+class TimeBudget:
     """Keeps background work to ``share`` of wall time in the long run, as a token bucket of seconds.
 
     The bucket refills at ``share`` seconds per second, up to ``share * burst_s``. Work is allowed
@@ -270,7 +270,7 @@ class DutyCycle:
     call (a first-step compile, say) or a trickle of work never trips it; sustained work beyond the
     share is declined, and the caller counts what it declines.
 
-    >>> budget = DutyCycle(0.25, burst_s=4.0)   # up to 1 s of work in hand
+    >>> budget = TimeBudget(0.25, burst_s=4.0)   # up to 1 s of work in hand
     >>> budget.ready(now=0.0)
     True
     >>> budget.spent(3.0, now=3.0)              # 3 s of work: the bucket is 2 s in debt
@@ -284,12 +284,11 @@ class DutyCycle:
         self._tokens = self.capacity
         self._at: float | None = None
 
-    def _refill(self, now: float | None) -> float:
+    def _refill(self, now: float | None) -> None:
         now = time.monotonic() if now is None else now
         if self._at is not None:
             self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.share)
         self._at = now
-        return now
 
     def ready(self, now: float | None = None) -> bool:
         if self.share >= 1.0:
@@ -320,7 +319,7 @@ class TrainWorker:
         self._dirty = False
         self._published_at = time.monotonic()
         # Beside a rank agent, learning must not starve ranking; a dedicated trainer uses all it has.
-        self.budget = DutyCycle(settings.train_max_share if settings.role == "all" else 1.0)
+        self.budget = TimeBudget(settings.train_max_share if settings.role == "all" else 1.0)
 
     def _resume(self) -> None:
         """Start from the newest snapshot in the store (an offline bootstrap or a previous trainer)."""
@@ -372,8 +371,8 @@ class TrainWorker:
     async def handle(self, events) -> None:
         loop = asyncio.get_running_loop()
         if not self.budget.ready():
-            # Over its share of the worker's time: these examples are skipped (counted), the next
-            # ones after the cool-down are learned. The events themselves are ranked regardless.
+            # Over its share of the worker's time: these examples are skipped (counted); learning
+            # resumes once the budget has refilled. The events themselves are ranked regardless.
             self.metrics.skipped_budget += len(events)
             return
         good = []

@@ -13,7 +13,7 @@ from streams.settings import Settings, use_event_loop
 from streams.topics import TopicNames
 
 settings = Settings.from_env()
-event_loop = use_event_loop(settings)
+use_event_loop(settings)
 names = TopicNames.of(settings)
 faust_dir = os.path.join(os.environ.get("ATTNFLOW_STATE_DIR", ".attnflow"), "faust")
 os.makedirs(faust_dir, exist_ok=True)

@@ -97,7 +97,8 @@ class PipelineMetrics:
                 lines.append(f"# TYPE attnflow_{name} {kind}")
             lines.append(f"attnflow_{name}{labels} {value}")
 
-        metric("events_total", s["events"], "counter", help_="events fully processed: outputs delivered, state written, offset committable")
+        metric("events_total", s["events"], "counter",
+               help_="events fully processed: outputs delivered, state written, offset committable")
         metric("batches_total", s["batches"], "counter", help_="micro-batches processed")
         metric("recommendations_total", s["recommendations"], "counter", help_="recommendation messages sent")
         metric("feedback_total", s["feedback"], "counter", help_="feedback messages sent")

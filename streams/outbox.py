@@ -22,8 +22,6 @@ class Outbox:
 
     def __init__(self, producer):
         self._producer = producer
-        self.batches_sent = 0
-        self.records_sent = 0
 
     async def send(self, records: Iterable[tuple[str, bytes | None, bytes]]) -> list[asyncio.Future]:
         """Queue every record; returns the delivery futures (one per record batch) to await."""
@@ -31,7 +29,6 @@ class Outbox:
         open_batches: dict[tuple[str, int], object] = {}
         futures: list[asyncio.Future] = []
         known_topics: set[str] = set()
-        count = 0
         for topic, key, value in records:
             if topic not in known_topics:
                 await producer.partitions_for(topic)  # metadata for the partitioner below
@@ -44,13 +41,11 @@ class Outbox:
                 futures.append(await self._ship(producer, builder, topic, partition))
                 builder = open_batches[(topic, partition)] = producer.create_batch()
                 builder.append(key=key, value=value, timestamp=None)  # the first record always fits
-            count += 1
         for (topic, partition), builder in open_batches.items():
             futures.append(await self._ship(producer, builder, topic, partition))
-        self.records_sent += count
         return futures
 
-    async def _ship(self, producer, builder, topic: str, partition: int) -> asyncio.Future:
+    @staticmethod
+    async def _ship(producer, builder, topic: str, partition: int) -> asyncio.Future:
         builder.close()
-        self.batches_sent += 1
         return await producer.send_batch(builder, topic, partition=partition)

@@ -138,21 +138,20 @@ class Settings:
         return env
 
 
-def use_event_loop(settings: Settings) -> str:
+def use_event_loop(settings: Settings) -> None:
     """Install the configured event loop policy; call it before Faust creates its loop.
 
     uvloop runs Faust's callbacks and aiokafka's socket handling in C instead of Python; it is the
-    default when installed. Returns the loop in use ("uvloop" or "asyncio").
+    default when installed (the rank worker logs which loop it got).
     """
     if settings.event_loop == "asyncio":
-        return "asyncio"
+        return
     try:
         import uvloop
     except ImportError:
         if settings.event_loop == "uvloop":
             raise RuntimeError(f"{PREFIX}EVENT_LOOP=uvloop but uvloop is not installed (pip install uvloop)") from None
-        return "asyncio"
+        return
     import asyncio
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return "uvloop"

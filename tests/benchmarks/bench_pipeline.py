@@ -58,6 +58,16 @@ VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline", "pip
             "pipeline_notrain_d1", "pipeline_2w", "naive")
 # Latency phases cost ~10-20 s each: the design and its baseline at every rate; the rank path alone
 # (no trainer in the worker) at 50% on the first catalogue, to show what the trainer costs in latency.
+# Worker variants: (which app runs, how its settings differ from the pipeline's defaults).
+WORKER_VARIANTS = {
+    "pipeline": ("pipeline", {}),
+    "pipeline_notrain": ("pipeline", {"train_enabled": False}),  # the rank path alone: no examples, no trainer
+    "pipeline_notrain_d1": ("pipeline", {"train_enabled": False, "pipeline_depth": 1}),
+    "pipeline_2w": ("pipeline", {}),
+    "naive": ("naive", {}),
+    "noop_faust": ("noop", {}),
+    "noop_faust_asyncio": ("noop", {"event_loop": "asyncio"}),
+}
 LATENCY_VARIANTS = ("pipeline", "naive", "pipeline_notrain", "pipeline_notrain_d1")
 # Measured on the first catalogue only (time budget): the baselines that never look at item ids, and the
 # pipeline variants whose question (trainer cost, scaling) the first catalogue answers.
@@ -537,16 +547,9 @@ def clear_namespace(settings: Settings) -> None:
 def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: Dataset, run: int,
                        max_rates: dict, profile: bool = False) -> dict:
     args = ctx.args
-    kind = {"pipeline": "pipeline", "pipeline_notrain": "pipeline", "pipeline_notrain_d1": "pipeline",
-            "pipeline_2w": "pipeline", "naive": "naive", "noop_faust": "noop", "noop_faust_asyncio": "noop"}[name]
+    kind, overrides = WORKER_VARIANTS[name]
     n_workers = 2 if name == "pipeline_2w" else 1
-    settings = variant_settings(ctx, ds_settings, name, run)
-    if name.startswith("pipeline_notrain") and hasattr(settings, "train_enabled"):
-        settings = replace(settings, train_enabled=False)  # the rank path alone: no examples, no trainer
-    if name == "pipeline_notrain_d1":
-        settings = replace(settings, pipeline_depth=1)
-    if name == "noop_faust_asyncio":
-        settings = replace(settings, event_loop="asyncio")
+    settings = replace(variant_settings(ctx, ds_settings, name, run), **overrides)
     if kind != "noop":
         register_catalogue(settings, dataset)
     workers = []
@@ -581,7 +584,8 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
         out["settings"] = {k: v for k, v in settings.as_env().items() if "URL" not in k and "BOOTSTRAP" not in k}
         rate = out["throughput"].get("events_per_s")
         fractions = fractions_for(args, name, dataset.n_items, profile)
-        if args.latency_s > 0 and rate and fractions and (name in LATENCY_VARIANTS or (profile and kind == "pipeline")):
+        latency_wanted = name in LATENCY_VARIANTS or (profile and kind == "pipeline")
+        if args.latency_s > 0 and rate and fractions and latency_wanted:
             # Live traffic goes to a fresh namespace (own topic, keys, group) so the backlog topic stays
             # identical for every variant and the worker starts with an empty lag.
             stop_workers(workers)
@@ -805,7 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small backlog, 1 run, short phases (smoke check)")
     parser.add_argument("--runs", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
-    parser.add_argument("--events", type=int, default=None, help="backlog size N (default 40000: a steady-state window of seconds, not a start-up transient; 4000 with --quick)")
+    parser.add_argument("--events", type=int, default=None,
+                        help="backlog size N (default 40000: seconds of steady state, not a start-up transient; "
+                             "4000 with --quick)")
     parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000], help="catalogue sizes")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--every-variant-everywhere", action="store_true",

@@ -18,7 +18,8 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-ENGINE_PY = Path(__file__).resolve().parent.parent.parent / "models" / "engine.py"
+REPO = Path(__file__).resolve().parent.parent.parent
+ENGINE_PY = REPO / "models" / "engine.py"
 
 # (category, test on (function, file)); checked in this order on every frame.
 CATEGORIES = [
@@ -174,7 +175,7 @@ def summarise(text: str, rate: float, seconds: float | None, engine_py: Path = E
 
 def _short(path: str) -> str:
     """``faust/streams.py`` rather than the whole site-packages path."""
-    for marker in ("site-packages/", "/lib/python3.", "/work/main/"):
+    for marker in ("site-packages/", "/lib/python3.", f"{REPO}/"):
         if marker in path:
             path = path.split(marker, 1)[1]
             return path.split("/", 1)[1] if marker == "/lib/python3." else path
