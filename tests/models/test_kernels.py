@@ -35,7 +35,8 @@ def make_batch(rng, B, L, n_items, S):
 
 @pytest.mark.parametrize("capacity, n_items, chunk", [
     (64, 50, 64), (64, 50, 16),        # one matmul with plain top-k, and the chunked running top-k
-    (1024, 900, 1024), (1024, 900, 256),  # the same with the two-stage block top-k (>= k blocks)
+    (1024, 900, 1024), (1024, 900, 256),  # the same with the running block top-k (>= k blocks)
+    (1000, 990, 256),                     # chunks that do not divide the table: the last one overlaps
 ])
 def test_rank_matches_reference(capacity, n_items, chunk):
     rng = np.random.default_rng(0)
@@ -56,18 +57,29 @@ def test_rank_matches_reference(capacity, n_items, chunk):
         assert not set(ranks.exclude[b][ranks.exclude[b] >= 0]) & set(np.asarray(items[b]).tolist())
 
 
-@pytest.mark.parametrize("shape, block", [((9, 4096), 32), ((5, 640), 16), ((3, 96), 32)])
-def test_block_top_k_is_exact(shape, block):
+@pytest.mark.parametrize("capacity, chunk", [(1024, 256), (1000, 256), (640, 640), (96, 4096)])
+def test_running_block_top_k_is_exact(capacity, chunk):
+    """Against one ``lax.top_k`` over the full score matrix: chunks that do or do not divide the
+    table, a single chunk, a table too small for blocks; per-user catalogue sizes."""
     rng = np.random.default_rng(2)
-    scores = rng.normal(size=shape).astype(np.float32)
-    scores[0, :] = kernels.NEG_INF                      # nothing rankable
-    scores[1, 5:] = kernels.NEG_INF                     # fewer live items than k
-    scores[2] = np.sort(scores[2])                      # the best items all in the last block
-    top, items = kernels.block_top_k(jnp.asarray(scores), 20, block)
-    want_top, want_items = jax.lax.top_k(jnp.asarray(scores), 20)
-    np.testing.assert_array_equal(np.asarray(top), np.asarray(want_top))
+    k, B = CFG.k, 6  # 5: a 256-item chunk holds 8 blocks, enough for the running block top-k
+    params = random_params(CFG, capacity)
+    params = params._replace(item_bias=params.item_bias.at[capacity - 40:].add(50.0))  # the best items come last
+    user = jnp.asarray(rng.normal(size=(B, CFG.dim)).astype(np.float32))
+    # per user: most of the catalogue, nothing rankable, fewer live items than k, all of it, all but
+    # the last 37 (3 boosted items left), half of it
+    n_items = jnp.asarray([capacity - 3, 0, 3, capacity, capacity - 37, capacity // 2], jnp.int32)
+    hist = jnp.asarray(rng.integers(-1, capacity, (B, CFG.history)).astype(np.int32))
+    exclude = jnp.asarray(rng.integers(-1, capacity, (B, 4)).astype(np.int32))
+    top_k = jax.jit(kernels.top_k_items, static_argnames=("k", "chunk"))
+    items, top = top_k(user, None, hist, params, n_items, exclude, k=k, chunk=chunk)
+    full = kernels._chunk_scores(user, params, hist, n_items, exclude, 0, 0, capacity)
+    want_top, want_items = jax.lax.top_k(full, k)
     live = np.asarray(want_top) > kernels.NEG_INF / 2
+    np.testing.assert_allclose(np.asarray(top)[live], np.asarray(want_top)[live], rtol=1e-6)  # matmul shapes differ
     np.testing.assert_array_equal(np.asarray(items)[live], np.asarray(want_items)[live])
+    assert (np.asarray(items)[~live] == -1).all()
+    assert live[1].sum() == 0 and live[2].sum() == 3
 
 
 def test_fold_matches_sequential_reference():
