@@ -84,6 +84,7 @@ class RankWorker:
     already ranks batch N+1 on top of N's uncommitted states (``Engine`` keeps them until
     ``commit``). Every stage still runs in batch order, and a batch's events are acked, so that Faust
     may commit their offsets, only after its outputs were delivered and its states written.
+    With the default depth of 3, the agent also takes and decodes batch N+2 meanwhile;
     ``ATTNFLOW_PIPELINE_DEPTH=1`` processes one batch at a time.
     """
 

@@ -41,8 +41,9 @@ class Settings:
     # Micro-batching: up to ``batch_size`` events, waiting at most ``batch_within_s`` for them
     batch_size: int = 512
     batch_within_s: float = 0.02
-    # Batches in flight per worker: 2 ranks batch N+1 while batch N's outputs are delivered; 1 = one at a time
-    pipeline_depth: int = 2
+    # Batches in flight per worker: 3 ranks batch N+1 while batch N's outputs are delivered and batch
+    # N+2 is taken and decoded; 1 = one at a time
+    pipeline_depth: int = 3
     # Model shape and policies (see models.config.EngineConfig)
     dim: int = 64
     history: int = 50

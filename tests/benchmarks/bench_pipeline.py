@@ -1,6 +1,6 @@
 """End-to-end benchmark on the real Kafka broker and Redis server: throughput, latency, cost per event.
 
-    python -m tests.benchmarks.bench_pipeline            # full: 3 runs, 10k and 100k items (~17 min on 2 shared cores)
+    python -m tests.benchmarks.bench_pipeline            # full: 3 runs, 10k and 100k items (~20 min on 2 shared cores)
     python -m tests.benchmarks.bench_pipeline --quick    # smoke check: small backlog, 1 run, short phases
     python -m tests.benchmarks.bench_pipeline --profile  # also py-spy a worker at max throughput
 
@@ -13,8 +13,9 @@ topic with its own consumer group:
 
 - ``pipeline``: the real rank worker (``streams.cli.start_worker``), one process;
 - ``pipeline_notrain``: the same with ``ATTNFLOW_TRAIN_ENABLED=0`` (the rank path alone; throughput only);
-- ``pipeline_notrain_d1``: the rank path alone with ``ATTNFLOW_PIPELINE_DEPTH=1`` (one batch in flight:
-  what pipelining batches costs or gives in throughput and latency);
+- ``pipeline_notrain_d1`` / ``pipeline_notrain_d2``: the rank path alone with ``ATTNFLOW_PIPELINE_DEPTH=1``
+  (one batch in flight) and ``2``, against the default depth of ``pipeline_notrain``: what pipelining
+  batches costs or gives in throughput and latency;
 - ``pipeline_2w``: two rank workers in one group (4 partitions);
 - ``naive``: ``tests.benchmarks.naive_app`` (per event: GET, NumPy full scoring, SET, one send);
 - ``noop_faust``: ``tests.benchmarks.noop_app`` (take_events and count: Faust's ceiling);
@@ -55,7 +56,7 @@ from tests.benchmarks.common import REPO, RESULTS, header, median, ratio
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline", "pipeline_notrain",
-            "pipeline_notrain_d1", "pipeline_2w", "naive")
+            "pipeline_notrain_d1", "pipeline_notrain_d2", "pipeline_2w", "naive")
 # Latency phases cost ~10-20 s each: the design and its baseline at every rate; the rank path alone
 # (no trainer in the worker) at 50% on the first catalogue, to show what the trainer costs in latency.
 # Worker variants: (which app runs, how its settings differ from the pipeline's defaults).
@@ -63,16 +64,17 @@ WORKER_VARIANTS = {
     "pipeline": ("pipeline", {}),
     "pipeline_notrain": ("pipeline", {"train_enabled": False}),  # the rank path alone: no examples, no trainer
     "pipeline_notrain_d1": ("pipeline", {"train_enabled": False, "pipeline_depth": 1}),
+    "pipeline_notrain_d2": ("pipeline", {"train_enabled": False, "pipeline_depth": 2}),
     "pipeline_2w": ("pipeline", {}),
     "naive": ("naive", {}),
     "noop_faust": ("noop", {}),
     "noop_faust_asyncio": ("noop", {"event_loop": "asyncio"}),
 }
-LATENCY_VARIANTS = ("pipeline", "naive", "pipeline_notrain", "pipeline_notrain_d1")
+LATENCY_VARIANTS = ("pipeline", "naive", "pipeline_notrain", "pipeline_notrain_d1", "pipeline_notrain_d2")
 # Measured on the first catalogue only (time budget): the baselines that never look at item ids, and the
 # pipeline variants whose question (trainer cost, scaling) the first catalogue answers.
 FIRST_CATALOGUE_ONLY = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline_notrain", "pipeline_notrain_d1",
-                        "pipeline_2w")
+                        "pipeline_notrain_d2", "pipeline_2w")
 EVENT_TYPES = ("view", "click", "cart", "purchase")
 TYPE_P = (0.75, 0.15, 0.07, 0.03)
 SCENES = ("default", "home", "search", "product")
@@ -784,8 +786,11 @@ def ratios(med: dict) -> dict:
                                                     (m.get("noop_faust_asyncio") or {}).get("events_per_s")),
             "pipeline_2w_over_1w": ratio((m.get("pipeline_2w") or {}).get("events_per_s"), get("pipeline")),
             "pipeline_over_pipeline_notrain": ratio(get("pipeline"), (m.get("pipeline_notrain") or {}).get("events_per_s")),
-            "pipeline_notrain_depth2_over_depth1": ratio((m.get("pipeline_notrain") or {}).get("events_per_s"),
-                                                         (m.get("pipeline_notrain_d1") or {}).get("events_per_s")),
+            # pipeline_notrain runs the default depth (streams.settings.Settings.pipeline_depth)
+            "pipeline_notrain_over_depth1": ratio((m.get("pipeline_notrain") or {}).get("events_per_s"),
+                                                  (m.get("pipeline_notrain_d1") or {}).get("events_per_s")),
+            "pipeline_notrain_over_depth2": ratio((m.get("pipeline_notrain") or {}).get("events_per_s"),
+                                                  (m.get("pipeline_notrain_d2") or {}).get("events_per_s")),
         }
     return out
 
@@ -873,6 +878,7 @@ def main(argv=None) -> dict:
         "quick": args.quick, "runs": args.runs, "events": args.events, "users": args.events // 5, "items": args.items,
         "zipf_s": 1.0, "k": base.k, "history": base.history, "dim": base.dim, "scenes": list(base.scenes),
         "batch_size": base.batch_size, "batch_within_s": base.batch_within_s, "partitions": 4,
+        "pipeline_depth": base.pipeline_depth,
         "latency_s": args.latency_s, "latency_fractions": args.latency_fractions, "cap_s": args.cap_s,
         "naive_cap_s": args.naive_cap_s, "kafka": base.kafka_bootstrap, "redis": base.redis_url,
         "variants": args.variants, "first_catalogue_only": list(FIRST_CATALOGUE_ONLY),
