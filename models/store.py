@@ -67,19 +67,6 @@ def fence_of(value: bytes) -> tuple[int, int]:
 
 
 @dataclass
-class StoreStats:
-    """Counters an operator or the benchmark reads: round trips and bytes each way."""
-
-    round_trips: int = 0
-    bytes_read: int = 0
-    bytes_written: int = 0
-    fenced_skips: int = 0
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass
 class BatchRead:
     states: list[bytes | None]
     item_index: list[int]
@@ -104,7 +91,6 @@ class RedisStore:
             retry_on_error=[redis.ConnectionError, redis.TimeoutError])
         self.prefix = prefix
         self.keep_snapshots = keep_snapshots
-        self.stats = StoreStats()
         self._write_states = self.redis.register_script(_WRITE_STATES)
         self._item_index = self.redis.register_script(_ITEM_INDEX)
         self._publish = self.redis.register_script(_PUBLISH_PARAMS)
@@ -130,8 +116,6 @@ class RedisStore:
         replies = pipe.execute()
         states = replies.pop(0) if users else []
         index = [int(i) for i in replies.pop(0)] if new_item_ids else []
-        self.stats.round_trips += 1
-        self.stats.bytes_read += sum(len(v) for v in states if v)
         return BatchRead(states=states, item_index=index, n_items=int(replies[0]),
                          params_version=int(replies[1] or 0))
 
@@ -140,9 +124,6 @@ class RedisStore:
         if not users:
             return []
         written = self._write_states(keys=[self.state_key(u) for u in users], args=values)
-        self.stats.round_trips += 1
-        self.stats.bytes_written += sum(len(v) for v in values)
-        self.stats.fenced_skips += len(written) - sum(written)
         return [bool(w) for w in written]
 
     def item_index(self, item_ids: list[str]) -> list[int]:
@@ -193,14 +174,12 @@ class MemoryStore:
     ids: list = field(default_factory=list)
     snapshots: dict = field(default_factory=dict)
     version: int = 0
-    stats: StoreStats = field(default_factory=StoreStats)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ping(self) -> bool:
         return True
 
     def read_batch(self, users: list[str], new_item_ids: list[str]) -> BatchRead:
-        self.stats.round_trips += 1
         index = self.item_index(new_item_ids)
         return BatchRead(states=[self.states.get(u) for u in users], item_index=index, n_items=len(self.ids),
                          params_version=self.version)
@@ -217,8 +196,6 @@ class MemoryStore:
                 if ok:
                     self.states[user] = value
                 written.append(ok)
-        self.stats.round_trips += 1
-        self.stats.fenced_skips += written.count(False)
         return written
 
     def item_index(self, item_ids: list[str]) -> list[int]:
