@@ -145,17 +145,19 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
     ``k`` blocks with the largest maxima seen so far are kept whole. One ``top_k`` over the kept
     blocks' ``k * TOPK_BLOCK`` scores at the end gives the answer. Exact: a block holding one of the
     top-k scores has a maximum at least that score, so at most ``k - 1`` blocks can beat it (ties may
-    pick a different, equally scored item). Per chunk this costs a matmul, one max-reduce and a
-    ``top_k`` over ``k + chunk / TOPK_BLOCK`` maxima; XLA's CPU ``top_k`` costs a few ns per score,
-    so this is 1.5-2.5x faster than a ``top_k`` per chunk. The ``B x N`` score matrix never exists,
+    pick a different, equally scored item). ``chunk`` is rounded up to at least ``k`` whole blocks.
+    Per chunk this costs a matmul, one max-reduce and a ``top_k`` over ``k + chunk / TOPK_BLOCK``
+    maxima; XLA's CPU ``top_k`` costs a few ns per score, so this is 1.5-2.5x faster than a
+    ``top_k`` over each chunk's candidates plus a merge. The ``B x N`` score matrix never exists,
     and only chunks that hold live items are scored (the table's growth padding is not).
     """
     C, d = params.item_emb.shape
     B = user.shape[0]
-    size = min(chunk, C)
-    if size % TOPK_BLOCK or size // TOPK_BLOCK < k:  # a small table: one matmul, one plain top-k
+    if C < k * TOPK_BLOCK:  # a table smaller than k blocks: one matmul, one plain top-k
         scores = _chunk_scores(user, params, hist_item, n_items, exclude, 0, 0, C)
         return _topk(scores, k)
+    # Whole blocks, no more than the table holds; at least k of them, as smaller chunks only add loop steps.
+    size = min(-(-max(chunk, k * TOPK_BLOCK) // TOPK_BLOCK) * TOPK_BLOCK, C - C % TOPK_BLOCK)
     blocks_per_chunk = size // TOPK_BLOCK
 
     def step(c, best):

@@ -29,7 +29,7 @@ def test_kernel_benchmark_runs_and_matches_reference(tmp_path):
     assert result["agreement"]["numpy_vs_reference"] == 1.0, "bench_kernel.numpy_step no longer mirrors the kernels"
 
 
-@pytest.mark.parametrize("chunk", [1024, 256])  # one matmul, and the chunked running top-k
+@pytest.mark.parametrize("chunk", [1024, 256])  # one chunk; chunks rounded up to k blocks, the last overlapping
 def test_benchmarked_kernel_top_k_equals_reference(chunk):
     """Independently of the report: the jitted step's top-K on the benchmark's inputs is the reference's."""
     n_items, B = 1000, 8

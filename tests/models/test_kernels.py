@@ -34,7 +34,7 @@ def make_batch(rng, B, L, n_items, S):
 
 
 @pytest.mark.parametrize("capacity, n_items, chunk", [
-    (64, 50, 64), (64, 50, 16),        # one matmul with plain top-k, and the chunked running top-k
+    (64, 50, 64), (64, 50, 16),        # a table smaller than k blocks: one matmul with plain top-k
     (1024, 900, 1024), (1024, 900, 256),  # the same with the running block top-k (>= k blocks)
     (1000, 990, 256),                     # chunks that do not divide the table: the last one overlaps
 ])
@@ -57,10 +57,11 @@ def test_rank_matches_reference(capacity, n_items, chunk):
         assert not set(ranks.exclude[b][ranks.exclude[b] >= 0]) & set(np.asarray(items[b]).tolist())
 
 
-@pytest.mark.parametrize("capacity, chunk", [(1024, 256), (1000, 256), (640, 640), (96, 4096)])
+@pytest.mark.parametrize("capacity, chunk", [(1024, 256), (1000, 256), (1024, 64), (640, 640), (96, 4096)])
 def test_running_block_top_k_is_exact(capacity, chunk):
     """Against one ``lax.top_k`` over the full score matrix: chunks that do or do not divide the
-    table, a single chunk, a table too small for blocks; per-user catalogue sizes."""
+    table, a chunk smaller than k blocks (rounded up), a single chunk, a table too small for
+    blocks; per-user catalogue sizes."""
     rng = np.random.default_rng(2)
     k, B = CFG.k, 6  # 5: a 256-item chunk holds 8 blocks, enough for the running block top-k
     params = random_params(CFG, capacity)
