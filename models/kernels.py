@@ -154,8 +154,8 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
     C, d = params.item_emb.shape
     B = user.shape[0]
     if C < k * TOPK_BLOCK:  # a table smaller than k blocks: one matmul, one plain top-k
-        scores = _chunk_scores(user, params, hist_item, n_items, exclude, 0, 0, C)
-        return _topk(scores, k)
+        top, items = jax.lax.top_k(_chunk_scores(user, params, hist_item, n_items, exclude, 0, 0, C), k)
+        return jnp.where(top > NEG_INF / 2, items.astype(jnp.int32), -1), top
     # Whole blocks, no more than the table holds; at least k of them, as smaller chunks only add loop steps.
     size = min(-(-max(chunk, k * TOPK_BLOCK) // TOPK_BLOCK) * TOPK_BLOCK, C - C % TOPK_BLOCK)
     blocks_per_chunk = size // TOPK_BLOCK
@@ -180,11 +180,6 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
     _, contents, first = jax.lax.fori_loop(0, live, step, init)
     top, pos = jax.lax.top_k(contents.reshape(B, k * TOPK_BLOCK), k)
     items = jnp.take_along_axis(first, pos // TOPK_BLOCK, axis=1) + pos % TOPK_BLOCK
-    return jnp.where(top > NEG_INF / 2, items.astype(jnp.int32), -1), top
-
-
-def _topk(scores, k):
-    top, items = jax.lax.top_k(scores, k)
     return jnp.where(top > NEG_INF / 2, items.astype(jnp.int32), -1), top
 
 

@@ -777,20 +777,18 @@ def ratios(med: dict) -> dict:
     out = {}
     first = next(iter(med.values()), {})
     for n, m in med.items():
+        own = lambda name: (m.get(name) or {}).get("events_per_s")  # noqa: E731  (this catalogue only)
         get = lambda name: (m.get(name) or first.get(name) or {}).get("events_per_s")  # noqa: E731
         out[n] = {
             "pipeline_over_naive": ratio(get("pipeline"), get("naive")),
             "pipeline_over_noop_faust": ratio(get("pipeline"), get("noop_faust")),
             "noop_faust_over_raw_aiokafka": ratio(get("noop_faust"), get("raw_aiokafka")),
-            "noop_faust_uvloop_over_asyncio": ratio((m.get("noop_faust") or {}).get("events_per_s"),
-                                                    (m.get("noop_faust_asyncio") or {}).get("events_per_s")),
-            "pipeline_2w_over_1w": ratio((m.get("pipeline_2w") or {}).get("events_per_s"), get("pipeline")),
-            "pipeline_over_pipeline_notrain": ratio(get("pipeline"), (m.get("pipeline_notrain") or {}).get("events_per_s")),
+            "noop_faust_uvloop_over_asyncio": ratio(own("noop_faust"), own("noop_faust_asyncio")),
+            "pipeline_2w_over_1w": ratio(own("pipeline_2w"), get("pipeline")),
+            "pipeline_over_pipeline_notrain": ratio(get("pipeline"), own("pipeline_notrain")),
             # pipeline_notrain runs the default depth (streams.settings.Settings.pipeline_depth)
-            "pipeline_notrain_over_depth1": ratio((m.get("pipeline_notrain") or {}).get("events_per_s"),
-                                                  (m.get("pipeline_notrain_d1") or {}).get("events_per_s")),
-            "pipeline_notrain_over_depth2": ratio((m.get("pipeline_notrain") or {}).get("events_per_s"),
-                                                  (m.get("pipeline_notrain_d2") or {}).get("events_per_s")),
+            "pipeline_notrain_over_depth1": ratio(own("pipeline_notrain"), own("pipeline_notrain_d1")),
+            "pipeline_notrain_over_depth2": ratio(own("pipeline_notrain"), own("pipeline_notrain_d2")),
         }
     return out
 
