@@ -56,6 +56,7 @@ def _attention(log: EventLog, **options) -> Recommender:
 MODELS: dict[str, Callable[[EventLog], Recommender]] = {
     "attention": lambda log: _attention(log),
     "attention_no_transfer": lambda log: _attention(log, transfer=False),
+    "attention_full_softmax": lambda log: _attention(log, negatives=0),
     "popularity": lambda log: DecayedPopularity(half_life_s=_half_life(log)),
     "transition_knn": lambda log: TransitionKNN(window=3, half_life_s=_half_life(log)),
     "river_mf": lambda log: RiverMF(n_factors=32, n_negatives=4, lr=0.05, l2=1e-4, seed=0),

@@ -1,8 +1,11 @@
 """Learning item embeddings and attention weights from the stream: loss, optax step, replay buffer.
 
 The trainer sees training examples (the user's history just before an event, the event's item as
-the target) and minimises a full-softmax next-item cross-entropy through the same
-``kernels.user_vectors`` the rank path uses, so what is learned is exactly what is served.
+the target) and minimises a next-item cross-entropy through the same ``kernels.user_vectors`` the
+rank path uses, so what is learned is exactly what is served. The softmax is *sampled* once the item
+table is larger than the sample (``TrainConfig.negatives``): its normaliser is the target, the
+user's own history items (exact) and uniform negatives weighted to stand for the rest of the
+catalogue, so a step costs the same at 10k and at 1M items.
 Examples travel from rank workers to the single trainer as compact binary records
 (``examples_to_bytes``); the trainer publishes parameter snapshots that workers hot-reload.
 """
@@ -43,12 +46,25 @@ class TrainConfig:
     batch_size: int = 64
     history_dropout: float = 0.2   # drop history entries at random: cheap augmentation against overfitting
     replay_steps: int = 2          # extra steps on replayed past examples per batch of new ones
+    negatives: int = 1024          # uniform negatives of the sampled softmax (see ``sampled``); 0 = always full
     buffer_size: int = 65536
     seed: int = 0
 
 
-def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, dropout: float) -> jax.Array:
-    """Mean full-softmax next-item cross-entropy over the real examples of ``batch``."""
+SAMPLED_FROM_ROWS_PER_NEGATIVE = 8
+
+
+def sampled(negatives: int, rows: int) -> bool:
+    """Whether a table of ``rows`` items trains on the sampled softmax: only from 8 rows per negative.
+    Below that the full softmax is about as cheap, and it is exact (at 2048 rows a step took 2.3 ms
+    full against 3.9 ms sampled with 1024 negatives; at 16384 rows, 7.9 ms against 4.5 ms)."""
+    return negatives > 0 and rows >= SAMPLED_FROM_ROWS_PER_NEGATIVE * negatives
+
+
+def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, dropout: float,
+        negatives: int = 0) -> jax.Array:
+    """Mean next-item cross-entropy over the real examples of ``batch``: full softmax over the item
+    table, or sampled (``sampled_losses``) when the table is large enough for that to pay."""
     hist_item = batch.hist_item
     if dropout > 0:
         keep = jax.random.bernoulli(key, 1.0 - dropout, hist_item.shape)
@@ -56,18 +72,54 @@ def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, d
     ranks = kernels.RankInputs(hist_item=hist_item, hist_type=batch.hist_type, hist_age=batch.hist_age,
                                scene=batch.scene, exclude=jnp.full((hist_item.shape[0], 1), -1, jnp.int32))
     user, _ = kernels.user_vectors(params, jax.lax.stop_gradient(batch.interest), batch.weight, ranks)
-    logits = kernels.copy_scores(user @ params.item_emb.T + params.item_bias, 0, hist_item, params)
-    logits = jnp.where(jnp.arange(logits.shape[1])[None, :] < n_items, logits, kernels.NEG_INF)
-    picked = jnp.take_along_axis(logits, batch.target[:, None], axis=1)[:, 0]
-    losses = jax.nn.logsumexp(logits, axis=1) - picked
+    if sampled(negatives, params.item_emb.shape[0]):
+        losses = sampled_losses(params, user, hist_item, batch.target, n_items,
+                                jax.random.fold_in(key, 1), negatives)
+    else:
+        logits = kernels.copy_scores(user @ params.item_emb.T + params.item_bias, 0, hist_item, params)
+        logits = jnp.where(jnp.arange(logits.shape[1])[None, :] < n_items, logits, kernels.NEG_INF)
+        picked = jnp.take_along_axis(logits, batch.target[:, None], axis=1)[:, 0]
+        losses = jax.nn.logsumexp(logits, axis=1) - picked
     return jnp.sum(losses * batch.mask) / jnp.maximum(jnp.sum(batch.mask), 1.0)
 
 
-@partial(jax.jit, static_argnames=("optimizer", "dropout"), donate_argnums=(0, 1))
+def sampled_losses(params: Params, user: jax.Array, hist_item: jax.Array, target: jax.Array,
+                   n_items: jax.Array, key: jax.Array, negatives: int) -> jax.Array:
+    """Per-example ``log Z - score(target)`` with ``Z`` estimated from a sample of the catalogue.
+
+    ``Z`` = the target's term + each distinct history item's term, both exact (these carry the repeat
+    score, so its gain learns as under the full softmax) + ``negatives`` items drawn uniformly from
+    the catalogue, shared by the batch, each standing for ``n_items / negatives`` items. Draws that hit
+    the target or the history are dropped, which keeps the estimate of the remaining sum unbiased.
+    """
+    L = hist_item.shape[1]
+    valid = hist_item >= 0
+    items = jnp.where(valid, hist_item, 0)
+    copy = kernels.copy_weights(params, hist_item)                                      # [E, L]
+    same = (hist_item[:, :, None] == hist_item[:, None, :]) & valid[:, :, None]         # [E, L, L]
+
+    def score(rows, extra):
+        return jnp.einsum("ed,e...d->e...", user, params.item_emb[rows]) + params.item_bias[rows] + extra
+
+    target_score = score(target, jnp.sum(jnp.where(hist_item == target[:, None], copy, 0.0), axis=1))
+    # each distinct history item once, in its newest slot, with the repeat weights of all its slots
+    repeated_later = jnp.any(same & (jnp.arange(L)[None, :] > jnp.arange(L)[:, None])[None], axis=2)
+    first = valid & ~repeated_later & (hist_item != target[:, None])
+    history_score = jnp.where(first, score(items, jnp.einsum("elm,em->el", same, copy)), kernels.NEG_INF)
+    drawn = jax.random.randint(key, (negatives,), 0, n_items)
+    hit = (drawn[None, :] == target[:, None]) | jnp.any(drawn[None, :, None] == hist_item[:, None, :], axis=2)
+    weight = jnp.log(n_items.astype(jnp.float32) / negatives)
+    drawn_score = user @ params.item_emb[drawn].T + params.item_bias[drawn] + weight
+    drawn_score = jnp.where(hit, kernels.NEG_INF, drawn_score)
+    log_z = jax.nn.logsumexp(jnp.concatenate([target_score[:, None], history_score, drawn_score], axis=1), axis=1)
+    return log_z - target_score
+
+
+@partial(jax.jit, static_argnames=("optimizer", "dropout", "negatives"), donate_argnums=(0, 1))
 def train_step(params: Params, opt_state, batch: TrainBatch, n_items: jax.Array, key: jax.Array, *,
-               optimizer: optax.GradientTransformation, dropout: float):
+               optimizer: optax.GradientTransformation, dropout: float, negatives: int = 0):
     """One optax step; returns ``(params, opt_state, loss)``."""
-    loss, grads = jax.value_and_grad(nll)(params, batch, n_items, key, dropout)
+    loss, grads = jax.value_and_grad(nll)(params, batch, n_items, key, dropout, negatives)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
@@ -122,7 +174,8 @@ class Trainer:
         cfg, size = self.cfg, self.train_cfg.batch_size
         batch = to_batch(toy_examples(cfg, n=1, n_items=1), size)
         train_step.lower(self.params, self.opt_state, batch, jnp.int32(1), self.key,
-                         optimizer=self.optimizer, dropout=self.train_cfg.history_dropout).compile()
+                         optimizer=self.optimizer, dropout=self.train_cfg.history_dropout,
+                         negatives=self.train_cfg.negatives).compile()
         _, _ = jax.random.split(self.key)  # the per-step key split (and its unpacking) compile too; key unchanged
 
     def ensure_capacity(self, n_items: int) -> None:
@@ -159,7 +212,7 @@ class Trainer:
         self.key, sub = jax.random.split(self.key)
         self.params, self.opt_state, loss = train_step(
             self.params, self.opt_state, to_batch(examples, self.train_cfg.batch_size), jnp.int32(n_items), sub,
-            optimizer=self.optimizer, dropout=self.train_cfg.history_dropout)
+            optimizer=self.optimizer, dropout=self.train_cfg.history_dropout, negatives=self.train_cfg.negatives)
         self.steps += 1
         return loss
 

@@ -367,7 +367,7 @@ class TrainWorker:
             examples = examples_from_bytes(blob, self.cfg)
             self.trainer.learn(examples, n_items)
             self.metrics.examples += len(examples)
-        self.metrics.steps = self.trainer.steps
+            self.metrics.steps = self.trainer.steps
         self.metrics.loss = None if self.trainer.last_loss != self.trainer.last_loss else self.trainer.last_loss
         # Examples only queued (fewer than a training batch) leave the parameters as they are: no new
         # snapshot for them, or every worker would reload identical parameters under a new version.

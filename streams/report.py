@@ -93,6 +93,10 @@ def _fmt(value, digits=0):
     return f"{value:,.{digits}f}" if isinstance(value, (int, float)) else str(value)
 
 
+def _share(value):
+    return "–" if value is None else f"{value:.0%}"
+
+
 def bench_tables(data: dict) -> list[str]:
     medians, ratios = data.get("medians") or {}, data.get("ratios") or {}
     if not medians:
@@ -100,8 +104,9 @@ def bench_tables(data: dict) -> list[str]:
     variants = ["raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline", "pipeline_notrain",
                 "pipeline_notrain_d1", "pipeline_notrain_d2", "pipeline_2w", "naive"]
     out = ["### Pipeline benchmark (real Kafka + Redis; medians of repeated runs)", "",
-           "| items | variant | events/s per worker | kernel p50 ms | RSS MiB | Redis round trips / event | Redis bytes in / event |",
-           "|---|---|---|---|---|---|---|"]
+           "| items | variant | events/s per worker | kernel p50 ms | RSS MiB | Redis round trips / event | Redis bytes in / event "
+           "| events the trainer learned from |",
+           "|---|---|---|---|---|---|---|---|"]
     for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
         for v in variants:
             m = by_variant.get(v)
@@ -109,7 +114,7 @@ def bench_tables(data: dict) -> list[str]:
                 continue
             out.append(f"| {int(items):,} | {v} | {_fmt(m.get('events_per_s_per_worker'))} | {_fmt(m.get('kernel_ms_p50'), 1)} "
                        f"| {_fmt(m.get('rss_mib'))} | {_fmt(m.get('redis_round_trips_per_event'), 4)} "
-                       f"| {_fmt(m.get('redis_bytes_in_per_event'))} |")
+                       f"| {_fmt(m.get('redis_bytes_in_per_event'))} | {_share(m.get('train_examples_per_event'))} |")
     out += ["", "Latency, event produced → recommendation (ms, p50 / p95 / p99) at a fraction of the measured maximum rate:", "",
             "| items | variant | rate | p50 | p95 | p99 |", "|---|---|---|---|---|---|"]
     for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):

@@ -62,6 +62,9 @@ class Settings:
     train_batch_size: int = 64
     train_learning_rate: float = 3e-3
     train_replay_steps: int = 2
+    # Uniform negatives of the sampled softmax, used once the item table has 8 rows per negative
+    # (models.training.sampled); 0 = always the full softmax over the table
+    train_negatives: int = 1024
     snapshot_interval_s: float = 20.0
     train_max_lag_s: float = 120.0  # skip training messages older than this (0: never skip)
     # Most of the wall time a trainer beside a rank agent (role "all") spends learning; examples that
@@ -109,6 +112,8 @@ class Settings:
             raise ValueError(f"{PREFIX}ROLE={settings.role!r}: expected all, rank or train")
         if not 0.0 < settings.train_max_share <= 1.0:
             raise ValueError(f"{PREFIX}TRAIN_MAX_SHARE={settings.train_max_share}: must be in (0, 1]")
+        if settings.train_negatives < 0:
+            raise ValueError(f"{PREFIX}TRAIN_NEGATIVES={settings.train_negatives}: must be 0 (full softmax) or more")
         if settings.pipeline_depth < 1:
             raise ValueError(f"{PREFIX}PIPELINE_DEPTH={settings.pipeline_depth}: must be at least 1")
         if settings.event_loop not in ("auto", "uvloop", "asyncio"):
@@ -126,7 +131,7 @@ class Settings:
         from models.training import TrainConfig
 
         return TrainConfig(learning_rate=self.train_learning_rate, batch_size=self.train_batch_size,
-                           replay_steps=self.train_replay_steps, seed=self.seed)
+                           replay_steps=self.train_replay_steps, negatives=self.train_negatives, seed=self.seed)
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process (workers, tests)."""

@@ -754,7 +754,11 @@ def medians(runs: list[dict], sizes: list[int]) -> dict:
                 for key, value in (v.get("redis") or {}).items():
                     if key.endswith("_per_event") and isinstance(value, (int, float)):
                         per[name][f"redis_{key}"].append(value)
-                for s in v.get("worker_stats") or []:
+                snaps = v.get("worker_stats") or []
+                if any("trainer" in s for s in snaps):  # how much of the stream the online trainer learned from
+                    per[name]["train_examples_per_event"].append(
+                        sum(s["trainer"].get("examples", 0) for s in snaps) / max(sum(s.get("events", 0) for s in snaps), 1))
+                for s in snaps:
                     for q in ("kernel_seconds", "batch_seconds", "batch_size"):
                         if isinstance(s.get(q), dict) and s[q].get("p50") is not None:
                             for p in ("p50", "p95", "p99"):
@@ -798,7 +802,7 @@ def table(med: dict, rat: dict, fractions) -> str:
         return "-" if x is None else format(x, spec)
 
     lines = [f"{'items':>7} {'variant':<13} {'ev/s':>8} {'ev/s/wkr':>8} {'cpu':>5} {'kern p50':>8} {'batch':>6} "
-             f"{'redis cmd/ev':>12} {'trips/ev':>8} {'B in/ev':>8} {'B out/ev':>8} {'RSS MiB':>8}"]
+             f"{'redis cmd/ev':>12} {'trips/ev':>8} {'B in/ev':>8} {'B out/ev':>8} {'RSS MiB':>8} {'trained':>7}"]
     for n, m in med.items():
         for name in VARIANTS:
             v = m.get(name)
@@ -808,7 +812,8 @@ def table(med: dict, rat: dict, fractions) -> str:
                          f"{f(v.get('worker_cpu_utilisation'), '.0%'):>5} {f(v.get('kernel_ms_p50'), '.1f'):>8} "
                          f"{f(v.get('batch_size_p50')):>6} {f(v.get('redis_commands_per_event'), '.2f'):>12} "
                          f"{f(v.get('redis_round_trips_per_event'), '.4f'):>8} {f(v.get('redis_bytes_in_per_event')):>8} "
-                         f"{f(v.get('redis_bytes_out_per_event')):>8} {f(v.get('rss_mib')):>8}")
+                         f"{f(v.get('redis_bytes_out_per_event')):>8} {f(v.get('rss_mib')):>8} "
+                         f"{f(v.get('train_examples_per_event'), '.0%'):>7}")
     lines.append("")
     lines.append(f"{'items':>7} {'variant':<13} {'load':>5} {'rate/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'ev/batch':>8}")
     for n, m in med.items():

@@ -8,18 +8,51 @@ from models.config import EngineConfig
 from models.events import EventLog
 from models.params import from_bytes
 from models.store import MemoryStore
-from models.training import TrainConfig, Trainer, examples_from_bytes, examples_to_bytes, toy_examples
+from models import kernels
+from models.params import init_params
+from models.training import (TrainConfig, Trainer, examples_from_bytes, examples_to_bytes, sampled, sampled_losses,
+                             toy_examples)
 
 CFG = EngineConfig(dim=8, history=5, scenes=("default", "search"), k=3, initial_capacity=16,
                    buckets=(8, 32, 128), max_batch=128)
 
 
-def test_trainer_learns_a_toy_successor_task():
-    trainer = Trainer(CFG, TrainConfig(batch_size=32, history_dropout=0.0, replay_steps=1, learning_rate=1e-2))
+@pytest.mark.parametrize("negatives", [0, 2])  # 2: the 16-row table trains on the sampled softmax
+def test_trainer_learns_a_toy_successor_task(negatives):
+    assert sampled(negatives, CFG.initial_capacity) == (negatives > 0)
+    trainer = Trainer(CFG, TrainConfig(batch_size=32, history_dropout=0.0, replay_steps=1, learning_rate=1e-2,
+                                       negatives=negatives))
     examples = toy_examples(CFG, n=256, n_items=12)
     losses = [trainer.learn(examples, n_items=12) for _ in range(20)]
     assert losses[-1] < 0.5 * losses[0]
     assert trainer.steps == 20 * (256 // 32) * 2
+
+
+def test_sampled_softmax_estimates_the_full_normaliser():
+    """exp(sampled loss) = Z_hat / exp(target score), and Z_hat is an unbiased estimate of the full softmax's
+    Z: averaged over many draws it must match the full softmax's exp(loss) for every example, including
+    targets inside the history, repeated history items and empty history slots."""
+    import jax
+
+    cfg = EngineConfig(dim=8, history=6, scenes=("default",), k=3, initial_capacity=512)
+    rng = np.random.default_rng(0)
+    params = init_params(cfg)
+    params = params._replace(item_emb=params.item_emb * 2.0, item_bias=jnp.asarray(rng.normal(0, 1, 512), jnp.float32),
+                             copy=jnp.asarray(1.5, jnp.float32))
+    n_items, E = 400, 6
+    hist = rng.integers(0, 40, (E, 6)).astype(np.int32)
+    hist[0, :3] = -1                                  # a short history
+    hist[1, 2:] = hist[1, 1]                          # one item repeated
+    target = rng.integers(0, n_items, E).astype(np.int32)
+    target[2] = hist[2, 4]                            # the target is in the history
+    user = jnp.asarray(rng.normal(0, 1, (E, 8)), jnp.float32)
+    full = kernels.copy_scores(user @ params.item_emb.T + params.item_bias, 0, jnp.asarray(hist), params)[:, :n_items]
+    want = np.exp(np.asarray(jax.nn.logsumexp(full, axis=1) - full[jnp.arange(E), target]))
+    keys = jax.random.split(jax.random.PRNGKey(1), 20000)
+    draw = jax.jit(jax.vmap(lambda key: sampled_losses(params, user, jnp.asarray(hist), jnp.asarray(target),
+                                                       jnp.int32(n_items), key, 64)))
+    got = np.exp(np.asarray(draw(keys))).mean(axis=0)
+    np.testing.assert_allclose(got, want, rtol=0.03)
 
 
 def test_trainer_grows_with_the_catalogue():
