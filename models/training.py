@@ -11,6 +11,7 @@ Examples travel from rank workers to the single trainer as compact binary record
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
@@ -163,6 +164,8 @@ class Trainer:
         self.rng = np.random.default_rng(train.seed)
         self.steps = 0
         self.last_loss = float("nan")
+        # Called before every optimiser step; a trainer sharing cores with ranking waits there for a gap
+        self.before_step: Callable[[], object] | None = None
         self.buffer: Examples | None = None
         self._pending: list[Examples] = []
         self._pending_n = 0
@@ -209,6 +212,8 @@ class Trainer:
         return self.last_loss
 
     def _step(self, examples: Examples, n_items: int) -> jax.Array:
+        if self.before_step is not None:
+            self.before_step()
         self.key, sub = jax.random.split(self.key)
         self.params, self.opt_state, loss = train_step(
             self.params, self.opt_state, to_batch(examples, self.train_cfg.batch_size), jnp.int32(n_items), sub,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -100,6 +101,7 @@ class RankWorker:
         self.metrics = PipelineMetrics(k=self.cfg.k)
         self.depth = settings.pipeline_depth
         self._inflight: deque[_InFlight] = deque()
+        self.activity = RankActivity()
         # One thread each: engine calls, and state writes, must run in batch order, and JAX/Redis work
         # must not block the loop. Writes mostly wait on Redis (and its fsync): on their own thread
         # they overlap with ranking the next batch.
@@ -142,7 +144,11 @@ class RankWorker:
         loop = asyncio.get_running_loop()
         previous = self._inflight[-1] if self._inflight else None
         item = _InFlight(list(events), batch, dead, produced, started, loop.create_future())
+        self.activity.enter()
+        item.processed.add_done_callback(lambda _: self.activity.leave())
         item.task = loop.create_task(self._complete(item, previous, events[0].message.topic))
+        # a task cancelled before it ran never resolves ``processed``: resolve it, so the batch leaves
+        item.task.add_done_callback(lambda _: item.processed.done() or item.processed.cancel())
         self._inflight.append(item)
         while len(self._inflight) >= self.depth:
             oldest = self._inflight.popleft()
@@ -280,6 +286,37 @@ def freeze_heap() -> None:
     log.info("heap frozen: %d objects out of the collector's scans", gc.get_freeze_count())
 
 
+class RankActivity:
+    """Counts rank batches between being taken and leaving the engine, so that an in-process trainer
+    can run its steps in the gaps: ranking first, learning with what is left over.
+
+    >>> activity = RankActivity()
+    >>> activity.enter(); activity.wait_idle(0.01)   # busy: gives up after the timeout
+    False
+    >>> activity.leave(); activity.wait_idle(0.01)
+    True
+    """
+
+    def __init__(self):
+        self._busy = 0
+        self._idle = threading.Condition()
+
+    def enter(self) -> None:
+        with self._idle:
+            self._busy += 1
+
+    def leave(self) -> None:
+        with self._idle:
+            self._busy -= 1
+            if self._busy == 0:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for no batch to be in the rank path; True if it went idle."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+
 class TimeBudget:
     """Keeps background work to ``share`` of wall time in the long run, as a token bucket of seconds.
 
@@ -327,10 +364,11 @@ class TrainWorker:
     group trains at a time; when the partition moves, the new owner resumes from the latest snapshot.
     """
 
-    def __init__(self, settings, store=None):
+    def __init__(self, settings, store=None, activity: RankActivity | None = None):
         self.settings = settings
         self.cfg = settings.engine_config()
         self.store = store
+        self.activity = activity  # the rank path of this process, when there is one: steps wait for its gaps
         self.trainer: Trainer | None = None
         self.metrics = TrainerMetrics()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnflow-train")
@@ -352,11 +390,18 @@ class TrainWorker:
                 params = from_bytes(blob)[0]
                 log.info("trainer resumes from snapshot %d", version)
         self.trainer = Trainer(self.cfg, self.settings.train_config(), params)
+        if self.activity is not None and self.settings.train_yield_s > 0:
+            self.trainer.before_step = self._wait_for_gap
         try:
             self.trainer.warmup()
         except Exception:  # noqa: BLE001 -- only an optimisation: the first step compiles instead
             log.exception("trainer warm-up failed; the first training step will compile")
         self.metrics.published_version = version
+
+    def _wait_for_gap(self) -> None:
+        """Before each step: let the batches in the rank path through first, for up to TRAIN_YIELD_S."""
+        if not self.activity.wait_idle(self.settings.train_yield_s):
+            self.metrics.steps_without_gap += 1
 
     def learn(self, blobs: list[bytes]) -> None:
         if self.trainer is None or self.store.params_version() > self.metrics.published_version:
@@ -418,7 +463,7 @@ class TrainWorker:
 
 def register(app, settings, events_topic, recommendations_topic, feedback_topic, deadletter_topic, train_topic):
     worker = RankWorker(settings, recommendations_topic, feedback_topic, deadletter_topic, train_topic)
-    trainer = TrainWorker(settings)
+    trainer = TrainWorker(settings, activity=worker.activity if settings.role == "all" else None)
 
     if settings.role in ("all", "rank"):
         @app.agent(events_topic, concurrency=1, name="rank")

@@ -132,6 +132,7 @@ class TrainerMetrics:
     published_ts: float | None = None
     skipped_stale: int = 0
     skipped_budget: int = 0
+    steps_without_gap: int = 0
 
     def snapshot(self) -> dict:
         return dict(self.__dict__)
@@ -148,6 +149,10 @@ class TrainerMetrics:
                  "was over TRAIN_MAX_SHARE",
                  "# TYPE attnflow_train_skipped_budget_total counter",
                  f"attnflow_train_skipped_budget_total {self.skipped_budget}",
+                 "# HELP attnflow_train_steps_without_gap_total optimiser steps an in-process trainer took while "
+                 "ranking was still busy after TRAIN_YIELD_S",
+                 "# TYPE attnflow_train_steps_without_gap_total counter",
+                 f"attnflow_train_steps_without_gap_total {self.steps_without_gap}",
                  "# HELP attnflow_published_model_version last parameter snapshot this worker published",
                  "# TYPE attnflow_published_model_version gauge",
                  f"attnflow_published_model_version {self.published_version}"]

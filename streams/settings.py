@@ -70,6 +70,9 @@ class Settings:
     # Most of the wall time a trainer beside a rank agent (role "all") spends learning; examples that
     # arrive while it is over that share are skipped and counted. A dedicated trainer uses all it has.
     train_max_share: float = 0.25
+    # Before each step, a trainer beside a rank agent waits up to this long for no batch to be in the
+    # rank path, so steps run in ranking's gaps (0: never waits)
+    train_yield_s: float = 0.05
     # Worker process
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -114,6 +117,8 @@ class Settings:
             raise ValueError(f"{PREFIX}TRAIN_MAX_SHARE={settings.train_max_share}: must be in (0, 1]")
         if settings.train_negatives < 0:
             raise ValueError(f"{PREFIX}TRAIN_NEGATIVES={settings.train_negatives}: must be 0 (full softmax) or more")
+        if settings.train_yield_s < 0:
+            raise ValueError(f"{PREFIX}TRAIN_YIELD_S={settings.train_yield_s}: must be 0 or more")
         if settings.pipeline_depth < 1:
             raise ValueError(f"{PREFIX}PIPELINE_DEPTH={settings.pipeline_depth}: must be at least 1")
         if settings.event_loop not in ("auto", "uvloop", "asyncio"):

@@ -1,0 +1,54 @@
+"""streams/agents.py: an in-process trainer runs its optimiser steps in the rank path's gaps."""
+import threading
+import time
+
+from models.store import MemoryStore
+from models.training import examples_to_bytes, toy_examples
+from streams.agents import RankActivity, TrainWorker
+from streams.settings import Settings
+
+
+def small_settings(**overrides) -> Settings:
+    return Settings(dim=8, history=4, scenes=("default",), k=2, initial_capacity=16, train_batch_size=8,
+                    train_replay_steps=0, compile_cache_dir="", **overrides)
+
+
+def trainer_and_blob(settings: Settings, activity: RankActivity) -> tuple[TrainWorker, bytes]:
+    store = MemoryStore()
+    store.item_index([f"i{n}" for n in range(10)])
+    worker = TrainWorker(settings, store=store, activity=activity)
+    return worker, examples_to_bytes(toy_examples(settings.engine_config(), n=16, n_items=10), settings.engine_config())
+
+
+def test_steps_wait_while_a_batch_is_in_the_rank_path():
+    activity = RankActivity()
+    worker, blob = trainer_and_blob(small_settings(train_yield_s=30.0), activity)
+    worker.learn([blob])                        # idle rank path: two steps at once (and the step compiled)
+    assert worker.trainer.steps == 2 and worker.metrics.steps_without_gap == 0
+    activity.enter()                            # a batch is being ranked
+    learning = threading.Thread(target=worker.learn, args=([blob],))
+    learning.start()
+    time.sleep(0.5)
+    assert learning.is_alive() and worker.trainer.steps == 2, "the step ran while ranking was busy"
+    activity.leave()
+    learning.join(timeout=10)
+    assert not learning.is_alive() and worker.trainer.steps == 4 and worker.metrics.steps_without_gap == 0
+
+
+def test_a_busy_rank_path_delays_steps_but_never_stops_them():
+    activity = RankActivity()
+    activity.enter()                            # never leaves: a saturated worker
+    worker, blob = trainer_and_blob(small_settings(train_yield_s=0.01), activity)
+    worker.learn([blob])
+    assert worker.trainer.steps == 2 and worker.metrics.steps_without_gap == 2
+
+
+def test_without_a_rank_path_or_with_yield_off_steps_do_not_wait():
+    for activity, settings in ((None, small_settings(train_yield_s=30.0)), (RankActivity(), small_settings(train_yield_s=0))):
+        if activity is not None:
+            activity.enter()
+        worker, blob = trainer_and_blob(settings, activity)
+        started = time.monotonic()
+        worker.learn([blob])
+        assert worker.trainer.steps == 2 and worker.metrics.steps_without_gap == 0
+        assert time.monotonic() - started < 25
