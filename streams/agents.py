@@ -369,6 +369,7 @@ class TrainWorker:
         self.cfg = settings.engine_config()
         self.store = store
         self.activity = activity  # the rank path of this process, when there is one: steps wait for its gaps
+        self.waited_s = 0.0       # time steps spent waiting for those gaps (written by the trainer thread)
         self.trainer: Trainer | None = None
         self.metrics = TrainerMetrics()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnflow-train")
@@ -400,8 +401,10 @@ class TrainWorker:
 
     def _wait_for_gap(self) -> None:
         """Before each step: let the batches in the rank path through first, for up to TRAIN_YIELD_S."""
+        started = time.monotonic()
         if not self.activity.wait_idle(self.settings.train_yield_s):
             self.metrics.steps_without_gap += 1
+        self.waited_s += time.monotonic() - started
 
     def learn(self, blobs: list[bytes]) -> None:
         if self.trainer is None or self.store.params_version() > self.metrics.published_version:
@@ -449,12 +452,13 @@ class TrainWorker:
             good.append(event.value)
         if not good:
             return
-        started = time.monotonic()
+        started, waited = time.monotonic(), self.waited_s
         try:
             await loop.run_in_executor(self.executor, self.learn, good)
         except ValueError as exc:  # a message from a worker with another layout: skip it, loudly
             log.error("training messages skipped: %s", exc)
-        self.budget.spent(time.monotonic() - started)
+        # the budget is for learning: time spent waiting for ranking's gaps is not charged
+        self.budget.spent(time.monotonic() - started - (self.waited_s - waited))
 
     async def tick(self) -> None:
         if self._dirty and time.monotonic() - self._published_at >= self.settings.snapshot_interval_s:

@@ -33,6 +33,7 @@ def test_steps_wait_while_a_batch_is_in_the_rank_path():
     activity.leave()
     learning.join(timeout=10)
     assert not learning.is_alive() and worker.trainer.steps == 4 and worker.metrics.steps_without_gap == 0
+    assert worker.waited_s >= 0.5              # kept out of the trainer's time budget
 
 
 def test_a_busy_rank_path_delays_steps_but_never_stops_them():
@@ -52,3 +53,19 @@ def test_without_a_rank_path_or_with_yield_off_steps_do_not_wait():
         worker.learn([blob])
         assert worker.trainer.steps == 2 and worker.metrics.steps_without_gap == 0
         assert time.monotonic() - started < 25
+
+
+def test_time_spent_waiting_for_a_gap_is_not_charged_to_the_training_budget():
+    import asyncio
+    from types import SimpleNamespace
+
+    activity = RankActivity()
+    worker, blob = trainer_and_blob(small_settings(train_yield_s=30.0), activity)
+    worker.learn([blob])                        # compile outside the measured call
+    activity.enter()
+    threading.Timer(0.6, activity.leave).start()
+    event = SimpleNamespace(value=blob, message=SimpleNamespace(timestamp=time.time()))
+    full = worker.budget.capacity
+    asyncio.run(worker.handle([event]))
+    assert worker.trainer.steps == 4 and worker.waited_s >= 0.5
+    assert worker.budget._tokens > full - 0.3, "the wait for ranking was charged as learning time"
