@@ -3,9 +3,10 @@
 The trainer sees training examples (the user's history just before an event, the event's item as
 the target) and minimises a next-item cross-entropy through the same ``kernels.user_vectors`` the
 rank path uses, so what is learned is exactly what is served. The softmax is *sampled* once the item
-table is larger than the sample (``TrainConfig.negatives``): its normaliser is the target, the
-user's own history items (exact) and uniform negatives weighted to stand for the rest of the
-catalogue, so a step costs the same at 10k and at 1M items.
+table is large enough (``sampled``): its normaliser is the target, the user's own history items
+(exact) and uniform negatives weighted to stand for the rest of the catalogue; the step then reads
+and writes only the item rows it used (``sparse_train_step``), so it costs about the same at 10k
+and at 100k items.
 Examples travel from rank workers to the single trainer as compact binary records
 (``examples_to_bytes``); the trainer publishes parameter snapshots that workers hot-reload.
 """
@@ -57,15 +58,16 @@ SAMPLED_FROM_ROWS_PER_NEGATIVE = 8
 
 def sampled(negatives: int, rows: int) -> bool:
     """Whether a table of ``rows`` items trains on the sampled softmax: only from 8 rows per negative.
-    Below that the full softmax is about as cheap, and it is exact (at 2048 rows a step took 2.3 ms
-    full against 3.9 ms sampled with 1024 negatives; at 16384 rows, 7.9 ms against 4.5 ms)."""
+    Below that the full softmax is about as cheap, and it is exact (measured while choosing this:
+    with 1024 negatives, 3.9 ms sampled against 2.3 ms full at 2048 rows; the train-step rows of
+    ``python -m tests.benchmarks.bench_kernel`` give both steps at 10k and 100k items)."""
     return negatives > 0 and rows >= SAMPLED_FROM_ROWS_PER_NEGATIVE * negatives
 
 
 def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, dropout: float,
-        negatives: int = 0) -> jax.Array:
-    """Mean next-item cross-entropy over the real examples of ``batch``: full softmax over the item
-    table, or sampled (``sampled_losses``) when the table is large enough for that to pay."""
+        drawn: jax.Array | None = None) -> jax.Array:
+    """Mean next-item cross-entropy over the real examples of ``batch``: the full softmax over the
+    item table, or the sampled one (``sampled_losses``) over ``drawn`` negatives when given."""
     hist_item = batch.hist_item
     if dropout > 0:
         keep = jax.random.bernoulli(key, 1.0 - dropout, hist_item.shape)
@@ -73,9 +75,8 @@ def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, d
     ranks = kernels.RankInputs(hist_item=hist_item, hist_type=batch.hist_type, hist_age=batch.hist_age,
                                scene=batch.scene, exclude=jnp.full((hist_item.shape[0], 1), -1, jnp.int32))
     user, _ = kernels.user_vectors(params, jax.lax.stop_gradient(batch.interest), batch.weight, ranks)
-    if sampled(negatives, params.item_emb.shape[0]):
-        losses = sampled_losses(params, user, hist_item, batch.target, n_items,
-                                jax.random.fold_in(key, 1), negatives)
+    if drawn is not None:
+        losses = sampled_losses(params, user, hist_item, batch.target, drawn, n_items)
     else:
         logits = kernels.copy_scores(user @ params.item_emb.T + params.item_bias, 0, hist_item, params)
         logits = jnp.where(jnp.arange(logits.shape[1])[None, :] < n_items, logits, kernels.NEG_INF)
@@ -84,14 +85,16 @@ def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, d
     return jnp.sum(losses * batch.mask) / jnp.maximum(jnp.sum(batch.mask), 1.0)
 
 
-def sampled_losses(params: Params, user: jax.Array, hist_item: jax.Array, target: jax.Array,
-                   n_items: jax.Array, key: jax.Array, negatives: int) -> jax.Array:
+def sampled_losses(params: Params, user: jax.Array, hist_item: jax.Array, target: jax.Array, drawn: jax.Array,
+                   n_items: jax.Array) -> jax.Array:
     """Per-example ``log Z - score(target)`` with ``Z`` estimated from a sample of the catalogue.
 
     ``Z`` = the target's term + each distinct history item's term, both exact (these carry the repeat
     score, so its gain learns as under the full softmax) + ``negatives`` items drawn uniformly from
-    the catalogue, shared by the batch, each standing for ``n_items / negatives`` items. Draws that hit
-    the target or the history are dropped, which keeps the estimate of the remaining sum unbiased.
+    the catalogue (``drawn``, shared by the batch), each standing for ``n_items / negatives`` items.
+    Draws that hit the target or the history are dropped, which keeps the estimate of the rest's sum
+    unbiased. Item ids may be rows of a gathered sub-table (``sparse_train_step``); ``n_items`` is
+    always the catalogue's size.
     """
     L = hist_item.shape[1]
     valid = hist_item >= 0
@@ -107,22 +110,74 @@ def sampled_losses(params: Params, user: jax.Array, hist_item: jax.Array, target
     repeated_later = jnp.any(same & (jnp.arange(L)[None, :] > jnp.arange(L)[:, None])[None], axis=2)
     first = valid & ~repeated_later & (hist_item != target[:, None])
     history_score = jnp.where(first, score(items, jnp.einsum("elm,em->el", same, copy)), kernels.NEG_INF)
-    drawn = jax.random.randint(key, (negatives,), 0, n_items)
     hit = (drawn[None, :] == target[:, None]) | jnp.any(drawn[None, :, None] == hist_item[:, None, :], axis=2)
-    weight = jnp.log(n_items.astype(jnp.float32) / negatives)
+    weight = jnp.log(n_items.astype(jnp.float32) / drawn.shape[0])
     drawn_score = user @ params.item_emb[drawn].T + params.item_bias[drawn] + weight
     drawn_score = jnp.where(hit, kernels.NEG_INF, drawn_score)
     log_z = jax.nn.logsumexp(jnp.concatenate([target_score[:, None], history_score, drawn_score], axis=1), axis=1)
     return log_z - target_score
 
 
-@partial(jax.jit, static_argnames=("optimizer", "dropout", "negatives"), donate_argnums=(0, 1))
+@partial(jax.jit, static_argnames=("optimizer", "dropout"), donate_argnums=(0, 1))
 def train_step(params: Params, opt_state, batch: TrainBatch, n_items: jax.Array, key: jax.Array, *,
-               optimizer: optax.GradientTransformation, dropout: float, negatives: int = 0):
-    """One optax step; returns ``(params, opt_state, loss)``."""
-    loss, grads = jax.value_and_grad(nll)(params, batch, n_items, key, dropout, negatives)
+               optimizer: optax.GradientTransformation, dropout: float):
+    """One optax step on the full softmax; returns ``(params, opt_state, loss)``."""
+    loss, grads = jax.value_and_grad(nll)(params, batch, n_items, key, dropout)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
+
+
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # optax.adamw's defaults, which the trainer's optimiser uses
+
+
+@partial(jax.jit, static_argnames=("optimizer", "dropout", "negatives", "train"), donate_argnums=(0, 1))
+def sparse_train_step(params: Params, opt_state, batch: TrainBatch, n_items: jax.Array, key: jax.Array, *,
+                      optimizer: optax.GradientTransformation, dropout: float, negatives: int, train: TrainConfig):
+    """One step on the sampled softmax that reads and writes only the item rows it uses.
+
+    The rows of the batch (history, targets, negatives) are gathered into a sub-table, the loss is
+    taken on it, and AdamW updates those rows' moments and values ("lazy" Adam, as for sparse
+    embeddings elsewhere); the rest of the parameters take the usual optax step. The optimiser
+    state keeps optax's layout, so the full-softmax step can take over from it and back.
+    """
+    capacity = params.item_emb.shape[0]
+    drawn = jax.random.randint(jax.random.fold_in(key, 1), (negatives,), 0, n_items)
+    ids = jnp.concatenate([batch.hist_item.ravel(), batch.target, drawn])
+    ids = jnp.where(ids >= 0, ids, capacity)                    # empty history slots: one row past the table
+    # distinct rows in index order, without a sort (XLA's CPU sort took 1 ms here): mark, count, place
+    position = jnp.cumsum(jnp.zeros(capacity + 1, jnp.int32).at[ids].set(1)) - 1
+    rows = jnp.full(ids.shape[0], capacity, jnp.int32).at[position[ids]].set(ids)
+
+    def local(index):
+        return jnp.where(index >= 0, position[jnp.where(index >= 0, index, capacity)], -1).astype(jnp.int32)
+
+    sub = params._replace(item_emb=params.item_emb.at[rows].get(mode="fill", fill_value=0.0),
+                          item_bias=params.item_bias.at[rows].get(mode="fill", fill_value=0.0))
+    sub_batch = batch._replace(hist_item=local(batch.hist_item), target=local(batch.target))
+    loss, grads = jax.value_and_grad(nll)(sub, sub_batch, n_items, key, dropout, local(drawn))
+
+    # everything but the item table: optax, on a tree whose item leaves are empty
+    adam = opt_state[0]
+    no_items = lambda tree: tree._replace(item_emb=tree.item_emb[:0], item_bias=tree.item_bias[:0])  # noqa: E731
+    rest_state = (adam._replace(mu=no_items(adam.mu), nu=no_items(adam.nu)),) + tuple(opt_state[1:])
+    updates, rest_state = optimizer.update(no_items(grads), rest_state, no_items(params))
+    rest = optax.apply_updates(no_items(params), updates)
+
+    # the item rows in the batch: the same AdamW update, applied to those rows only
+    t = rest_state[0].count.astype(jnp.float32)
+    new = {}
+    for name in ("item_emb", "item_bias"):
+        g, value = getattr(grads, name), getattr(sub, name)
+        mu = ADAM_B1 * getattr(adam.mu, name).at[rows].get(mode="fill", fill_value=0.0) + (1 - ADAM_B1) * g
+        nu = ADAM_B2 * getattr(adam.nu, name).at[rows].get(mode="fill", fill_value=0.0) + (1 - ADAM_B2) * g * g
+        step = (mu / (1 - ADAM_B1 ** t)) / (jnp.sqrt(nu / (1 - ADAM_B2 ** t)) + ADAM_EPS) + train.weight_decay * value
+        new[name] = (getattr(params, name).at[rows].set(value - train.learning_rate * step, mode="drop"),
+                     getattr(adam.mu, name).at[rows].set(mu, mode="drop"),
+                     getattr(adam.nu, name).at[rows].set(nu, mode="drop"))
+    params = rest._replace(**{name: v[0] for name, v in new.items()})
+    adam = rest_state[0]._replace(mu=rest_state[0].mu._replace(**{name: v[1] for name, v in new.items()}),
+                                  nu=rest_state[0].nu._replace(**{name: v[2] for name, v in new.items()}))
+    return params, (adam,) + tuple(rest_state[1:]), loss
 
 
 def _pad_items(tree, capacity: int, rows_fn):
@@ -176,9 +231,8 @@ class Trainer:
         """Compile the step ahead of the first examples (kept in the persistent cache when enabled)."""
         cfg, size = self.cfg, self.train_cfg.batch_size
         batch = to_batch(toy_examples(cfg, n=1, n_items=1), size)
-        train_step.lower(self.params, self.opt_state, batch, jnp.int32(1), self.key,
-                         optimizer=self.optimizer, dropout=self.train_cfg.history_dropout,
-                         negatives=self.train_cfg.negatives).compile()
+        step, options = self._step_fn()
+        step.lower(self.params, self.opt_state, batch, jnp.int32(1), self.key, **options).compile()
         _, _ = jax.random.split(self.key)  # the per-step key split (and its unpacking) compile too; key unchanged
 
     def ensure_capacity(self, n_items: int) -> None:
@@ -215,11 +269,19 @@ class Trainer:
         if self.before_step is not None:
             self.before_step()
         self.key, sub = jax.random.split(self.key)
-        self.params, self.opt_state, loss = train_step(
+        step, options = self._step_fn()
+        self.params, self.opt_state, loss = step(
             self.params, self.opt_state, to_batch(examples, self.train_cfg.batch_size), jnp.int32(n_items), sub,
-            optimizer=self.optimizer, dropout=self.train_cfg.history_dropout, negatives=self.train_cfg.negatives)
+            **options)
         self.steps += 1
         return loss
+
+    def _step_fn(self):
+        """The step for the table's current size: sampled and row-sparse once it is large enough."""
+        options = {"optimizer": self.optimizer, "dropout": self.train_cfg.history_dropout}
+        if sampled(self.train_cfg.negatives, self.params.item_emb.shape[0]):
+            return sparse_train_step, {**options, "negatives": self.train_cfg.negatives, "train": self.train_cfg}
+        return train_step, options
 
     def _remember(self, examples: Examples) -> None:
         cap = self.train_cfg.buffer_size

@@ -171,6 +171,13 @@ def kernel_tables(data: dict) -> list[str]:
         jit, vec, ref = (step.get(n, {}).get("median_ms") for n in ("jit", "numpy_vectorised", "reference_loop"))
         ratio = f"{vec / jit:.1f}x" if jit and vec else "–"
         out.append(f"| {int(items):,} | {_fmt(jit, 1)} | {_fmt(vec, 1)} | {_fmt(ref, 1)} | {ratio} |")
+    steps = {items: r["train_step"] for items, r in results.items() if r.get("train_step")}
+    if steps:
+        out += ["", "One optimiser step of the online trainer (64 examples; median ms):", "",
+                "| items | full softmax | sampled softmax, row-sparse AdamW | full ÷ sampled |", "|---|---|---|---|"]
+        for items, t in sorted(steps.items(), key=lambda kv: int(kv[0])):
+            out.append(f"| {int(items):,} | {_fmt(t['full_softmax']['median_ms'], 1)} | {_fmt(t['sampled']['median_ms'], 1)} "
+                       f"| {_fmt(t.get('sampled_over_full'), 1)}x |")
     out += _profile_lines(data.get("profile") or {})
     out += ["", f"Command: `{shlex.join(data['command']) if isinstance(data.get('command'), list) else data.get('command')}`", ""]
     return out

@@ -12,8 +12,8 @@ attend over a 50-event history, score the whole catalogue, top-K):
 - ``reference_loop``: ``models.reference`` one event / one user at a time (float64, Python sort);
   it is timed on a subset of the users and reported per user, because a full batch takes minutes.
 
-Also: the chunked running top-K (``chunk`` < table rows) against one matmul, and the jitted step
-at several batch sizes. Medians of ``--reps`` runs after warm-up; never fails on a timing.
+Also: the chunked running top-K (``chunk`` < table rows) against one matmul, the jitted step at
+several batch sizes, and one optimiser step of the online trainer (full against sampled softmax). Medians of ``--reps`` runs after warm-up; never fails on a timing.
 """
 from __future__ import annotations
 
@@ -230,6 +230,8 @@ def bench_catalogue(n_items: int, args, log) -> dict:
             row["same_items_as_single_matmul"] = agreement(items, base_items)
             out["chunking"].append(row)
 
+    out["train_step"] = train_steps(cfg, n_items, args, log)
+
     # Batch size: what one kernel call costs per user when batches are small (low rates).
     out["batch_sizes"] = []
     for b in sorted({s for s in (8, 32, 128, 512) if s <= B} | {B}):
@@ -237,6 +239,27 @@ def bench_catalogue(n_items: int, args, log) -> dict:
         jit_step(params, sub, cfg, cfg.item_chunk)
         seconds = timed(lambda: jit_step(params, sub, cfg, cfg.item_chunk), args.reps, warmup=1)
         out["batch_sizes"].append({"batch": b, **summary(seconds, b)})
+    return out
+
+
+def train_steps(cfg: EngineConfig, n_items: int, args, log) -> dict:
+    """One optimiser step of the online trainer (64 examples), full softmax against the sampled,
+    row-sparse step it takes on tables of 8 rows per negative and more (``models.training.sampled``)."""
+    from models.training import TrainConfig, Trainer, toy_examples
+
+    out = {"examples": 64}
+    for name, negatives in (("full_softmax", 0), ("sampled", 1024)):
+        trainer = Trainer(cfg, TrainConfig(replay_steps=0, negatives=negatives))
+        examples = toy_examples(cfg, n=64, n_items=n_items)
+
+        def step():
+            trainer.learn(examples, n_items)
+            jax.block_until_ready(trainer.params)
+
+        log(f"[{n_items} items] train step, {name} ...")
+        out[name] = {**summary(timed(step, args.reps * 3, warmup=2), 64), "negatives": negatives,
+                     "path": trainer._step_fn()[0].__name__}
+    out["sampled_over_full"] = ratio(out["full_softmax"]["median_ms"], out["sampled"]["median_ms"])
     return out
 
 
@@ -256,6 +279,13 @@ def table(results: dict) -> str:
         for row in r["chunking"]:
             lines.append(f"{r['n_items']:>8} {row['batch']:>6} {row['chunk']:>7} {row['n_chunks']:>8} "
                          f"{row['median_ms']:>10.2f} {row['speedup_vs_single_matmul']:>9.2f}x")
+    lines.append("")
+    lines.append(f"{'items':>8} {'train step full ms':>19} {'sampled ms':>11} {'full/sampled':>13}")
+    for r in results.values():
+        t = r.get("train_step") or {}
+        if t:
+            lines.append(f"{r['n_items']:>8} {t['full_softmax']['median_ms']:>19.2f} {t['sampled']['median_ms']:>11.2f} "
+                         f"{t['sampled_over_full']:>12.1f}x")
     lines.append("")
     lines.append(f"{'items':>8} {'batch':>6} {'ms/batch':>10} {'us/user':>10}   (jit step, default chunk)")
     for r in results.values():

@@ -10,8 +10,8 @@ from models.params import from_bytes
 from models.store import MemoryStore
 from models import kernels
 from models.params import init_params
-from models.training import (TrainConfig, Trainer, examples_from_bytes, examples_to_bytes, sampled, sampled_losses,
-                             toy_examples)
+from models.training import (TrainConfig, Trainer, examples_from_bytes, examples_to_bytes, nll, sampled,
+                             sampled_losses, sparse_train_step, to_batch, toy_examples)
 
 CFG = EngineConfig(dim=8, history=5, scenes=("default", "search"), k=3, initial_capacity=16,
                    buckets=(8, 32, 128), max_batch=128)
@@ -50,9 +50,51 @@ def test_sampled_softmax_estimates_the_full_normaliser():
     want = np.exp(np.asarray(jax.nn.logsumexp(full, axis=1) - full[jnp.arange(E), target]))
     keys = jax.random.split(jax.random.PRNGKey(1), 20000)
     draw = jax.jit(jax.vmap(lambda key: sampled_losses(params, user, jnp.asarray(hist), jnp.asarray(target),
-                                                       jnp.int32(n_items), key, 64)))
+                                                       jax.random.randint(key, (64,), 0, n_items), jnp.int32(n_items))))
     got = np.exp(np.asarray(draw(keys))).mean(axis=0)
     np.testing.assert_allclose(got, want, rtol=0.03)
+
+
+def test_row_sparse_step_is_adamw_on_the_rows_it_uses():
+    """From a fresh optimiser state, one row-sparse step must equal one dense optax AdamW step on the same
+    sampled loss, for every parameter but the item rows the batch did not use; those (and, over more
+    steps, every row no batch used) stay exactly as they were: "lazy" AdamW, weight decay included."""
+    import jax
+    import optax
+
+    cfg = EngineConfig(dim=8, history=5, scenes=("default",), k=3, initial_capacity=256)
+    train = TrainConfig(batch_size=16, negatives=8, history_dropout=0.2, weight_decay=0.01, learning_rate=0.01)
+    optimizer = optax.adamw(train.learning_rate, weight_decay=train.weight_decay)
+    batch = to_batch(toy_examples(cfg, n=12, n_items=100, seed=4), 16)
+    key, n_items = jax.random.PRNGKey(7), jnp.int32(100)
+    start = init_params(cfg)
+    drawn = jax.random.randint(jax.random.fold_in(key, 1), (8,), 0, n_items)
+    loss, grads = jax.value_and_grad(nll)(start, batch, n_items, key, train.history_dropout, drawn)
+    updates, _ = optimizer.update(grads, optimizer.init(start), start)
+    want = optax.apply_updates(start, updates)
+    got, state, got_loss = sparse_train_step(init_params(cfg), optimizer.init(start), batch, n_items, key,
+                                             optimizer=optimizer, dropout=train.history_dropout, negatives=8,
+                                             train=train)
+    np.testing.assert_allclose(float(got_loss), float(loss), rtol=1e-5)
+    used = np.array(sorted((set(np.asarray(batch.hist_item).ravel()) | set(np.asarray(batch.target))
+                            | set(np.asarray(drawn))) - {-1}))
+    for name in start._fields:
+        a, b = np.asarray(getattr(got, name)), np.asarray(getattr(want, name))
+        if name.startswith("item_"):
+            a, b = a[used], b[used]
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=name)
+    assert int(state[0].count) == 1
+    used = set(used)
+    for step in range(1, 4):
+        got, state, _ = sparse_train_step(got, state, batch, n_items, jax.random.PRNGKey(step),
+                                          optimizer=optimizer, dropout=0.0, negatives=8, train=train)
+        used |= set(np.asarray(jax.random.randint(jax.random.fold_in(jax.random.PRNGKey(step), 1), (8,), 0, 100)))
+    untouched, used = np.array(sorted(set(range(256)) - used)), np.array(sorted(used))
+    for name in ("item_emb", "item_bias"):
+        after, before = np.asarray(getattr(got, name)), np.asarray(getattr(start, name))
+        np.testing.assert_array_equal(after[untouched], before[untouched])
+        assert not np.allclose(after[used], before[used])
+        np.testing.assert_array_equal(np.asarray(getattr(state[0].mu, name))[untouched], 0.0)
 
 
 def test_trainer_grows_with_the_catalogue():
