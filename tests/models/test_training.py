@@ -97,9 +97,12 @@ def test_row_sparse_step_is_adamw_on_the_rows_it_uses():
         np.testing.assert_array_equal(np.asarray(getattr(state[0].mu, name))[untouched], 0.0)
 
 
-def test_trainer_grows_with_the_catalogue():
-    trainer = Trainer(CFG, TrainConfig(batch_size=8, replay_steps=0))
+@pytest.mark.parametrize("negatives", [0, 2])
+def test_trainer_grows_with_the_catalogue(negatives):
+    trainer = Trainer(CFG, TrainConfig(batch_size=8, replay_steps=0, negatives=negatives))
+    trainer.learn(toy_examples(CFG, n=8, n_items=12), n_items=12)
     trainer.learn(toy_examples(CFG, n=8, n_items=40), n_items=40)
+    assert trainer.steps == 2 and np.isfinite(trainer.last_loss)
     assert trainer.params.item_emb.shape[0] == 64
     assert trainer.opt_state[0].mu.item_emb.shape[0] == 64
 
