@@ -755,9 +755,11 @@ def medians(runs: list[dict], sizes: list[int]) -> dict:
                     if key.endswith("_per_event") and isinstance(value, (int, float)):
                         per[name][f"redis_{key}"].append(value)
                 snaps = v.get("worker_stats") or []
-                if any("trainer" in s for s in snaps):  # how much of the stream the online trainer learned from
+                kind, overrides = WORKER_VARIANTS.get(name, ("", {}))
+                if kind == "pipeline" and overrides.get("train_enabled", True):
+                    # how much of the stream the online trainer had learned from when the backlog was done
                     per[name]["train_examples_per_event"].append(
-                        sum(s["trainer"].get("examples", 0) for s in snaps) / max(sum(s.get("events", 0) for s in snaps), 1))
+                        sum((s.get("trainer") or {}).get("examples", 0) for s in snaps) / max(sum(s.get("events", 0) for s in snaps), 1))
                 for s in snaps:
                     for q in ("kernel_seconds", "batch_seconds", "batch_size"):
                         if isinstance(s.get(q), dict) and s[q].get("p50") is not None:

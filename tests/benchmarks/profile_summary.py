@@ -26,6 +26,7 @@ CATEGORIES = [
     ("idle: event loop waiting (select, or in uvloop)", lambda fn, f: f.endswith("selectors.py") and "select" in fn),
     ("idle: executor thread waiting for work", lambda fn, f: f.endswith(("concurrent/futures/thread.py", "queue.py"))
      and fn.split(".")[-1] in ("_worker", "get")),
+    ("idle: trainer waiting for a gap in ranking", lambda fn, f: f.endswith("streams/agents.py") and fn.endswith("wait_idle")),
     ("jax compile (a new shape at run time)", lambda fn, f: ("/jax/" in f or "/jaxlib/" in f)
      and any(w in fn for w in ("compile", "lower", "_cached_lowering", "trace_to_jaxpr"))),
     ("jax kernel (dispatch, transfer, XLA wait)", lambda fn, f: "/jax/" in f or "/jaxlib/" in f or f.endswith("models/kernels.py")),
