@@ -606,7 +606,10 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
         rate = out["throughput"].get("events_per_s")
         fractions = fractions_for(args, name, dataset.n_items, profile)
         latency_wanted = name in LATENCY_VARIANTS or (profile and kind == "pipeline")
-        if args.latency_s > 0 and rate and fractions and latency_wanted:
+        # Fractions of this run's own maximum by default; of a fixed rate when comparing runs with each other
+        base = args.latency_base_rate or rate
+        out["latency_base_rate"] = base
+        if args.latency_s > 0 and base and fractions and latency_wanted:
             # Live traffic goes to a fresh namespace (own topic, keys, group) so the backlog topic stays
             # identical for every variant and the worker starts with an empty lag.
             stop_workers(workers)
@@ -623,7 +626,7 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
             for fraction in fractions:
                 if profile:
                     profiler = start_profiler(workers[0], ctx, suffix=f"-at-{fraction:.2f}")
-                phase = latency_phase(workers, ctx.kafka, dataset, rate * fraction, args.latency_s,
+                phase = latency_phase(workers, ctx.kafka, dataset, base * fraction, args.latency_s,
                                       drain_s=args.latency_s + 15,
                                       desc=f"r{run} {dataset.n_items // 1000}k {name} @{fraction:.0%}")
                 if profiler is not None:
@@ -850,6 +853,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="latency rates as fractions of the measured maximum, first catalogue")
     parser.add_argument("--latency-fractions-other", type=float, nargs="*", default=[0.5],
                         help="the same for the other catalogues")
+    parser.add_argument("--latency-base-rate", type=float, default=None,
+                        help="events/s the latency fractions apply to, instead of each run's measured maximum "
+                             "(the same load in every run, for A/B comparisons)")
     parser.add_argument("--cap-s", type=float, default=120.0, help="most seconds a backlog phase may take")
     parser.add_argument("--naive-cap-s", type=float, default=None, help="same for the naive baseline")
     parser.add_argument("--profile", action="store_true",
@@ -884,7 +890,8 @@ def main(argv=None) -> dict:
         "zipf_s": 1.0, "k": base.k, "history": base.history, "dim": base.dim, "scenes": list(base.scenes),
         "batch_size": base.batch_size, "batch_within_s": base.batch_within_s, "partitions": 4,
         "pipeline_depth": base.pipeline_depth,
-        "latency_s": args.latency_s, "latency_fractions": args.latency_fractions, "cap_s": args.cap_s,
+        "latency_s": args.latency_s, "latency_fractions": args.latency_fractions,
+        "latency_base_rate": args.latency_base_rate, "cap_s": args.cap_s,
         "naive_cap_s": args.naive_cap_s, "kafka": base.kafka_bootstrap, "redis": base.redis_url,
         "variants": args.variants, "first_catalogue_only": list(FIRST_CATALOGUE_ONLY),
         "latency_fractions_other": args.latency_fractions_other,
