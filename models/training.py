@@ -130,9 +130,9 @@ def train_step(params: Params, opt_state, batch: TrainBatch, n_items: jax.Array,
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # optax.adamw's defaults, which the trainer's optimiser uses
 
 
-@partial(jax.jit, static_argnames=("optimizer", "dropout", "negatives", "train"), donate_argnums=(0, 1))
+@partial(jax.jit, static_argnames=("optimizer", "dropout", "train"), donate_argnums=(0, 1))
 def sparse_train_step(params: Params, opt_state, batch: TrainBatch, n_items: jax.Array, key: jax.Array, *,
-                      optimizer: optax.GradientTransformation, dropout: float, negatives: int, train: TrainConfig):
+                      optimizer: optax.GradientTransformation, dropout: float, train: TrainConfig):
     """One step on the sampled softmax that reads and writes only the item rows it uses.
 
     The rows of the batch (history, targets, negatives) are gathered into a sub-table, the loss is
@@ -141,7 +141,7 @@ def sparse_train_step(params: Params, opt_state, batch: TrainBatch, n_items: jax
     state keeps optax's layout, so the full-softmax step can take over from it and back.
     """
     capacity = params.item_emb.shape[0]
-    drawn = jax.random.randint(jax.random.fold_in(key, 1), (negatives,), 0, n_items)
+    drawn = jax.random.randint(jax.random.fold_in(key, 1), (train.negatives,), 0, n_items)
     ids = jnp.concatenate([batch.hist_item.ravel(), batch.target, drawn])
     ids = jnp.where(ids >= 0, ids, capacity)                    # empty history slots: one row past the table
     # distinct rows in index order, without a sort (XLA's CPU sort took 1 ms here): mark, count, place
@@ -280,7 +280,7 @@ class Trainer:
         """The step for the table's current size: sampled and row-sparse once it is large enough."""
         options = {"optimizer": self.optimizer, "dropout": self.train_cfg.history_dropout}
         if sampled(self.train_cfg.negatives, self.params.item_emb.shape[0]):
-            return sparse_train_step, {**options, "negatives": self.train_cfg.negatives, "train": self.train_cfg}
+            return sparse_train_step, {**options, "train": self.train_cfg}
         return train_step, options
 
     def _remember(self, examples: Examples) -> None:

@@ -608,7 +608,6 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
         latency_wanted = name in LATENCY_VARIANTS or (profile and kind == "pipeline")
         # Fractions of this run's own maximum by default; of a fixed rate when comparing runs with each other
         base = args.latency_base_rate or rate
-        out["latency_base_rate"] = base
         if args.latency_s > 0 and base and fractions and latency_wanted:
             # Live traffic goes to a fresh namespace (own topic, keys, group) so the backlog topic stays
             # identical for every variant and the worker starts with an empty lag.
@@ -761,8 +760,8 @@ def medians(runs: list[dict], sizes: list[int]) -> dict:
                 kind, overrides = WORKER_VARIANTS.get(name, ("", {}))
                 if kind == "pipeline" and overrides.get("train_enabled", True):
                     # how much of the stream the online trainer had learned from when the backlog was done
-                    per[name]["train_examples_per_event"].append(
-                        sum((s.get("trainer") or {}).get("examples", 0) for s in snaps) / max(sum(s.get("events", 0) for s in snaps), 1))
+                    learned = sum((s.get("trainer") or {}).get("examples", 0) for s in snaps)
+                    per[name]["train_examples_per_event"].append(learned / max(sum(s.get("events", 0) for s in snaps), 1))
                 for s in snaps:
                     for q in ("kernel_seconds", "batch_seconds", "batch_size"):
                         if isinstance(s.get(q), dict) and s[q].get("p50") is not None:

@@ -73,8 +73,7 @@ def test_row_sparse_step_is_adamw_on_the_rows_it_uses():
     updates, _ = optimizer.update(grads, optimizer.init(start), start)
     want = optax.apply_updates(start, updates)
     got, state, got_loss = sparse_train_step(init_params(cfg), optimizer.init(start), batch, n_items, key,
-                                             optimizer=optimizer, dropout=train.history_dropout, negatives=8,
-                                             train=train)
+                                             optimizer=optimizer, dropout=train.history_dropout, train=train)
     np.testing.assert_allclose(float(got_loss), float(loss), rtol=1e-5)
     used = np.array(sorted((set(np.asarray(batch.hist_item).ravel()) | set(np.asarray(batch.target))
                             | set(np.asarray(drawn))) - {-1}))
@@ -87,7 +86,7 @@ def test_row_sparse_step_is_adamw_on_the_rows_it_uses():
     used = set(used)
     for step in range(1, 4):
         got, state, _ = sparse_train_step(got, state, batch, n_items, jax.random.PRNGKey(step),
-                                          optimizer=optimizer, dropout=0.0, negatives=8, train=train)
+                                          optimizer=optimizer, dropout=0.0, train=train)
         used |= set(np.asarray(jax.random.randint(jax.random.fold_in(jax.random.PRNGKey(step), 1), (8,), 0, 100)))
     untouched, used = np.array(sorted(set(range(256)) - used)), np.array(sorted(used))
     for name in ("item_emb", "item_bias"):
