@@ -76,6 +76,7 @@ class _InFlight:
     produced: list[float]
     started: float
     processed: asyncio.Future  # done once the engine has finished with the batch
+    queued: asyncio.Future     # done once its outputs are queued on the producer
     task: asyncio.Task | None = None
 
 
@@ -85,7 +86,9 @@ class RankWorker:
     Batches are pipelined: while batch N's outputs are delivered and its states written, the engine
     already ranks batch N+1 on top of N's uncommitted states (``Engine`` keeps them until
     ``commit``). Every stage still runs in batch order, and a batch's events are acked, so that Faust
-    may commit their offsets, only after its outputs were delivered and its states written.
+    may commit their offsets, only after its outputs were delivered and its states written. Batch
+    N+1's outputs may leave while N's states are still being written; if N then fails, N+1 is
+    neither written nor acked, and both are redelivered (outputs are at least once, state exactly once).
     With the default depth of 3, the agent also takes and decodes batch N+2 meanwhile;
     ``ATTNFLOW_PIPELINE_DEPTH=1`` processes one batch at a time.
     """
@@ -128,7 +131,7 @@ class RankWorker:
         The events stay referenced (Faust's own ack after the loop body does not make them
         committable) until :meth:`_complete` acks them.
         """
-        started = time.perf_counter()
+        started, taken = time.perf_counter(), time.time()
         batch, produced = [], []
         dead: list[DeadLetter] = []
         for event in events:
@@ -141,14 +144,18 @@ class RankWorker:
                 continue
             batch.append(SourcedEvent(decoded, message.partition, message.offset))
             produced.append(message.timestamp)
+        stages = self.metrics.stages
+        for ts in produced:
+            if ts:
+                stages.add("to_agent", taken - ts)
         loop = asyncio.get_running_loop()
         previous = self._inflight[-1] if self._inflight else None
-        item = _InFlight(list(events), batch, dead, produced, started, loop.create_future())
+        item = _InFlight(list(events), batch, dead, produced, started, loop.create_future(), loop.create_future())
         self.activity.enter()
         item.processed.add_done_callback(lambda _: self.activity.leave())
         item.task = loop.create_task(self._complete(item, previous, events[0].message.topic))
-        # a task cancelled before it ran never resolves ``processed``: resolve it, so the batch leaves
-        item.task.add_done_callback(lambda _: item.processed.done() or item.processed.cancel())
+        # a task cancelled before it ran never resolves its futures: resolve them, so the batch leaves
+        item.task.add_done_callback(lambda _: [f.cancel() for f in (item.processed, item.queued) if not f.done()])
         self._inflight.append(item)
         while len(self._inflight) >= self.depth:
             oldest = self._inflight.popleft()
@@ -175,31 +182,47 @@ class RankWorker:
         await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.discard_pending)
 
     async def _complete(self, item: _InFlight, previous: _InFlight | None, topic: str) -> None:
-        """Engine, then delivery, then the fenced write, then acks; each stage in batch order."""
+        """Engine, then delivery, then the fenced write, then acks; each stage in batch order.
+
+        A batch's outputs wait only until the previous batch's outputs are queued (the producer
+        keeps each partition's records in order), not until its state write: the write, and its
+        fsync, stay off the path to the user. Writes and acks still wait for the previous batch.
+        """
+        stages, n = self.metrics.stages, len(item.events)
         try:
             if previous is not None:
                 await previous.processed
+            engine_started = time.perf_counter()
+            stages.add("queued", engine_started - item.started, n)
             results, dead = await self._process(item.batch, topic)
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                item.processed.cancel()
-            else:
-                item.processed.set_exception(exc)
-                item.processed.exception()  # retrieved: the next batch or the agent reports it
+            _fail(exc, item.processed, item.queued)
             raise
         item.processed.set_result(None)
-        if previous is not None:
-            await previous.task  # outputs leave in batch order; a failed predecessor fails this one too
-        pending = await self._send_deadletters(item.dead + dead)
-        for result in results:
-            pending += await self._queue_outputs(result, topic)
+        processed = time.perf_counter()
+        stages.add("engine", processed - engine_started, n)
+        try:
+            if previous is not None:
+                await previous.queued  # outputs leave in batch order; a failed predecessor fails this one too
+            pending = await self._send_deadletters(item.dead + dead)
+            for result in results:
+                pending += await self._queue_outputs(result, topic)
+        except BaseException as exc:
+            _fail(exc, item.queued)
+            raise
+        item.queued.set_result(None)
         await asyncio.gather(*pending)
+        delivered = time.perf_counter()
+        stages.add("deliver", delivered - processed, n)
+        if previous is not None:
+            await previous.task  # written and acked in batch order; a failed predecessor fails this one too
         for result in results:
             written = await self._run(self.engine.commit, result, executor=self.writer)
             self.metrics.fenced_skips += written.count(False)
             self.metrics.replayed += result.replayed
             self.metrics.kernel_seconds.add(result.kernel_s)
             self.metrics.recommendations += len(result.recommendations)
+        stages.add("write", time.perf_counter() - delivered, n)
         for event in item.events:
             event.ack()
         self.metrics.events += len(item.events)  # counted once done, so a rate over it is end to end
@@ -271,6 +294,18 @@ class RankWorker:
             futures.append(await _send(deadletter, None,
                                        encode_deadletter(d.raw, d.reason, d.topic, d.partition, d.offset)))
         return futures
+
+
+def _fail(exc: BaseException, *futures: asyncio.Future) -> None:
+    """Pass a batch's failure (or cancellation) on to the later batches waiting on its futures."""
+    for future in futures:
+        if future.done():
+            continue
+        if isinstance(exc, asyncio.CancelledError):
+            future.cancel()
+        else:
+            future.set_exception(exc)
+            future.exception()  # retrieved: the next batch or the agent reports it
 
 
 def freeze_heap() -> None:

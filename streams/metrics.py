@@ -32,6 +32,43 @@ class Quantiles:
         return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "n": len(arr)}
 
 
+STAGES = ("to_agent", "queued", "engine", "deliver", "write")
+
+
+@dataclass
+class StageTimes:
+    """Where an event's time goes on its way through the worker, stage by stage.
+
+    - ``to_agent``: produced -> its batch taken by the agent (broker, fetch, Faust's buffering);
+    - ``queued``: taken -> the engine starts on it (decoding; earlier batches still in the engine);
+    - ``engine``: state read, fold, rank (``Engine.process``);
+    - ``deliver``: engine done -> outputs acknowledged by the broker (queued after the previous
+      batch's outputs);
+    - ``write``: delivered -> the fenced state write done (after the previous batch's write).
+
+    Per stage: recent quantiles (one observation per batch; per event for ``to_agent``) and an
+    event-weighted running total, so that the mean per event of each stage over any interval is
+    ``delta(seconds) / delta(events)`` and the means add up to the time to an event's ack.
+
+    >>> st = StageTimes(); st.add("engine", 0.02, events=10); st.add("engine", 0.04, events=30)
+    >>> s = st.snapshot()["engine"]; round(s["seconds"], 3), s["events"]
+    (1.4, 40)
+    """
+
+    quantiles: dict = field(default_factory=lambda: {name: Quantiles(size=2048) for name in STAGES})
+    seconds: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    events: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
+
+    def add(self, stage: str, seconds: float, events: int = 1) -> None:
+        self.quantiles[stage].add(seconds)
+        self.seconds[stage] += seconds * events
+        self.events[stage] += events
+
+    def snapshot(self) -> dict:
+        return {name: {**self.quantiles[name].summary(), "seconds": self.seconds[name], "events": self.events[name]}
+                for name in STAGES}
+
+
 @dataclass
 class PipelineMetrics:
     """Everything an operator wants to graph about one rank worker.
@@ -62,6 +99,7 @@ class PipelineMetrics:
     kernel_seconds: Quantiles = field(default_factory=Quantiles)
     latency_seconds: Quantiles = field(default_factory=Quantiles)
     batch_sizes: Quantiles = field(default_factory=Quantiles)
+    stages: StageTimes = field(default_factory=StageTimes)
 
     def observe_feedback(self, hit: bool, rank: int | None, listed: bool) -> None:
         self.feedback += 1
@@ -83,6 +121,7 @@ class PipelineMetrics:
                        "ndcg": self.dcg / listed if self.listed else None},
             "batch_seconds": self.batch_seconds.summary(), "kernel_seconds": self.kernel_seconds.summary(),
             "latency_seconds": self.latency_seconds.summary(), "batch_size": self.batch_sizes.summary(),
+            "stages": self.stages.snapshot(),
         }
 
     def prometheus(self) -> str:
@@ -118,6 +157,16 @@ class PipelineMetrics:
             for q in ("p50", "p95", "p99"):
                 metric(name, s[name][q], labels=f'{{quantile="{q[1:]}"}}',
                        help_="" if q != "p50" else f"{name.replace('_', ' ')} over the last observations")
+        lines.append("# HELP attnflow_stage_seconds seconds per stage of an event's way through the worker")
+        lines.append("# TYPE attnflow_stage_seconds gauge")
+        for stage, q in s["stages"].items():
+            for p in ("p50", "p95", "p99"):
+                if q[p] is not None:
+                    lines.append(f'attnflow_stage_seconds{{stage="{stage}",quantile="{p[1:]}"}} {q[p]}')
+        lines.append("# HELP attnflow_stage_event_seconds_total event-weighted seconds per stage (rate over events_total: mean per event)")
+        lines.append("# TYPE attnflow_stage_event_seconds_total counter")
+        for stage, q in s["stages"].items():
+            lines.append(f'attnflow_stage_event_seconds_total{{stage="{stage}"}} {q["seconds"]}')
         return "\n".join(lines) + "\n"
 
 

@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from streams.metrics import STAGES
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
 from tests.benchmarks.common import REPO, RESULTS, header, median, ratio
@@ -525,9 +526,22 @@ def latency_phase(workers: list[Worker], kafka: Kafka, dataset: Dataset, rate: f
         q = [s.get(key) or {} for s in stats1]
         return {p: (q[0].get(p) * 1e3 if q and q[0].get(p) is not None else None) for p in ("p50", "p95", "p99")}
 
+    def stage_means():  # mean ms per event in each stage over this phase (worker-side, all workers)
+        out = {}
+        for stage in STAGES:
+            seconds = events = 0
+            for s0, s1 in zip(stats0, stats1):
+                q0, q1 = (s0.get("stages") or {}).get(stage, {}), (s1.get("stages") or {}).get(stage, {})
+                seconds += q1.get("seconds", 0.0) - q0.get("seconds", 0.0)
+                events += q1.get("events", 0) - q0.get("events", 0)
+            out[stage] = 1e3 * seconds / events if events else None
+        return out
+
     return {"rate_target": rate, "rate_achieved": sent["rate_achieved"], "sent": sent["sent"], "consumed": consumed,
             "drained": consumed >= sent["sent"], "mean_batch_events": consumed / batches if batches else None,
             "event_to_recommendation": pct(lat_kafka), "event_to_emit": pct(lat_emit),
+            "event_to_recommendation_mean_ms": 1e3 * float(np.mean(lat_kafka)) if lat_kafka else None,
+            "stage_mean_ms": stage_means(),
             "worker_batch_ms": window("batch_seconds"), "worker_kernel_ms": window("kernel_seconds")}
 
 
@@ -777,6 +791,9 @@ def medians(runs: list[dict], sizes: list[int]) -> dict:
                         per[name][f"latency@{fraction}_{p}"].append(lat["event_to_recommendation"][p])
                     per[name][f"latency@{fraction}_rate"].append(lat["rate_target"])
                     per[name][f"latency@{fraction}_mean_batch_events"].append(lat["mean_batch_events"])
+                    per[name][f"latency@{fraction}_mean_ms"].append(lat.get("event_to_recommendation_mean_ms"))
+                    for stage, ms in (lat.get("stage_mean_ms") or {}).items():
+                        per[name][f"latency@{fraction}_stage_{stage}_ms"].append(ms)
         out[str(n)] = {name: {k: median(vals) for k, vals in metrics.items()} for name, metrics in per.items()}
     return out
 

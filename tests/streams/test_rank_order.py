@@ -1,0 +1,146 @@
+"""streams/agents.py: the order of a pipelined rank worker's stages across batches.
+
+Outputs leave in batch order but do not wait for the previous batch's state write; writes and
+acks stay in batch order; a batch whose outputs fail is neither written nor acked, and neither is
+any batch after it. The engine and the producer are stand-ins: the real ones are covered by the
+integration tests, this is about the agent's bookkeeping.
+"""
+import asyncio
+import threading
+from types import SimpleNamespace
+
+import orjson
+import pytest
+
+from models.engine import BatchResult
+from streams.agents import RankWorker
+from streams.settings import Settings
+
+
+class FakeEvent:
+    def __init__(self, batch: int, n: int, log: list):
+        self.batch, self.log = batch, log
+        self.value = orjson.dumps({"user_id": f"u{n}", "item_id": "i1", "type": "view", "ts": 1.0})
+        self.message = SimpleNamespace(incref=lambda: None, topic="events", partition=0, offset=batch * 10 + n,
+                                       timestamp=None)
+
+    def ack(self):
+        self.log.append(("ack", self.batch))
+
+
+class FakeEngine:
+    """Tags each result with its batch; ``commit`` of the batches in ``slow`` blocks until released."""
+
+    model_version, n_items = 0, 0
+
+    def __init__(self, log: list, slow=()):
+        self.log, self.slow = log, set(slow)
+        self.release = threading.Event()
+
+    def process(self, batch):
+        result = BatchResult()
+        result.batch = batch[0].offset // 10
+        return result
+
+    def commit(self, result):
+        if result.batch in self.slow:
+            assert self.release.wait(10), "the slow write was never released"
+        self.log.append(("write", result.batch))
+        return []
+
+    def discard_pending(self):
+        self.log.append(("discard", None))
+
+
+def rank_worker(log: list, engine: FakeEngine, deliveries: dict) -> RankWorker:
+    """A worker whose outputs are recorded in ``log`` and delivered when ``deliveries[batch]`` resolves."""
+    topic = SimpleNamespace(get_topic_name=lambda: "out", app=None)
+    worker = RankWorker(Settings(train_enabled=False, compile_cache_dir=""), topic, topic, topic)
+    worker.engine = engine
+
+    async def queue_outputs(result, _topic):
+        log.append(("queued", result.batch))
+        return [deliveries.setdefault(result.batch, asyncio.get_running_loop().create_future())]
+
+    worker._queue_outputs = queue_outputs
+    return worker
+
+
+def batch(b: int, log: list) -> list[FakeEvent]:
+    return [FakeEvent(b, n, log) for n in range(2)]
+
+
+async def until(condition, timeout=10.0):
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def test_outputs_do_not_wait_for_the_previous_write_but_writes_and_acks_keep_batch_order():
+    async def main():
+        log, deliveries = [], {}
+        engine = FakeEngine(log, slow={1})
+        worker = rank_worker(log, engine, deliveries)
+        await worker.handle(batch(1, log))
+        await until(lambda: ("queued", 1) in log)
+        deliveries[1].set_result(None)                      # batch 1 delivered: its (slow) write starts
+        await worker.handle(batch(2, log))
+        await until(lambda: ("queued", 2) in log)
+        assert ("write", 1) not in log, "batch 2's outputs waited for batch 1's write"
+        deliveries[2].set_result(None)
+        await asyncio.sleep(0.05)
+        assert ("write", 2) not in log and ("ack", 2) not in log, "batch 2 was written before batch 1"
+        engine.release.set()
+        await worker.drain()
+        done = [entry for entry in log if entry[0] in ("write", "ack")]
+        assert done == [("write", 1), ("ack", 1), ("ack", 1), ("write", 2), ("ack", 2), ("ack", 2)]
+        assert worker.metrics.events == 4
+        stages = worker.metrics.stages.snapshot()
+        assert all(stages[name]["events"] == 4 for name in ("queued", "engine", "deliver", "write"))
+
+    asyncio.run(main())
+
+
+def test_outputs_are_queued_in_batch_order():
+    async def main():
+        log, deliveries = [], {}
+        worker = rank_worker(log, FakeEngine(log), deliveries)
+        real = worker._queue_outputs
+
+        async def slow_first(result, topic):
+            if result.batch == 1:
+                await asyncio.sleep(0.2)                     # batch 2's engine finishes long before this
+            return await real(result, topic)
+
+        worker._queue_outputs = slow_first
+        await worker.handle(batch(1, log))
+        await worker.handle(batch(2, log))
+        await until(lambda: ("queued", 2) in log)
+        for future in deliveries.values():
+            future.set_result(None)
+        await worker.drain()
+        assert [entry for entry in log if entry[0] == "queued"] == [("queued", 1), ("queued", 2)]
+
+    asyncio.run(main())
+
+
+def test_failed_outputs_leave_that_batch_and_every_later_one_unwritten_and_unacked():
+    async def main():
+        log, deliveries = [], {}
+        worker = rank_worker(log, FakeEngine(log), deliveries)
+        await worker.handle(batch(1, log))
+        await worker.handle(batch(2, log))
+        await until(lambda: ("queued", 2) in log)
+        deliveries[1].set_exception(RuntimeError("broker refused the batch"))
+        deliveries[2].set_result(None)                      # delivered, but built on batch 1's states
+        third = asyncio.create_task(worker.handle(batch(3, log)))  # depth 3: waits on batch 1, which failed
+        await until(lambda: ("queued", 3) in log)            # already on its way when batch 1 failed
+        deliveries[3].set_result(None)
+        with pytest.raises(RuntimeError, match="broker refused"):
+            await third
+        assert not [entry for entry in log if entry[0] in ("write", "ack")]
+        assert ("discard", None) in log                     # uncommitted states are forgotten
+
+    asyncio.run(main())
