@@ -28,9 +28,11 @@ class EngineConfig:
     mask_types: tuple[str, ...] = ()
     # Users per kernel call are padded to one of these sizes so nothing recompiles while the
     # pipeline runs; start-up compiles the ones a batch of ``max_batch`` events can use. Scoring
-    # cost grows with the padded user count, so the steps are fine (powers of two): a live batch
-    # of 150 users costs a 256-row call, not a 512-row one.
-    buckets: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+    # cost grows with the padded user count, so the steps are fine (powers of two and 1.5x between
+    # them): a live batch of 333 users costs a 384-row call, not a 512-row one, and no call pads
+    # by more than a third.
+    buckets: tuple[int, ...] = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048,
+                                3072, 4096, 6144, 8192)
     max_batch: int = 512
     # Catalogue scoring is chunked above this many items so B x N scores never materialise at once.
     item_chunk: int = 4096
@@ -59,7 +61,7 @@ class EngineConfig:
         """Smallest bucket that holds ``n`` rows.
 
         >>> EngineConfig().bucket(9), EngineConfig().bucket(150)
-        (16, 256)
+        (12, 192)
         """
         for size in self.buckets:
             if n <= size:
