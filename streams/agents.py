@@ -144,10 +144,8 @@ class RankWorker:
                 continue
             batch.append(SourcedEvent(decoded, message.partition, message.offset))
             produced.append(message.timestamp)
-        stages = self.metrics.stages
-        for ts in produced:
-            if ts:
-                stages.add("to_agent", taken - ts)
+            if message.timestamp:
+                self.metrics.stages.add("to_agent", taken - message.timestamp)
         loop = asyncio.get_running_loop()
         previous = self._inflight[-1] if self._inflight else None
         item = _InFlight(list(events), batch, dead, produced, started, loop.create_future(), loop.create_future())
@@ -155,7 +153,7 @@ class RankWorker:
         item.processed.add_done_callback(lambda _: self.activity.leave())
         item.task = loop.create_task(self._complete(item, previous, events[0].message.topic))
         # a task cancelled before it ran never resolves its futures: resolve them, so the batch leaves
-        item.task.add_done_callback(lambda _: [f.cancel() for f in (item.processed, item.queued) if not f.done()])
+        item.task.add_done_callback(lambda _: _fail(asyncio.CancelledError(), item.processed, item.queued))
         self._inflight.append(item)
         while len(self._inflight) >= self.depth:
             oldest = self._inflight.popleft()

@@ -9,6 +9,8 @@ import json
 import shlex
 from pathlib import Path
 
+from streams.metrics import STAGES
+
 REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 # Published full-ranking leave-one-out numbers on Amazon Beauty (from the issue / papers), for reference.
@@ -126,7 +128,6 @@ def bench_tables(data: dict) -> list[str]:
                     out.append(f"| {int(items):,} | {v} | {float(fraction):.0%} ({_fmt(m.get(f'latency@{fraction}_rate'))}/s) "
                                f"| {_fmt(p50)} | {_fmt(m.get(f'latency@{fraction}_p95_ms'))} "
                                f"| {_fmt(m.get(f'latency@{fraction}_p99_ms'))} |")
-    stages = ("to_agent", "queued", "engine", "deliver", "write")
     rows = []
     for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
         for v in variants:
@@ -134,11 +135,11 @@ def bench_tables(data: dict) -> list[str]:
             for fraction in ("0.25", "0.50", "0.75"):
                 if m.get(f"latency@{fraction}_stage_engine_ms") is not None:
                     rows.append(f"| {int(items):,} | {v} | {float(fraction):.0%} | {_fmt(m.get(f'latency@{fraction}_mean_ms'))} | "
-                                + " | ".join(_fmt(m.get(f"latency@{fraction}_stage_{st}_ms"), 1) for st in stages) + " |")
+                                + " | ".join(_fmt(m.get(f"latency@{fraction}_stage_{st}_ms"), 1) for st in STAGES) + " |")
     if rows:
         out += ["", "Where the time goes: mean ms per event in each stage of the worker during the latency phases "
                 "(`/stats` stages; the recommendation is stamped during `deliver`, so the mean latency ends there):", "",
-                "| items | variant | rate | mean latency | " + " | ".join(stages) + " |", "|---|---|---|---|" + "---|" * len(stages)]
+                "| items | variant | rate | mean latency | " + " | ".join(STAGES) + " |", "|---|---|---|---|" + "---|" * len(STAGES)]
         out += rows
     known = {items: {k: v for k, v in r.items() if v is not None} for items, r in ratios.items()}
     out += ["", "Ratios: " + "; ".join(f"{items} items: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items())
