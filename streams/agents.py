@@ -78,6 +78,17 @@ class _InFlight:
     processed: asyncio.Future  # done once the engine has finished with the batch
     queued: asyncio.Future     # done once its outputs are queued on the producer
     task: asyncio.Task | None = None
+    taken_sum: float = 0.0     # sum over its events of when they were taken (for the ``queued`` stage)
+    sealed: bool = False       # the engine has it: no more events may join
+
+    def absorb(self, events: list, batch: list[SourcedEvent], dead: list[DeadLetter], produced: list[float],
+               taken: float) -> None:
+        """Later events join a batch that is still waiting for the engine."""
+        self.events += events
+        self.batch += batch
+        self.dead += dead
+        self.produced += produced
+        self.taken_sum += taken * len(events)
 
 
 class RankWorker:
@@ -91,6 +102,11 @@ class RankWorker:
     neither written nor acked, and both are redelivered (outputs are at least once, state exactly once).
     With the default depth of 3, the agent also takes and decodes batch N+2 meanwhile;
     ``ATTNFLOW_PIPELINE_DEPTH=1`` processes one batch at a time.
+
+    Batches are sized by the engine, not by the take window alone (dynamic batching): events taken
+    while the newest batch still waits for the engine join that batch, up to ``batch_size``. The
+    engine then ranks everything that arrived while it was busy in one call, instead of working
+    through a queue of small batches, each paying the per-call cost and waiting for the one before.
     """
 
     def __init__(self, settings, recommendations, feedback, deadletter, train=None, store=None):
@@ -103,6 +119,7 @@ class RankWorker:
         self.engine: Engine | None = None
         self.metrics = PipelineMetrics(k=self.cfg.k)
         self.depth = settings.pipeline_depth
+        self.merge = settings.batch_merge
         self._inflight: deque[_InFlight] = deque()
         self.activity = RankActivity()
         # One thread each: engine calls, and state writes, must run in batch order, and JAX/Redis work
@@ -132,6 +149,7 @@ class RankWorker:
         committable) until :meth:`_complete` acks them.
         """
         started, taken = time.perf_counter(), time.time()
+        events = list(events)
         batch, produced = [], []
         dead: list[DeadLetter] = []
         for event in events:
@@ -146,12 +164,17 @@ class RankWorker:
             produced.append(message.timestamp)
             if message.timestamp:
                 self.metrics.stages.add("to_agent", taken - message.timestamp)
+        newest = self._inflight[-1] if self._inflight else None
+        if (self.merge and newest is not None and not newest.sealed
+                and len(newest.events) + len(events) <= self.settings.batch_size):
+            newest.absorb(events, batch, dead, produced, started)
+            return
         loop = asyncio.get_running_loop()
-        previous = self._inflight[-1] if self._inflight else None
-        item = _InFlight(list(events), batch, dead, produced, started, loop.create_future(), loop.create_future())
+        item = _InFlight(events, batch, dead, produced, started, loop.create_future(), loop.create_future(),
+                         taken_sum=started * len(events))
         self.activity.enter()
         item.processed.add_done_callback(lambda _: self.activity.leave())
-        item.task = loop.create_task(self._complete(item, previous, events[0].message.topic))
+        item.task = loop.create_task(self._complete(item, newest, events[0].message.topic))
         # a task cancelled before it ran never resolves its futures: resolve them, so the batch leaves
         item.task.add_done_callback(lambda _: _fail(asyncio.CancelledError(), item.processed, item.queued))
         self._inflight.append(item)
@@ -186,14 +209,17 @@ class RankWorker:
         keeps each partition's records in order), not until its state write: the write, and its
         fsync, stay off the path to the user. Writes and acks still wait for the previous batch.
         """
-        stages, n = self.metrics.stages, len(item.events)
+        stages = self.metrics.stages
         try:
             if previous is not None:
                 await previous.processed
+            item.sealed = True  # from here on the batch is the engine's; later events start a new one
+            n = len(item.events)
             engine_started = time.perf_counter()
-            stages.add("queued", engine_started - item.started, n)
+            stages.add("queued", engine_started - item.taken_sum / n, n)
             results, dead = await self._process(item.batch, topic)
         except BaseException as exc:
+            item.sealed = True  # a failed batch takes no more events: they start a new one, which fails too
             _fail(exc, item.processed, item.queued)
             raise
         item.processed.set_result(None)

@@ -104,7 +104,7 @@ def bench_tables(data: dict) -> list[str]:
     if not medians:
         return []
     variants = ["raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline", "pipeline_notrain",
-                "pipeline_notrain_d1", "pipeline_notrain_d2", "pipeline_2w", "naive"]
+                "pipeline_notrain_d1", "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_2w", "naive"]
     out = ["### Pipeline benchmark (real Kafka + Redis; medians of repeated runs)", "",
            "| items | variant | events/s per worker | kernel p50 ms | RSS MiB | Redis round trips / event | Redis bytes in / event "
            "| events the trainer learned from |",

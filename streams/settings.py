@@ -41,6 +41,10 @@ class Settings:
     # Micro-batching: up to ``batch_size`` events, waiting at most ``batch_within_s`` for them
     batch_size: int = 512
     batch_within_s: float = 0.02
+    # Dynamic batching: events taken while the newest batch waits for the engine join it (up to
+    # ``batch_size``), so the engine ranks what arrived while it was busy in one call; false = every
+    # take is a batch of its own
+    batch_merge: bool = True
     # Batches in flight per worker: 3 ranks batch N+1 while batch N's outputs are delivered and batch
     # N+2 is taken and decoded; 1 = one at a time
     pipeline_depth: int = 3

@@ -16,6 +16,8 @@ topic with its own consumer group:
 - ``pipeline_notrain_d1`` / ``pipeline_notrain_d2``: the rank path alone with ``ATTNFLOW_PIPELINE_DEPTH=1``
   (one batch in flight) and ``2``, against the default depth of ``pipeline_notrain``: what pipelining
   batches costs or gives in throughput and latency;
+- ``pipeline_nomerge``: the pipeline with ``ATTNFLOW_BATCH_MERGE=0``: every take of Faust's
+  ``take_events`` is a batch of its own, instead of joining a batch that still waits for the engine;
 - ``pipeline_2w``: two rank workers in one group (4 partitions);
 - ``naive``: ``tests.benchmarks.naive_app`` (per event: GET, NumPy full scoring, SET, one send);
 - ``noop_faust``: ``tests.benchmarks.noop_app`` (take_events and count: Faust's ceiling);
@@ -57,7 +59,7 @@ from tests.benchmarks.common import REPO, RESULTS, header, median, ratio
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline", "pipeline_notrain",
-            "pipeline_notrain_d1", "pipeline_notrain_d2", "pipeline_2w", "naive")
+            "pipeline_notrain_d1", "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_2w", "naive")
 # Latency phases cost ~10-20 s each: the design and its baseline at every rate; the rank path alone
 # (no trainer in the worker) at 50% on the first catalogue, to show what the trainer costs in latency.
 # Worker variants: (which app runs, how its settings differ from the pipeline's defaults).
@@ -66,16 +68,18 @@ WORKER_VARIANTS = {
     "pipeline_notrain": ("pipeline", {"train_enabled": False}),  # the rank path alone: no examples, no trainer
     "pipeline_notrain_d1": ("pipeline", {"train_enabled": False, "pipeline_depth": 1}),
     "pipeline_notrain_d2": ("pipeline", {"train_enabled": False, "pipeline_depth": 2}),
+    "pipeline_nomerge": ("pipeline", {"batch_merge": False}),
     "pipeline_2w": ("pipeline", {}),
     "naive": ("naive", {}),
     "noop_faust": ("noop", {}),
     "noop_faust_asyncio": ("noop", {"event_loop": "asyncio"}),
 }
-LATENCY_VARIANTS = ("pipeline", "naive", "pipeline_notrain", "pipeline_notrain_d1", "pipeline_notrain_d2")
+LATENCY_VARIANTS = ("pipeline", "naive", "pipeline_notrain", "pipeline_notrain_d1", "pipeline_notrain_d2",
+                    "pipeline_nomerge")
 # Measured on the first catalogue only (time budget): the baselines that never look at item ids, and the
 # pipeline variants whose question (trainer cost, scaling) the first catalogue answers.
 FIRST_CATALOGUE_ONLY = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline_notrain", "pipeline_notrain_d1",
-                        "pipeline_notrain_d2", "pipeline_2w")
+                        "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_2w")
 EVENT_TYPES = ("view", "click", "cart", "purchase")
 TYPE_P = (0.75, 0.15, 0.07, 0.03)
 SCENES = ("default", "home", "search", "product")
@@ -814,6 +818,7 @@ def ratios(med: dict) -> dict:
             # pipeline_notrain runs the default depth (streams.settings.Settings.pipeline_depth)
             "pipeline_notrain_over_depth1": ratio(own("pipeline_notrain"), own("pipeline_notrain_d1")),
             "pipeline_notrain_over_depth2": ratio(own("pipeline_notrain"), own("pipeline_notrain_d2")),
+            "pipeline_over_nomerge": ratio(get("pipeline"), own("pipeline_nomerge")),
         }
     return out
 
