@@ -38,9 +38,11 @@ class Settings:
     redis_prefix: str = "attnflow"
     partitions: int = 4
     replication_factor: int = 1
-    # Micro-batching: up to ``batch_size`` events, waiting at most ``batch_within_s`` for them
+    # Micro-batching: up to ``batch_size`` events, waiting at most ``batch_within_s`` for them. The
+    # window is short because takes that arrive while the engine is busy merge (``batch_merge``):
+    # under load, batches grow while the engine works, not while the window runs
     batch_size: int = 512
-    batch_within_s: float = 0.02
+    batch_within_s: float = 0.005
     # Dynamic batching: events taken while the newest batch waits for the engine join it (up to
     # ``batch_size``), so the engine ranks what arrived while it was busy in one call; false = every
     # take is a batch of its own
