@@ -16,8 +16,9 @@ topic with its own consumer group:
 - ``pipeline_notrain_d1`` / ``pipeline_notrain_d2``: the rank path alone with ``ATTNFLOW_PIPELINE_DEPTH=1``
   (one batch in flight) and ``2``, against the default depth of ``pipeline_notrain``: what pipelining
   batches costs or gives in throughput and latency;
-- ``pipeline_nomerge``: the pipeline with ``ATTNFLOW_BATCH_MERGE=0``: every take of Faust's
-  ``take_events`` is a batch of its own, instead of joining a batch that still waits for the engine;
+- ``pipeline_nomerge``: the pipeline batched as before dynamic batching (``ATTNFLOW_BATCH_MERGE=0``,
+  ``ATTNFLOW_BATCH_WITHIN_S=0.02``): every 20 ms take of Faust's ``take_events`` is a batch of its
+  own, instead of joining a batch that still waits for the engine;
 - ``pipeline_2w``: two rank workers in one group (4 partitions);
 - ``naive``: ``tests.benchmarks.naive_app`` (per event: GET, NumPy full scoring, SET, one send);
 - ``noop_faust``: ``tests.benchmarks.noop_app`` (take_events and count: Faust's ceiling);
@@ -68,7 +69,7 @@ WORKER_VARIANTS = {
     "pipeline_notrain": ("pipeline", {"train_enabled": False}),  # the rank path alone: no examples, no trainer
     "pipeline_notrain_d1": ("pipeline", {"train_enabled": False, "pipeline_depth": 1}),
     "pipeline_notrain_d2": ("pipeline", {"train_enabled": False, "pipeline_depth": 2}),
-    "pipeline_nomerge": ("pipeline", {"batch_merge": False}),
+    "pipeline_nomerge": ("pipeline", {"batch_merge": False, "batch_within_s": 0.02}),
     "pipeline_2w": ("pipeline", {}),
     "naive": ("naive", {}),
     "noop_faust": ("noop", {}),
