@@ -28,7 +28,8 @@ topic with its own consumer group:
 Measured: max throughput from the backlog (worker ``/stats`` event counters, which the rank worker
 advances when a batch is done: outputs delivered and state written; from the first batch done to the
 last; two workers from the moment the group is stable), then, with the same worker
-caught up, latency at 25/50/75% of that maximum (events carry their produce time in ``ts``; latency =
+caught up, latency at 25/50/75% of that maximum (the pipeline's variants at fractions of the
+``pipeline``'s maximum in the same run, so that they compare at equal load) (events carry their produce time in ``ts``; latency =
 the recommendation's Kafka timestamp minus it), Redis commands / socket reads / bytes per event
 (``INFO`` deltas; this Redis must serve only the benchmark), kernel time and batch sizes from
 ``/stats``, RSS and CPU of each worker. Medians over runs, ratios between variants. Never fails on
@@ -625,8 +626,12 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
         rate = out["throughput"].get("events_per_s")
         fractions = fractions_for(args, name, dataset.n_items, profile)
         latency_wanted = name in LATENCY_VARIANTS or (profile and kind == "pipeline")
-        # Fractions of this run's own maximum by default; of a fixed rate when comparing runs with each other
-        base = args.latency_base_rate or rate
+        # Fractions of a fixed rate when comparing runs with each other. Otherwise the pipeline's variants
+        # (no trainer, depths, batching) run at the pipeline's maximum in this run, so that their latency
+        # rows compare at equal load; the pipeline and the baselines at their own maximum.
+        same_load = kind == "pipeline" and name != "pipeline" and max_rates.get("pipeline")
+        base = args.latency_base_rate or same_load or rate
+        out["latency_base_rate"] = base
         if args.latency_s > 0 and base and fractions and latency_wanted:
             # Live traffic goes to a fresh namespace (own topic, keys, group) so the backlog topic stays
             # identical for every variant and the worker starts with an empty lag.
@@ -745,6 +750,7 @@ def run_once(ctx: Context, run: int, n_items: int, variants: list[str], first_ca
         else:
             result[name] = run_worker_variant(ctx, name, ds_settings, dataset, run, max_rates)
         rate = (result[name].get("throughput") or result[name]).get("events_per_s")
+        max_rates[name] = rate
         log(f"run {run}, {n_items} items, {name}: "
             f"{'%.0f events/s' % rate if rate else result[name].get('error') or result[name].get('throughput', {}).get('error')}")
     if args.delete_topics:
