@@ -117,7 +117,7 @@ def bench_tables(data: dict) -> list[str]:
             out.append(f"| {int(items):,} | {v} | {_fmt(m.get('events_per_s_per_worker'))} | {_fmt(m.get('kernel_ms_p50'), 1)} "
                        f"| {_fmt(m.get('rss_mib'))} | {_fmt(m.get('redis_round_trips_per_event'), 4)} "
                        f"| {_fmt(m.get('redis_bytes_in_per_event'))} | {_share(m.get('train_examples_per_event'))} |")
-    out += ["", "Latency, event produced → recommendation (ms, p50 / p95 / p99) at a fraction of the measured maximum rate:", "",
+    out += ["", "Latency, event produced → recommendation (ms, p50 / p95 / p99) at a fraction of the `pipeline` variant's measured maximum rate (every `pipeline_*` variant at the same rates; the naive design at fractions of its own maximum):", "",
             "| items | variant | rate | p50 | p95 | p99 |", "|---|---|---|---|---|---|"]
     for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
         for v in variants:
