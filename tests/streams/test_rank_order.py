@@ -83,6 +83,21 @@ async def until(condition, timeout=10.0):
     raise AssertionError("timed out")
 
 
+async def deliver_all(worker: RankWorker, deliveries: dict, pending: asyncio.Task, batches: int) -> None:
+    """Deliver every batch's outputs as they are queued until ``batches`` were, then finish ``pending``
+    (a ``handle`` waiting for room) and drain the worker."""
+    def deliver():
+        for future in list(deliveries.values()):
+            if not future.done():
+                future.set_result(None)
+        return len(deliveries) == batches
+
+    await until(deliver)
+    await pending
+    deliver()
+    await worker.drain()
+
+
 async def handle_alone(worker: RankWorker, events: list) -> None:
     """Hand over a batch and wait until the engine has it, so that the next one cannot join it."""
     await worker.handle(events)
@@ -188,18 +203,7 @@ def test_with_merging_off_every_take_is_a_batch():
         third = asyncio.create_task(worker.handle(batch(3, log)))  # depth 3: waits for the first
         await until(lambda: worker._inflight[-1].events[0].batch == 3)
         engine.resume.set()
-        for _ in range(300):
-            for future in list(deliveries.values()):
-                if not future.done():
-                    future.set_result(None)
-            if len(deliveries) == 3:
-                break
-            await asyncio.sleep(0.01)
-        await third
-        for future in deliveries.values():
-            if not future.done():
-                future.set_result(None)
-        await worker.drain()
+        await deliver_all(worker, deliveries, third, batches=3)
         assert engine.calls == [[1], [2], [3]]
 
     asyncio.run(main())
@@ -217,18 +221,7 @@ def test_a_waiting_batch_never_grows_past_the_batch_size():
         await until(lambda: worker._inflight[-1].events[0].batch == 4)  # depth 3 it waits for the first
         assert not fourth.done()
         engine.resume.set()
-        for _ in range(300):
-            for future in list(deliveries.values()):
-                if not future.done():
-                    future.set_result(None)
-            if len(engine.calls) == 3 and len(deliveries) == 3:
-                break
-            await asyncio.sleep(0.01)
-        await fourth
-        for future in deliveries.values():
-            if not future.done():
-                future.set_result(None)
-        await worker.drain()
+        await deliver_all(worker, deliveries, fourth, batches=3)
         assert engine.calls == [[1], [2, 3], [4]]
         assert worker.metrics.events == 8
 
