@@ -657,6 +657,8 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
                     profiler = None
                 out["latency"][f"{fraction:.2f}"] = phase
             out["memory_after_latency"] = [w.status() for w in workers]
+            # the live worker's own counters: what its trainer learned, and skipped, under live load
+            out["worker_stats_after_latency"] = [w.stats() or {} for w in workers]
             if kind == "pipeline":
                 out["compiles_after_ready_live"] = [w.compiles_since_ready() for w in workers]
     except Exception as exc:  # noqa: BLE001 -- a benchmark records failures, it does not abort the run
