@@ -82,13 +82,13 @@ class _InFlight:
     sealed: bool = False       # the engine has it: no more events may join
 
     def absorb(self, events: list, batch: list[SourcedEvent], dead: list[DeadLetter], produced: list[float],
-               taken: float) -> None:
-        """Later events join a batch that is still waiting for the engine."""
+               started: float) -> None:
+        """Later events, taken at ``started`` (``perf_counter``), join a batch still waiting for the engine."""
         self.events += events
         self.batch += batch
         self.dead += dead
         self.produced += produced
-        self.taken_sum += taken * len(events)
+        self.taken_sum += started * len(events)
 
 
 class RankWorker:

@@ -103,15 +103,13 @@ def bench_tables(data: dict) -> list[str]:
     medians, ratios = data.get("medians") or {}, data.get("ratios") or {}
     if not medians:
         return []
-    variants = ["raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline", "pipeline_notrain",
-                "pipeline_notrain_d1", "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_2w", "naive"]
     out = ["### Pipeline benchmark (real Kafka + Redis; medians of repeated runs)", "",
            "| items | variant | events/s per worker | kernel p50 ms | RSS MiB | Redis round trips / event | Redis bytes in / event "
            "| events the trainer learned from |",
            "|---|---|---|---|---|---|---|---|"]
+    # Variants in the benchmark's own order (its medians keep the order of its VARIANTS list).
     for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
-        for v in variants:
-            m = by_variant.get(v)
+        for v, m in by_variant.items():
             if not m:
                 continue
             out.append(f"| {int(items):,} | {v} | {_fmt(m.get('events_per_s_per_worker'))} | {_fmt(m.get('kernel_ms_p50'), 1)} "
@@ -120,8 +118,7 @@ def bench_tables(data: dict) -> list[str]:
     out += ["", "Latency, event produced → recommendation (ms, p50 / p95 / p99) at a fraction of the `pipeline` variant's measured maximum rate (every `pipeline_*` variant at the same rates; the naive design at fractions of its own maximum):", "",
             "| items | variant | rate | p50 | p95 | p99 |", "|---|---|---|---|---|---|"]
     for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
-        for v in variants:
-            m = by_variant.get(v) or {}
+        for v, m in by_variant.items():
             for fraction in ("0.25", "0.50", "0.75"):
                 p50 = m.get(f"latency@{fraction}_p50_ms")
                 if p50 is not None:
@@ -130,8 +127,7 @@ def bench_tables(data: dict) -> list[str]:
                                f"| {_fmt(m.get(f'latency@{fraction}_p99_ms'))} |")
     rows = []
     for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
-        for v in variants:
-            m = by_variant.get(v) or {}
+        for v, m in by_variant.items():
             for fraction in ("0.25", "0.50", "0.75"):
                 if m.get(f"latency@{fraction}_stage_engine_ms") is not None:
                     rows.append(f"| {int(items):,} | {v} | {float(fraction):.0%} | {_fmt(m.get(f'latency@{fraction}_mean_ms'))} | "

@@ -28,9 +28,9 @@ topic with its own consumer group:
 Measured: max throughput from the backlog (worker ``/stats`` event counters, which the rank worker
 advances when a batch is done: outputs delivered and state written; from the first batch done to the
 last; two workers from the moment the group is stable), then, with the same worker
-caught up, latency at 25/50/75% of that maximum (the pipeline's variants at fractions of the
-``pipeline``'s maximum in the same run, so that they compare at equal load) (events carry their produce time in ``ts``; latency =
-the recommendation's Kafka timestamp minus it), Redis commands / socket reads / bytes per event
+caught up, latency at 25/50/75% of that maximum; the pipeline's variants run at fractions of the
+``pipeline``'s maximum in the same run, so that they compare at equal load (events carry their produce
+time in ``ts``; latency = the recommendation's Kafka timestamp minus it), Redis commands / socket reads / bytes per event
 (``INFO`` deltas; this Redis must serve only the benchmark), kernel time and batch sizes from
 ``/stats``, RSS and CPU of each worker. Medians over runs, ratios between variants. Never fails on
 a timing: a phase that runs out of time is recorded as such.
