@@ -28,7 +28,7 @@ def test_steps_wait_while_a_batch_is_in_the_rank_path():
     activity.enter()                            # a batch is being ranked
     learning = threading.Thread(target=worker.learn, args=([blob],))
     learning.start()
-    time.sleep(0.5)
+    time.sleep(0.6)                             # the thread starts waiting a little after start(): 0.1 s margin
     assert learning.is_alive() and worker.trainer.steps == 2, "the step ran while ranking was busy"
     activity.leave()
     learning.join(timeout=10)
