@@ -175,13 +175,19 @@ def kernel_tables(data: dict) -> list[str]:
     results = data.get("results") or {}
     if not results:
         return []
-    out = ["### Kernel microbenchmark (one batch of 512 users; median ms)", "",
-           "| items | jitted kernel | vectorised NumPy | NumPy reference loop | jit vs NumPy |", "|---|---|---|---|---|"]
+    params, machine = data.get("parameters") or {}, data.get("machine") or {}
+    where = ", ".join(str(d) for d in machine.get("jax_devices") or []) or params.get("backend", "cpu")
+    resident = any("jit_device_resident" in r.get("step", {}) for r in results.values())
+    out = [f"### Kernel microbenchmark: JAX on {where} (one batch of {params.get('batch', 512)} users; median ms)", "",
+           "| items | jitted kernel | " + ("kernel, inputs on the device | " if resident else "")
+           + "vectorised NumPy | NumPy reference loop | jit vs NumPy |", "|---|---|---|---|---|" + ("---|" if resident else "")]
     for items, r in sorted(results.items(), key=lambda kv: int(kv[0])):
         step = r.get("step", {})
-        jit, vec, ref = (step.get(n, {}).get("median_ms") for n in ("jit", "numpy_vectorised", "reference_loop"))
+        jit, dev, vec, ref = (step.get(n, {}).get("median_ms")
+                              for n in ("jit", "jit_device_resident", "numpy_vectorised", "reference_loop"))
         ratio = f"{vec / jit:.1f}x" if jit and vec else "–"
-        out.append(f"| {int(items):,} | {_fmt(jit, 1)} | {_fmt(vec, 1)} | {_fmt(ref, 1)} | {ratio} |")
+        out.append(f"| {int(items):,} | {_fmt(jit, 1)} | " + (f"{_fmt(dev, 2)} | " if resident else "")
+                   + f"{_fmt(vec, 1)} | {_fmt(ref, 1)} | {ratio} |")
     steps = {items: r["train_step"] for items, r in results.items() if r.get("train_step")}
     if steps:
         out += ["", "One optimiser step of the online trainer (64 examples; median ms):", "",
@@ -199,11 +205,13 @@ def render(folder: Path = REPO / "docs" / "results") -> str:
     evaluation = _load(folder / "eval.json")
     if evaluation:
         lines += eval_tables(evaluation)
-    bench, kernel = _load(folder / "bench.json"), _load(folder / "kernel_bench.json")
+    bench = _load(folder / "bench.json")
     if bench:
         lines += bench_tables(bench) or generic_table("Pipeline benchmark", bench)
-    if kernel:
-        lines += kernel_tables(kernel) or generic_table("Kernel microbenchmark", kernel)
+    for name in ("kernel_bench.json", "kernel_bench_gpu.json"):
+        kernel = _load(folder / name)
+        if kernel:
+            lines += kernel_tables(kernel) or generic_table("Kernel microbenchmark", kernel)
     if not lines:
         lines = ["No measured results yet."]
     return "\n".join(lines).rstrip() + "\n"
