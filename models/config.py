@@ -35,7 +35,7 @@ class EngineConfig:
                                 3072, 4096, 6144, 8192)
     max_batch: int = 512
     # Catalogue scoring is chunked above this many items so B x N scores never materialise at once.
-    item_chunk: int = 4096
+    item_chunk: int = 0  # 0: the backend's default (models.kernels.AUTO_CHUNK)
     initial_capacity: int = 16384
     seed: int = 0
 

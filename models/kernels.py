@@ -6,7 +6,7 @@ kernel lives in ``models.reference`` and the tests hold the two together.
 """
 from __future__ import annotations
 
-from functools import partial
+from functools import partial, wraps
 from typing import NamedTuple
 
 import jax
@@ -121,6 +121,29 @@ def copy_scores(scores: jax.Array, start: int | jax.Array, hist_item: jax.Array,
 
 TOPK_BLOCK = 32  # items per block in the running block top-k
 
+# Catalogue items scored per loop step when the caller passes ``chunk=0`` (the default): measured by
+# ``tests.benchmarks.bench_kernel``'s chunk table. On CPU small chunks keep the scores in cache; on a
+# GPU a step costs a launch-sized overhead, so a few large chunks win (H100, 1M items: 4096 took
+# 1.6x as long as 262144; at 100k items one chunk was fastest).
+AUTO_CHUNK = {"cpu": 4096}
+AUTO_CHUNK_ACCELERATOR = 262144
+
+
+def resolve_chunk(chunk: int) -> int:
+    """``chunk``, or the backend's default for ``0``."""
+    return chunk or AUTO_CHUNK.get(jax.default_backend(), AUTO_CHUNK_ACCELERATOR)
+
+
+def exact_matmuls(fn):
+    """Trace ``fn`` with full float32 matmuls. GPUs otherwise multiply float32 in TF32 (10-bit
+    mantissa): on an H100 that changed the top-20 of a quarter of the users at 1M items against
+    the float64 reference. On CPU this changes nothing."""
+    @wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.default_matmul_precision("highest"):
+            return fn(*args, **kwargs)
+    return wrapped
+
 
 def _chunk_scores(user, params: Params, hist_item, n_items, exclude, start, done, size: int) -> jax.Array:
     """``user . e_i + b_i`` (+ repeat score) for items ``start .. start+size``; -inf for items past the
@@ -153,6 +176,7 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
     """
     C, d = params.item_emb.shape
     B = user.shape[0]
+    chunk = resolve_chunk(chunk)
     if C < k * TOPK_BLOCK:  # a table smaller than k blocks: one matmul, one plain top-k
         top, items = jax.lax.top_k(_chunk_scores(user, params, hist_item, n_items, exclude, 0, 0, C), k)
         return jnp.where(top > NEG_INF / 2, items.astype(jnp.int32), -1), top
@@ -184,6 +208,7 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
 
 
 @partial(jax.jit, static_argnames=("k", "chunk", "gamma"), donate_argnums=(1, 2))
+@exact_matmuls
 def step(params: Params, interest: jax.Array, weight: jax.Array, events: FoldInputs, ranks: RankInputs,
          n_items: jax.Array, *, k: int, chunk: int, gamma: float):
     """One micro-batch: fold new events into scene interests, then rank the catalogue for each user.
@@ -197,10 +222,11 @@ def step(params: Params, interest: jax.Array, weight: jax.Array, events: FoldInp
     return interest, weight, items, scores
 
 
-fold = jax.jit(fold_interests, static_argnames=("gamma",))
+fold = jax.jit(exact_matmuls(fold_interests), static_argnames=("gamma",))
 
 
 @partial(jax.jit, static_argnames=("k", "chunk"))
+@exact_matmuls
 def rank(params: Params, interest: jax.Array, weight: jax.Array, ranks: RankInputs, n_items: jax.Array,
          *, k: int, chunk: int):
     """Rank without folding (evaluation asks for a list before it applies the event)."""

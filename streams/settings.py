@@ -57,7 +57,7 @@ class Settings:
     scenes: tuple[str, ...] = ("default", "home", "search", "product")
     mask_types: tuple[str, ...] = ()
     interest_decay: float = 0.9
-    item_chunk: int = 4096
+    item_chunk: int = 0  # 0: the backend's default (models.kernels.AUTO_CHUNK)
     initial_capacity: int = 16384
     seed: int = 0
     # What this process runs: "all" (rank + train agents), "rank", or "train" (a dedicated trainer, so

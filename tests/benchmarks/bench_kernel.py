@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import jax
@@ -194,6 +195,7 @@ def bench_catalogue(n_items: int, args, log) -> dict:
     capacity = capacity_for(n_items, 16384 if n_items > 1024 else 1024)
     cfg = EngineConfig(dim=args.dim, history=args.history, k=args.k, initial_capacity=capacity,
                        max_batch=max(args.batch, 8))  # the engine's own chunk: what a worker runs
+    cfg = replace(cfg, item_chunk=kernels.resolve_chunk(cfg.item_chunk))  # the backend's default, by name
     params = bench_params(cfg, capacity)
     inputs = make_inputs(cfg, args.batch, n_items)
     p_np = numpy_params(params)
