@@ -51,10 +51,9 @@ def git_commit() -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    commit = git("rev-parse", "HEAD")
-    if not commit and os.environ.get("ATTNFLOW_BENCH_COMMIT"):  # a copy of the tree without .git (a lent GPU machine)
+    if os.environ.get("ATTNFLOW_BENCH_COMMIT"):  # a copied tree whose .git is not this commit's (a lent GPU machine)
         return {"commit": os.environ["ATTNFLOW_BENCH_COMMIT"], "dirty": None, "source": "ATTNFLOW_BENCH_COMMIT"}
-    return {"commit": commit or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def command_line() -> list[str]:
