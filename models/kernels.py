@@ -123,10 +123,11 @@ TOPK_BLOCK = 32  # items per block in the running block top-k
 
 # Catalogue items scored per loop step when the caller passes ``chunk=0`` (the default): measured by
 # ``tests.benchmarks.bench_kernel``'s chunk table. On CPU small chunks keep the scores in cache; on a
-# GPU a step costs a launch-sized overhead, so a few large chunks win (H100, 1M items: 4096 took
-# 1.6x as long as 262144; at 100k items one chunk was fastest).
+# GPU every loop step costs launches, so one step over up to 2**20 items wins (H100, 1M items, 512
+# users: 4096-item chunks took 1.3-1.6x as long as 262144; one chunk was 5-10% faster than 262144 in
+# two runs of three). Above 2**20 items the B x N scores are chunked there too.
 AUTO_CHUNK = {"cpu": 4096}
-AUTO_CHUNK_ACCELERATOR = 262144
+AUTO_CHUNK_ACCELERATOR = 1 << 20
 
 
 def resolve_chunk(chunk: int) -> int:

@@ -119,6 +119,7 @@ def sampled_losses(params: Params, user: jax.Array, hist_item: jax.Array, target
 
 
 @partial(jax.jit, static_argnames=("optimizer", "dropout"), donate_argnums=(0, 1))
+@kernels.exact_matmuls
 def train_step(params: Params, opt_state, batch: TrainBatch, n_items: jax.Array, key: jax.Array, *,
                optimizer: optax.GradientTransformation, dropout: float):
     """One optax step on the full softmax; returns ``(params, opt_state, loss)``."""
@@ -131,6 +132,7 @@ ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # optax.adamw's defaults, which t
 
 
 @partial(jax.jit, static_argnames=("optimizer", "dropout", "train"), donate_argnums=(0, 1))
+@kernels.exact_matmuls
 def sparse_train_step(params: Params, opt_state, batch: TrainBatch, n_items: jax.Array, key: jax.Array, *,
                       optimizer: optax.GradientTransformation, dropout: float, train: TrainConfig):
     """One step on the sampled softmax that reads and writes only the item rows it uses.

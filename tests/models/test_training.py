@@ -69,7 +69,8 @@ def test_row_sparse_step_is_adamw_on_the_rows_it_uses():
     key, n_items = jax.random.PRNGKey(7), jnp.int32(100)
     start = init_params(cfg)
     drawn = jax.random.randint(jax.random.fold_in(key, 1), (8,), 0, n_items)
-    loss, grads = jax.value_and_grad(nll)(start, batch, n_items, key, train.history_dropout, drawn)
+    with jax.default_matmul_precision("highest"):  # as the step itself (GPUs default to TF32)
+        loss, grads = jax.value_and_grad(nll)(start, batch, n_items, key, train.history_dropout, drawn)
     updates, _ = optimizer.update(grads, optimizer.init(start), start)
     want = optax.apply_updates(start, updates)
     got, state, got_loss = sparse_train_step(init_params(cfg), optimizer.init(start), batch, n_items, key,
