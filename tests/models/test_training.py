@@ -79,10 +79,15 @@ def test_row_sparse_step_is_adamw_on_the_rows_it_uses():
     used = np.array(sorted((set(np.asarray(batch.hist_item).ravel()) | set(np.asarray(batch.target))
                             | set(np.asarray(drawn))) - {-1}))
     for name in start._fields:
-        a, b = np.asarray(getattr(got, name)), np.asarray(getattr(want, name))
+        a, b, g = (np.asarray(getattr(tree, name)) for tree in (got, want, grads))
         if name.startswith("item_"):
-            a, b = a[used], b[used]
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=name)
+            a, b, g = a[used], b[used], g[used]
+        # Adam's first step moves a parameter by about lr * sign(gradient), so a gradient at rounding
+        # level (a structural zero) may move it either way: a GPU sums the two graphs in other orders.
+        # Those elements are held to the step's bound; all others must match.
+        noise = np.abs(g) <= 1e-6 * max(float(np.abs(g).max()), 1e-30)
+        np.testing.assert_allclose(a[~noise], b[~noise], rtol=1e-5, atol=1e-7, err_msg=name)
+        assert np.all(np.abs(a[noise] - b[noise]) <= 2.2 * train.learning_rate), name
     assert int(state[0].count) == 1
     used = set(used)
     for step in range(1, 4):
