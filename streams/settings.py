@@ -79,6 +79,9 @@ class Settings:
     # Before each step, a trainer beside a rank agent waits up to this long for no batch to be in the
     # rank path, so steps run in ranking's gaps (0: never waits)
     train_yield_s: float = 0.05
+    # A dedicated trainer (role "train") lowers its CPU priority by this much (nice), so that on a
+    # machine it shares with rank workers, ranking gets the cores first and steps take what is left
+    train_nice: int = 19
     # Worker process
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -125,6 +128,8 @@ class Settings:
             raise ValueError(f"{PREFIX}TRAIN_NEGATIVES={settings.train_negatives}: must be 0 (full softmax) or more")
         if settings.train_yield_s < 0:
             raise ValueError(f"{PREFIX}TRAIN_YIELD_S={settings.train_yield_s}: must be 0 or more")
+        if not 0 <= settings.train_nice <= 19:
+            raise ValueError(f"{PREFIX}TRAIN_NICE={settings.train_nice}: must be 0 (unchanged) to 19")
         if settings.pipeline_depth < 1:
             raise ValueError(f"{PREFIX}PIPELINE_DEPTH={settings.pipeline_depth}: must be at least 1")
         if settings.event_loop not in ("auto", "uvloop", "asyncio"):

@@ -61,7 +61,7 @@ from tests.benchmarks.common import REPO, RESULTS, header, median, ratio
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline", "pipeline_notrain",
-            "pipeline_notrain_d1", "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_2w", "naive")
+            "pipeline_notrain_d1", "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_split", "pipeline_2w", "naive")
 # Latency phases cost ~10-20 s each: the design and its baseline at every rate; the rank path alone
 # (no trainer in the worker) at 50% on the first catalogue, to show what the trainer costs in latency.
 # Worker variants: (which app runs, how its settings differ from the pipeline's defaults).
@@ -71,17 +71,19 @@ WORKER_VARIANTS = {
     "pipeline_notrain_d1": ("pipeline", {"train_enabled": False, "pipeline_depth": 1}),
     "pipeline_notrain_d2": ("pipeline", {"train_enabled": False, "pipeline_depth": 2}),
     "pipeline_nomerge": ("pipeline", {"batch_merge": False, "batch_within_s": 0.02}),
+    # a rank-only worker beside a dedicated trainer process (ATTNFLOW_ROLE=train, niced) on the same cores
+    "pipeline_split": ("pipeline", {"role": "rank"}),
     "pipeline_2w": ("pipeline", {}),
     "naive": ("naive", {}),
     "noop_faust": ("noop", {}),
     "noop_faust_asyncio": ("noop", {"event_loop": "asyncio"}),
 }
 LATENCY_VARIANTS = ("pipeline", "naive", "pipeline_notrain", "pipeline_notrain_d1", "pipeline_notrain_d2",
-                    "pipeline_nomerge")
+                    "pipeline_nomerge", "pipeline_split")
 # Measured on the first catalogue only (time budget): the baselines that never look at item ids, and the
 # pipeline variants whose question (trainer cost, scaling) the first catalogue answers.
 FIRST_CATALOGUE_ONLY = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline_notrain", "pipeline_notrain_d1",
-                        "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_2w")
+                        "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_split", "pipeline_2w")
 EVENT_TYPES = ("view", "click", "cart", "purchase")
 TYPE_P = (0.75, 0.15, 0.07, 0.03)
 SCENES = ("default", "home", "search", "product")
@@ -596,11 +598,12 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
     workers = []
     for i in range(n_workers):
         workers.append(start_worker(kind, replace(settings, web_port=free_port()) if i else settings, ctx.log_dir))
+    trainers = start_trainers(name, settings, ctx)
     out: dict = {"workers": n_workers}
     profiler = None
     try:
         ready_started = time.perf_counter()
-        wait_ready(workers)
+        wait_ready(workers + trainers)
         out["start_to_ready_s"] = time.perf_counter() - ready_started
         info0 = redis_info(ctx.redis)
         stats0 = sum((w.stats() or {}).get("events", 0) for w in workers)
@@ -620,6 +623,9 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
         out["memory"] = [w.status() for w in workers]
         out["lag_after"] = ctx.kafka.lag(settings.app_id, TopicNames.of(settings).events, settings.partitions)
         out["worker_stats"] = snaps
+        if trainers:
+            out["trainer_stats"] = [t.stats() or {} for t in trainers]
+            out["trainer_memory"] = [t.status() for t in trainers]
         if kind == "pipeline":
             out["compiles_after_ready"] = [w.compiles_since_ready() for w in workers]
         out["settings"] = {k: v for k, v in settings.as_env().items() if "URL" not in k and "BOOTSTRAP" not in k}
@@ -635,7 +641,7 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
         if args.latency_s > 0 and base and fractions and latency_wanted:
             # Live traffic goes to a fresh namespace (own topic, keys, group) so the backlog topic stays
             # identical for every variant and the worker starts with an empty lag.
-            stop_workers(workers)
+            stop_workers(workers + trainers)
             clear_namespace(settings)
             settings = replace(settings, topic_prefix=f"{settings.topic_prefix}live-{name}.",
                                app_id=settings.app_id + "-live", redis_prefix=settings.redis_prefix + "-live",
@@ -643,7 +649,8 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
             ensure_topics(settings)
             register_catalogue(settings, dataset)
             workers = [start_worker(kind, settings, ctx.log_dir)]
-            wait_ready(workers)
+            trainers = start_trainers(name, settings, ctx)
+            wait_ready(workers + trainers)
             out["latency_group_stable"] = wait_stable(ctx.kafka, settings.app_id, 1)
             out["latency"] = {}
             for fraction in fractions:
@@ -658,7 +665,7 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
                 out["latency"][f"{fraction:.2f}"] = phase
             out["memory_after_latency"] = [w.status() for w in workers]
             # the live worker's own counters: what its trainer learned, and skipped, under live load
-            out["worker_stats_after_latency"] = [w.stats() or {} for w in workers]
+            out["worker_stats_after_latency"] = [w.stats() or {} for w in workers + trainers]
             if kind == "pipeline":
                 out["compiles_after_ready_live"] = [w.compiles_since_ready() for w in workers]
     except Exception as exc:  # noqa: BLE001 -- a benchmark records failures, it does not abort the run
@@ -667,8 +674,8 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
     finally:
         if profiler is not None and profiler.poll() is None:
             profiler.kill()
-        stop_workers(workers)
-        out["logs"] = [str(w.log_path) for w in workers]
+        stop_workers(workers + trainers)
+        out["logs"] = [str(w.log_path) for w in workers + trainers]
         if kind != "noop":
             clear_namespace(settings)
         if settings.topic_prefix != ds_settings.topic_prefix and args.delete_topics:
@@ -676,6 +683,13 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
 
             delete_topics(settings)
     return out
+
+
+def start_trainers(name: str, settings: Settings, ctx: Context) -> list[Worker]:
+    """The dedicated trainer beside a rank-only worker (``pipeline_split``), in the same group and namespace."""
+    if WORKER_VARIANTS[name][1].get("role") != "rank" or not settings.train_enabled:
+        return []
+    return [start_worker("pipeline", replace(settings, role="train", web_port=free_port()), ctx.log_dir)]
 
 
 def wait_stable(kafka: Kafka, group: str, members: int, timeout_s: float = 60.0) -> bool:

@@ -2,6 +2,7 @@
 trainer, which publishes a snapshot; both rank workers pick it up without restarting."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -16,15 +17,25 @@ from tests.integration.test_pipeline import CATALOGUE, Producer, USERS
 pytestmark = pytest.mark.integration
 
 
-def test_snapshot_published_and_hot_reloaded_by_every_worker(settings, redis_store, tmp_path):
-    settings = type(settings).from_env(**{**settings.__dict__, "snapshot_interval_s": 2.0, "train_batch_size": 16})
-    second = type(settings).from_env(**{**settings.__dict__, "web_port": _free_port()})
+def nice_of(pid: int) -> int:
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[16])  # field 19: nice
+
+
+@pytest.mark.parametrize("roles", [("all", "all"), ("rank", "train")], ids=["two-workers", "rank-and-trainer"])
+def test_snapshot_published_and_hot_reloaded_by_every_worker(settings, redis_store, tmp_path, roles):
+    """Two full workers (one of them trains), or a rank-only worker beside a dedicated, niced trainer."""
+    settings = type(settings).from_env(**{**settings.__dict__, "snapshot_interval_s": 2.0, "train_batch_size": 16,
+                                          "role": roles[0]})
+    second = type(settings).from_env(**{**settings.__dict__, "web_port": _free_port(), "role": roles[1]})
     ensure_topics(settings)
     producer = Producer(settings)
     workers = [start_worker(settings, tmp_path / "a.log"), start_worker(second, tmp_path / "b.log")]
     try:
         for process, s in zip(workers, (settings, second)):
             wait_ready(s.web_port, process)
+        base = os.nice(0)  # the workers inherit this process's nice value
+        want_nice = [min(19, base + settings.train_nice) if role == "train" else base for role in roles]
+        assert [nice_of(process.pid) for process in workers] == want_nice
         for step in range(6):
             for user in USERS:
                 producer.event(user, CATALOGUE[(step * 5 + len(user) * 3) % 40], "click", 1_700_000_000.0 + step)
@@ -37,6 +48,8 @@ def test_snapshot_published_and_hot_reloaded_by_every_worker(settings, redis_sto
         assert meta["steps"] >= 1 and meta["examples"] >= 16
         trainers = [worker_stats(s.web_port)["trainer"] for s in (settings, second)]
         assert sorted(t["examples"] > 0 for t in trainers) == [False, True], "exactly one worker trains"
+        if roles[1] == "train":
+            assert trainers[1]["examples"] > 0, "the dedicated trainer is the one that learns"
 
         # after the snapshot, every user's next list comes from it, whichever worker owns the user
         sent_before = len(producer.sent)

@@ -53,5 +53,7 @@ def test_settings_reject_bad_configuration():
         Settings.from_env({"ATTNFLOW_SCENES": "home,search"})
     with pytest.raises(ValueError, match="mask_types has unknown event types"):
         Settings.from_env({"ATTNFLOW_MASK_TYPES": "like"})
+    with pytest.raises(ValueError, match="TRAIN_NICE=20"):
+        Settings.from_env({"ATTNFLOW_TRAIN_NICE": "20"})
     assert Settings.from_env({"ATTNFLOW_SCENES": "default, home"}).scenes == ("default", "home")
     assert Settings.from_env(Settings().as_env()) == Settings()
