@@ -131,11 +131,13 @@ def bench_tables(data: dict) -> list[str]:
             for fraction in ("0.25", "0.50", "0.75"):
                 if m.get(f"latency@{fraction}_stage_engine_ms") is not None:
                     rows.append(f"| {int(items):,} | {v} | {float(fraction):.0%} | {_fmt(m.get(f'latency@{fraction}_mean_ms'))} | "
-                                + " | ".join(_fmt(m.get(f"latency@{fraction}_stage_{st}_ms"), 1) for st in STAGES) + " |")
+                                + " | ".join(_fmt(m.get(f"latency@{fraction}_stage_{st}_ms"), 1) for st in STAGES)
+                                + f" | {_share(m.get('live_train_examples_per_event'))} |")
     if rows:
         out += ["", "Where the time goes: mean ms per event in each stage of the worker during the latency phases "
                 "(`/stats` stages; the recommendation is stamped during `deliver`, so the mean latency ends there):", "",
-                "| items | variant | rate | mean latency | " + " | ".join(STAGES) + " |", "|---|---|---|---|" + "---|" * len(STAGES)]
+                "| items | variant | rate | mean latency | " + " | ".join(STAGES) + " | live events the trainer learned from |",
+                "|---|---|---|---|" + "---|" * (len(STAGES) + 1)]
         out += rows
     known = {items: {k: v for k, v in r.items() if v is not None} for items, r in ratios.items()}
     out += ["", "Ratios: " + "; ".join(f"{items} items: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items())

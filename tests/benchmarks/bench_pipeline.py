@@ -800,9 +800,13 @@ def medians(runs: list[dict], sizes: list[int]) -> dict:
                 snaps = v.get("worker_stats") or []
                 kind, overrides = WORKER_VARIANTS.get(name, ("", {}))
                 if kind == "pipeline" and overrides.get("train_enabled", True):
-                    # how much of the stream the online trainer had learned from when the backlog was done
-                    learned = sum((s.get("trainer") or {}).get("examples", 0) for s in snaps)
-                    per[name]["train_examples_per_event"].append(learned / max(sum(s.get("events", 0) for s in snaps), 1))
+                    # how much of the stream the online trainer (in a worker or on its own) had learned
+                    # from when the backlog was done, and after the live phases
+                    for key, ranked in (("train_examples_per_event", snaps + (v.get("trainer_stats") or [])),
+                                        ("live_train_examples_per_event", v.get("worker_stats_after_latency") or [])):
+                        if ranked:
+                            learned = sum((s.get("trainer") or {}).get("examples", 0) for s in ranked)
+                            per[name][key].append(learned / max(sum(s.get("events", 0) for s in ranked), 1))
                 for s in snaps:
                     for q in ("kernel_seconds", "batch_seconds", "batch_size"):
                         if isinstance(s.get(q), dict) and s[q].get("p50") is not None:
@@ -842,6 +846,7 @@ def ratios(med: dict) -> dict:
             "pipeline_notrain_over_depth1": ratio(own("pipeline_notrain"), own("pipeline_notrain_d1")),
             "pipeline_notrain_over_depth2": ratio(own("pipeline_notrain"), own("pipeline_notrain_d2")),
             "pipeline_over_nomerge": ratio(get("pipeline"), own("pipeline_nomerge")),
+            "pipeline_split_over_pipeline": ratio(own("pipeline_split"), get("pipeline")),
         }
     return out
 
