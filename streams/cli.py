@@ -199,8 +199,9 @@ def cmd_demo(args, settings):
     total = len(events_log) if args.limit is None else min(args.limit, len(events_log))
     print(f"\n== {events_log.name}: replaying {total} of {len(events_log)} events "
           f"({events_log.n_users} users, {events_log.n_items} items) ==")
-    print("   note: item embeddings are untrained (index-seeded) until online training lands; "
-          "the hit rate below measures the pipeline, not a tuned model.\n")
+    print("   note: unless `attnflow bootstrap` published parameters, item vectors start untrained "
+          "(index-seeded) and are learned online during the replay; the hit rate below measures the "
+          "pipeline, not a tuned model.\n")
     log_path = REPO / ".attnflow" / "demo-worker.log"
     worker = start_worker(settings, log_path)
     try:
