@@ -233,7 +233,8 @@ def bench_catalogue(n_items: int, args, log) -> dict:
     # Chunked running top-K vs one matmul over the whole table, at a large and a small batch.
     candidates = sorted({c for c in (capacity, 262144, 65536, 32768, 16384, 8192, 4096, 2048)
                          if c <= capacity and capacity % c == 0}, reverse=True)
-    chunks = sorted(set(candidates[: args.max_chunks]) | {cfg.item_chunk} & set(candidates), reverse=True)  # always the default
+    default = min(cfg.item_chunk, capacity)  # what the default chunk scores per step on this table
+    chunks = sorted(set(candidates[: args.max_chunks]) | {default} & set(candidates), reverse=True)  # always the default
     out["chunking"] = []
     for b in sorted({B, min(B, 32)}, reverse=True):
         sub = make_inputs(cfg, b, n_items, seed=1)

@@ -21,7 +21,9 @@ def test_kernel_benchmark_runs_and_matches_reference(tmp_path):
     assert {"command", "machine", "date", "git", "parameters", "results"} <= set(report)
     assert {"platform", "cpu_model", "cores", "python", "jax"} <= set(report["machine"])
     result = report["results"]["1000"]
-    assert set(result["step"]) == {"jit", "numpy_vectorised", "reference_loop"}
+    assert set(result["step"]) == {"jit", "jit_device_resident", "numpy_vectorised", "reference_loop"}
+    assert min(result["default_chunk"], result["table_rows"]) in {row["chunk"] for row in result["chunking"]}, (
+        "the default chunk is always timed")
     for row in result["step"].values():
         assert row["median_ms"] > 0 and row["per_user_us"] > 0
     assert result["chunking"] and result["batch_sizes"] and result["speedup"]["jit_over_reference_loop"]
@@ -37,6 +39,8 @@ def test_benchmarked_kernel_top_k_equals_reference(chunk):
     params = bench_kernel.bench_params(cfg, capacity_for(n_items, 1024))
     inputs = bench_kernel.make_inputs(cfg, B, n_items, seed=3)
     jit_items, jit_scores = bench_kernel.jit_step(params, inputs, cfg, chunk)
+    resident_items = np.asarray(bench_kernel.resident_step(params, inputs, cfg, chunk)()[2])
+    assert resident_items.tolist() == jit_items.tolist(), "the device-resident timing runs another computation"
     ref_items, ref_scores = bench_kernel.reference_step(params, inputs, cfg, B)
     np_items, _ = bench_kernel.numpy_step(bench_kernel.numpy_params(params), inputs, cfg)
     assert jit_items.tolist() == ref_items.tolist()
