@@ -194,8 +194,8 @@ def summary(seconds: list[float], users: int) -> dict:
 def bench_catalogue(n_items: int, args, log) -> dict:
     capacity = capacity_for(n_items, 16384 if n_items > 1024 else 1024)
     cfg = EngineConfig(dim=args.dim, history=args.history, k=args.k, initial_capacity=capacity,
-                       max_batch=max(args.batch, 8))  # the engine's own chunk: what a worker runs
-    cfg = replace(cfg, item_chunk=kernels.resolve_chunk(cfg.item_chunk))  # the backend's default, by name
+                       max_batch=max(args.batch, 8))
+    cfg = replace(cfg, item_chunk=kernels.resolve_chunk(cfg.item_chunk))  # the chunk a worker here runs, by number
     params = bench_params(cfg, capacity)
     inputs = make_inputs(cfg, args.batch, n_items)
     p_np = numpy_params(params)
@@ -290,8 +290,7 @@ def table(results: dict) -> str:
         jit = r["step"]["jit"]["per_user_us"]
         for name, row in r["step"].items():
             batch_ms = row.get("batch_ms_extrapolated", row["median_ms"])
-            agree = {"jit": r["agreement"]["jit_vs_reference"], "numpy_vectorised": r["agreement"]["numpy_vs_reference"],
-                     "jit_device_resident": None}
+            agree = {"jit": r["agreement"]["jit_vs_reference"], "numpy_vectorised": r["agreement"]["numpy_vs_reference"]}
             lines.append(f"{r['n_items']:>8} {name:<18} {batch_ms:>10.2f} {row['per_user_us']:>10.2f} "
                          f"{row['per_user_us'] / jit:>12.1f}x  "
                          f"{'' if agree.get(name) is None else f'{agree[name]:.3f} vs reference'}")

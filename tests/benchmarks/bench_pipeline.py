@@ -19,6 +19,8 @@ topic with its own consumer group:
 - ``pipeline_nomerge``: the pipeline batched as before dynamic batching (``ATTNFLOW_BATCH_MERGE=0``,
   ``ATTNFLOW_BATCH_WITHIN_S=0.02``): every 20 ms take of Faust's ``take_events`` is a batch of its
   own, instead of joining a batch that still waits for the engine;
+- ``pipeline_split``: a rank-only worker (``ATTNFLOW_ROLE=rank``) beside a dedicated trainer process
+  (``ATTNFLOW_ROLE=train``, at ``ATTNFLOW_TRAIN_NICE``) on the same cores;
 - ``pipeline_2w``: two rank workers in one group (4 partitions);
 - ``naive``: ``tests.benchmarks.naive_app`` (per event: GET, NumPy full scoring, SET, one send);
 - ``noop_faust``: ``tests.benchmarks.noop_app`` (take_events and count: Faust's ceiling);
@@ -633,7 +635,7 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
         fractions = fractions_for(args, name, dataset.n_items, profile)
         latency_wanted = name in LATENCY_VARIANTS or (profile and kind == "pipeline")
         # Fractions of a fixed rate when comparing runs with each other. Otherwise the pipeline's variants
-        # (no trainer, depths, batching) run at the pipeline's maximum in this run, so that their latency
+        # (no trainer, depths, batching, dedicated trainer) run at the pipeline's maximum in this run, so that their latency
         # rows compare at equal load; the pipeline and the baselines at their own maximum.
         same_load = kind == "pipeline" and name != "pipeline" and max_rates.get("pipeline")
         base = args.latency_base_rate or same_load or rate
@@ -802,11 +804,11 @@ def medians(runs: list[dict], sizes: list[int]) -> dict:
                 if kind == "pipeline" and overrides.get("train_enabled", True):
                     # how much of the stream the online trainer (in a worker or on its own) had learned
                     # from when the backlog was done, and after the live phases
-                    for key, ranked in (("train_examples_per_event", snaps + (v.get("trainer_stats") or [])),
-                                        ("live_train_examples_per_event", v.get("worker_stats_after_latency") or [])):
-                        if ranked:
-                            learned = sum((s.get("trainer") or {}).get("examples", 0) for s in ranked)
-                            per[name][key].append(learned / max(sum(s.get("events", 0) for s in ranked), 1))
+                    for key, stats in (("train_examples_per_event", snaps + (v.get("trainer_stats") or [])),
+                                       ("live_train_examples_per_event", v.get("worker_stats_after_latency") or [])):
+                        if stats:
+                            learned = sum((s.get("trainer") or {}).get("examples", 0) for s in stats)
+                            per[name][key].append(learned / max(sum(s.get("events", 0) for s in stats), 1))
                 for s in snaps:
                     for q in ("kernel_seconds", "batch_seconds", "batch_size"):
                         if isinstance(s.get(q), dict) and s[q].get("p50") is not None:
