@@ -139,6 +139,7 @@ def bench_tables(data: dict) -> list[str]:
                 "| items | variant | rate | mean latency | " + " | ".join(STAGES) + " | live events the trainer learned from |",
                 "|---|---|---|---|" + "---|" * (len(STAGES) + 1)]
         out += rows
+    out += _cpu_lines(medians)
     known = {items: {k: v for k, v in r.items() if v is not None} for items, r in ratios.items()}
     out += ["", "Ratios: " + "; ".join(f"{items} items: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items())
                                      for items, r in sorted(known.items(), key=lambda kv: int(kv[0])) if r)]
@@ -146,6 +147,37 @@ def bench_tables(data: dict) -> list[str]:
     out += ["", f"Command: `{shlex.join(data['command']) if isinstance(data.get('command'), list) else data.get('command')}`",
             f"Machine: {json.dumps(data.get('machine', {}), sort_keys=True)}", ""]
     return out
+
+
+CPU_PARTS = (("worker", "worker"), ("trainer", "dedicated trainer"), ("kafka_broker", "Kafka broker"),
+             ("redis", "Redis"), ("benchmark", "benchmark process"), ("other", "rest of the machine"))
+
+
+def _cpu_lines(medians: dict) -> list[str]:
+    """CPU µs per event by process (``tests.benchmarks.cpu``): at max throughput, and in the latency phases."""
+    def row(items, name, label, m, prefix=""):
+        total = m.get(f"{prefix}cpu_us_per_event_total")
+        if total is None:
+            return None
+        ceiling = _fmt(m.get("cpu_ceiling_events_per_s")) if not prefix else "–"
+        return (f"| {int(items):,} | {name} | {label} | {_fmt(total)} | "
+                + " | ".join(_fmt(m.get(f"{prefix}cpu_us_per_event_{key}")) for key, _ in CPU_PARTS)
+                + f" | {_share(m.get(f'{prefix}machine_utilisation'))} | {ceiling} |")
+
+    rows = []
+    for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
+        for v, m in by_variant.items():
+            rows.append(row(items, v, "max", m))
+            for fraction in ("0.25", "0.50", "0.75"):
+                rows.append(row(items, v, f"{float(fraction):.0%}", m, f"latency@{fraction}_"))
+    rows = [r for r in rows if r]
+    if not rows:
+        return []
+    return ["", "CPU per event (µs, all cores, from `/proc`) by process, and how busy the whole machine was: at the "
+            "maximum rate (the backlog) and in the latency phases. The ceiling is cores ÷ total CPU per event: the "
+            "rate at which every core would be busy at that cost per event (a dash: no such process in that variant):", "",
+            "| items | variant | load | total | " + " | ".join(label for _, label in CPU_PARTS)
+            + " | machine busy | ceiling events/s |", "|---|---|---|---|" + "---|" * (len(CPU_PARTS) + 2), *rows]
 
 
 def _profile_lines(profile: dict) -> list[str]:

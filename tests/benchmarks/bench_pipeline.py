@@ -60,6 +60,7 @@ from streams.metrics import STAGES
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
 from tests.benchmarks.common import REPO, RESULTS, header, median, ratio
+from tests.benchmarks.cpu import CpuMeter, listener_pid
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline", "pipeline_notrain",
@@ -412,8 +413,10 @@ def redis_delta(before: dict, after: dict, events: int, kind: str = "pipeline") 
 # ---- phases --------------------------------------------------------------------------------
 
 def consume_backlog(workers: list[Worker], target: int, cap_s: float, kafka: Kafka, group: str,
-                    desc: str, start_timeout_s: float = 120.0) -> dict:
-    """Poll ``/stats`` until the workers counted ``target`` events; rate from first event (or stable group)."""
+                    desc: str, start_timeout_s: float = 120.0, meter: CpuMeter | None = None) -> dict:
+    """Poll ``/stats`` until the workers counted ``target`` events; rate from first event (or stable group).
+
+    With ``meter``, also the CPU per event of each process it watches, from the first event on."""
     from tqdm import tqdm
 
     samples = []
@@ -432,6 +435,7 @@ def consume_backlog(workers: list[Worker], target: int, cap_s: float, kafka: Kaf
             if t_first is None and total > 0:
                 t_first, c_first = now, total
                 cpu0 = [w.status()["cpu_s"] or 0.0 for w in workers]
+                cpu_first = meter.sample() if meter else None
             if len(workers) > 1 and t_stable is None and t_first is not None:
                 state, members = kafka.group_members(group)
                 if state == "Stable" and members >= len(workers) and all(c > 0 for c in counts):
@@ -447,6 +451,7 @@ def consume_backlog(workers: list[Worker], target: int, cap_s: float, kafka: Kaf
                 return {"events_per_s": None, "error": "a worker exited", "counts": counts}
             time.sleep(0.1)
     t_end = samples[-1][0]
+    cpu_usage = meter.delta(cpu_first, meter.sample(), total - c_first) if meter else None
     if len(workers) > 1 and t_stable is None:
         t_stable, c_stable = t_first, c_first  # never observed stable: whole window, flagged
     t0, c0 = (t_stable, c_stable) if len(workers) > 1 else (t_first, c_first)
@@ -467,6 +472,7 @@ def consume_backlog(workers: list[Worker], target: int, cap_s: float, kafka: Kaf
         "per_worker_events": counts,
         "worker_cpu_utilisation": [(b - a) / (t_end - t_first) if t_end > t_first else None
                                    for a, b in zip(cpu0, cpu1)],
+        "cpu": cpu_usage,
     }
 
 
@@ -500,13 +506,18 @@ async def _raw_consume(bootstrap: str, topic: str, group: str, target: int, cap_
 
 
 def latency_phase(workers: list[Worker], kafka: Kafka, dataset: Dataset, rate: float, seconds: float,
-                  drain_s: float, desc: str) -> dict:
-    """Produce at ``rate`` with a caught-up worker; latency = recommendation timestamp - event ``ts``."""
+                  drain_s: float, desc: str, meter: CpuMeter | None = None) -> dict:
+    """Produce at ``rate`` with a caught-up worker; latency = recommendation timestamp - event ``ts``.
+
+    With ``meter``, also the CPU per event of each process it watches while the load is sent (the
+    benchmark's own share is the load generator)."""
     settings = workers[0].settings
     names = TopicNames.of(settings)
     before = kafka.end_offsets(names.recommendations, settings.partitions)
     stats0 = [w.stats() or {} for w in workers]
+    cpu_before = meter.sample() if meter else None
     sent = produce_at_rate(settings, dataset, rate, seconds, desc)
+    cpu_usage = meter.delta(cpu_before, meter.sample(), sent["sent"]) if meter else None
     target = sum(s.get("events", 0) for s in stats0) + sent["sent"]
     deadline = time.time() + drain_s
     while time.time() < deadline:
@@ -551,7 +562,7 @@ def latency_phase(workers: list[Worker], kafka: Kafka, dataset: Dataset, rate: f
             "drained": consumed >= sent["sent"], "mean_batch_events": consumed / batches if batches else None,
             "event_to_recommendation": pct(lat_kafka), "event_to_emit": pct(lat_emit),
             "event_to_recommendation_mean_ms": 1e3 * float(np.mean(lat_kafka)) if lat_kafka else None,
-            "stage_mean_ms": stage_means(),
+            "stage_mean_ms": stage_means(), "cpu": cpu_usage,
             "worker_batch_ms": window("batch_seconds"), "worker_kernel_ms": window("kernel_seconds")}
 
 
@@ -565,6 +576,29 @@ class Context:
     redis: object
     log_dir: Path
     tag: str
+    services: dict = field(default_factory=dict)  # pids of the broker and Redis, when they run on this machine
+
+    def meter(self, workers: list[Worker], trainers: list[Worker] = ()) -> CpuMeter:
+        """CPU accounting for one variant: its processes, the services, and this process (load generator)."""
+        return CpuMeter({"worker": [w.process.pid for w in workers], "trainer": [t.process.pid for t in trainers],
+                         **{name: [pid] for name, pid in self.services.items()}, "benchmark": [os.getpid()]})
+
+
+def service_pids(settings: Settings, client) -> dict:
+    """The broker's and Redis's pids when they listen on this machine (their CPU counts per event too)."""
+    from urllib.parse import urlparse
+
+    pids = {}
+    host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
+    if host in ("127.0.0.1", "localhost", "::1") and port.isdigit():
+        pids["kafka broker"] = listener_pid(int(port))
+    try:
+        pid = int(client.info("server")["process_id"])
+        local = urlparse(settings.redis_url).hostname in ("127.0.0.1", "localhost", "::1")
+        pids["redis"] = pid if local and Path(f"/proc/{pid}").exists() else None
+    except Exception:  # noqa: BLE001 -- accounting is optional; the benchmark runs without it
+        pids["redis"] = None
+    return {name: pid for name, pid in pids.items() if pid}
 
 
 def variant_settings(ctx: Context, dataset_settings: Settings, name: str, run: int) -> Settings:
@@ -613,7 +647,8 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
             profiler = start_profiler(workers[0], ctx)
         cap = args.naive_cap_s if kind == "naive" else args.cap_s
         out["throughput"] = consume_backlog(workers, args.events, cap, ctx.kafka, settings.app_id,
-                                            desc=f"r{run} {dataset.n_items // 1000}k {name}")
+                                            desc=f"r{run} {dataset.n_items // 1000}k {name}",
+                                            meter=ctx.meter(workers, trainers))
         time.sleep(1.0)  # last batch's state write and output flush
         if profiler is not None:
             out["profile"] = stop_profiler(profiler, out["throughput"].get("seconds"))
@@ -660,7 +695,8 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
                     profiler = start_profiler(workers[0], ctx, suffix=f"-at-{fraction:.2f}")
                 phase = latency_phase(workers, ctx.kafka, dataset, base * fraction, args.latency_s,
                                       drain_s=args.latency_s + 15,
-                                      desc=f"r{run} {dataset.n_items // 1000}k {name} @{fraction:.0%}")
+                                      desc=f"r{run} {dataset.n_items // 1000}k {name} @{fraction:.0%}",
+                                      meter=ctx.meter(workers, trainers))
                 if profiler is not None:
                     phase["profile"] = stop_profiler(profiler, args.latency_s)
                     profiler = None
@@ -796,6 +832,7 @@ def medians(runs: list[dict], sizes: list[int]) -> dict:
                 per[name]["events_per_s_per_worker"].append(t.get("events_per_s_per_worker"))
                 if t.get("worker_cpu_utilisation"):
                     per[name]["worker_cpu_utilisation"].append(median(t["worker_cpu_utilisation"]))
+                add_cpu(per[name], "", t.get("cpu"))
                 for key, value in (v.get("redis") or {}).items():
                     if key.endswith("_per_event") and isinstance(value, (int, float)):
                         per[name][f"redis_{key}"].append(value)
@@ -827,8 +864,21 @@ def medians(runs: list[dict], sizes: list[int]) -> dict:
                     per[name][f"latency@{fraction}_mean_ms"].append(lat.get("event_to_recommendation_mean_ms"))
                     for stage, ms in (lat.get("stage_mean_ms") or {}).items():
                         per[name][f"latency@{fraction}_stage_{stage}_ms"].append(ms)
+                    add_cpu(per[name], f"latency@{fraction}_", lat.get("cpu"))
         out[str(n)] = {name: {k: median(vals) for k, vals in metrics.items()} for name, metrics in per.items()}
     return out
+
+
+def add_cpu(metrics: dict, prefix: str, usage: dict | None) -> None:
+    """A phase's CPU accounting (``tests.benchmarks.cpu``) as flat metrics: µs per event by process."""
+    if not usage:
+        return
+    for process, us in (usage.get("cpu_us_per_event") or {}).items():
+        metrics[f"{prefix}cpu_us_per_event_{process.replace(' ', '_')}"].append(us)
+    metrics[f"{prefix}cpu_us_per_event_total"].append(usage.get("total_us_per_event"))
+    metrics[f"{prefix}machine_utilisation"].append(usage.get("machine_utilisation"))
+    if not prefix:
+        metrics["cpu_ceiling_events_per_s"].append(usage.get("ceiling_events_per_s"))
 
 
 def ratios(med: dict) -> dict:
@@ -870,6 +920,18 @@ def table(med: dict, rat: dict, fractions) -> str:
                          f"{f(v.get('redis_round_trips_per_event'), '.4f'):>8} {f(v.get('redis_bytes_in_per_event')):>8} "
                          f"{f(v.get('redis_bytes_out_per_event')):>8} {f(v.get('rss_mib')):>8} "
                          f"{f(v.get('train_examples_per_event'), '.0%'):>7}")
+    lines.append("")
+    parts = ("worker", "trainer", "kafka_broker", "redis", "benchmark", "other")
+    lines.append(f"{'items':>7} {'variant':<13} {'CPU us/ev':>9} " + " ".join(f"{p[:9]:>9}" for p in parts)
+                 + f" {'machine':>7} {'ceiling/s':>9}")
+    for n, m in med.items():
+        for name in VARIANTS:
+            v = m.get(name) or {}
+            if v.get("cpu_us_per_event_total") is None:
+                continue
+            lines.append(f"{n:>7} {name:<13} {f(v['cpu_us_per_event_total']):>9} "
+                         + " ".join(f"{f(v.get(f'cpu_us_per_event_{p}')):>9}" for p in parts)
+                         + f" {f(v.get('machine_utilisation'), '.0%'):>7} {f(v.get('cpu_ceiling_events_per_s')):>9}")
     lines.append("")
     lines.append(f"{'items':>7} {'variant':<13} {'load':>5} {'rate/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'ev/batch':>8}")
     for n, m in med.items():
@@ -934,7 +996,8 @@ def main(argv=None) -> dict:
     args.log_dir.mkdir(parents=True, exist_ok=True)
     client = redis.Redis.from_url(base.redis_url)
     kafka = Kafka(base.kafka_bootstrap)
-    ctx = Context(args, base, kafka, client, args.log_dir, tag)
+    ctx = Context(args, base, kafka, client, args.log_dir, tag, service_pids(base, client))
+    log(f"CPU accounting: {', '.join(f'{k} pid {v}' for k, v in ctx.services.items()) or 'no local services found'}")
     report = header()
     report["parameters"] = {
         "quick": args.quick, "runs": args.runs, "events": args.events, "users": args.events // 5, "items": args.items,

@@ -1,0 +1,73 @@
+"""The benchmark's CPU accounting: it finds the processes it should watch and charges CPU to the right one."""
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.benchmarks import bench_pipeline
+from tests.benchmarks.cpu import CpuMeter, listener_pid, process_cpu_s
+
+
+def test_listener_pid_finds_the_process_listening_on_a_port():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert listener_pid(server.getsockname()[1]) == os.getpid()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening
+        assert listener_pid(port) is None
+
+
+def test_meter_charges_a_busy_child_to_its_group_and_an_idle_one_nothing():
+    spin = ("import sys, time\ninput()\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\n"
+            "print('done', flush=True)\ntime.sleep(10)\n")  # spins 0.4 s of CPU when told, then stays alive
+    busy = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    try:
+        time.sleep(0.2)  # both interpreters started
+        meter = CpuMeter({"busy": [busy.pid], "idle": [idle.pid], "none": []})
+        assert set(meter.groups) == {"busy", "idle"}, "a group without processes is not reported"
+        before = meter.sample()
+        busy.stdin.write("go\n")
+        busy.stdin.flush()
+        assert busy.stdout.readline().strip() == "done"
+        usage = meter.delta(before, meter.sample(), events=1000)
+    finally:
+        busy.kill()
+        idle.kill()
+    assert usage["cpu_s"]["busy"] == pytest.approx(0.4, abs=0.15)
+    assert usage["cpu_s"]["idle"] < 0.05
+    assert usage["cpu_us_per_event"]["busy"] == pytest.approx(1e6 * usage["cpu_s"]["busy"] / 1000)
+    assert usage["cpu_s"]["other"] >= 0.0
+    assert usage["total_us_per_event"] >= usage["cpu_us_per_event"]["busy"]
+    assert 0.0 < usage["machine_utilisation"] <= 1.0
+    assert usage["ceiling_events_per_s"] == pytest.approx(usage["cores"] * 1e6 / usage["total_us_per_event"])
+
+
+def test_meter_reports_a_vanished_process_as_unknown_not_zero():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(10)
+    assert process_cpu_s(child.pid) is None
+    meter = CpuMeter({"gone": [child.pid]})
+    usage = meter.delta(meter.sample(), meter.sample(), events=10)
+    assert usage["cpu_s"]["gone"] is None and usage["cpu_us_per_event"]["gone"] is None
+
+
+def test_medians_flatten_the_accounting_per_process():
+    metrics = collections.defaultdict(list)
+    usage = {"cpu_us_per_event": {"worker": 200.0, "kafka broker": 10.0}, "total_us_per_event": 250.0,
+             "machine_utilisation": 0.6, "ceiling_events_per_s": 8000.0}
+    bench_pipeline.add_cpu(metrics, "", usage)
+    bench_pipeline.add_cpu(metrics, "latency@0.50_", usage)
+    bench_pipeline.add_cpu(metrics, "", None)
+    assert metrics["cpu_us_per_event_kafka_broker"] == [10.0]
+    assert metrics["cpu_ceiling_events_per_s"] == [8000.0]
+    assert metrics["latency@0.50_cpu_us_per_event_worker"] == [200.0]
+    assert "latency@0.50_cpu_ceiling_events_per_s" not in metrics

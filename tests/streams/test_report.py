@@ -1,0 +1,22 @@
+"""The README's results block renders what the benchmark measured, and nothing it did not."""
+from __future__ import annotations
+
+from streams import report
+
+
+def test_cpu_table_renders_measured_variants_only():
+    medians = {"10000": {
+        "pipeline": {"cpu_us_per_event_total": 280.4, "cpu_us_per_event_worker": 252.0,
+                     "cpu_us_per_event_kafka_broker": 11.0, "machine_utilisation": 0.66,
+                     "cpu_ceiling_events_per_s": 7135.0,
+                     "latency@0.50_cpu_us_per_event_total": 641.0, "latency@0.50_cpu_us_per_event_worker": 433.0,
+                     "latency@0.50_machine_utilisation": 0.74},
+        "naive": {"events_per_s": 700.0},  # measured before the accounting existed: no row
+    }}
+    lines = report._cpu_lines(medians)
+    rows = [line for line in lines if line.startswith("| 10,000")]
+    assert rows == [
+        "| 10,000 | pipeline | max | 280 | 252 | – | 11 | – | – | – | 66% | 7,135 |",
+        "| 10,000 | pipeline | 50% | 641 | 433 | – | – | – | – | – | 74% | – |",
+    ]
+    assert report._cpu_lines({"10000": {"naive": {"events_per_s": 700.0}}}) == []
