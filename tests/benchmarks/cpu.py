@@ -94,7 +94,8 @@ class CpuMeter:
         named = sum(v for v in per.values() if v is not None)
         if machine is not None:
             per["other"] = max(machine - named, 0.0)
-        total = machine if machine is not None else named
+        # /proc/stat and /proc/PID/stat tick separately: the machine never did less than its processes
+        total = max(machine, named) if machine is not None else named
         us = (lambda s: 1e6 * s / events if s is not None and events else None)  # noqa: E731
         return {
             "wall_s": wall, "events": events, "cores": self.cores,
