@@ -205,6 +205,26 @@ def _profile_lines(profile: dict) -> list[str]:
     return out
 
 
+def engine_tables(data: dict) -> list[str]:
+    """``tests.benchmarks.bench_engine``: the engine alone on the real Redis, by batch size."""
+    results, fit = data.get("results") or [], data.get("fit") or {}
+    if not results:
+        return []
+    params = data.get("parameters") or {}
+    out = [f"### Engine alone: one batch through `Engine.process` + `Engine.commit` on the real Redis, no Kafka or Faust "
+           f"({params.get('items', 0):,} items; medians)", "",
+           "| events per batch | wall ms | CPU ms (all threads) | CPU µs per event |", "|---|---|---|---|"]
+    for r in results:
+        out.append(f"| {r['events']} | {_fmt(r['wall_ms_median'], 1)} | {_fmt(r['cpu_ms_median'], 1)} "
+                   f"| {_fmt(r['cpu_us_per_event'])} |")
+    if fit:
+        out += ["", f"Least-squares fit: CPU per batch ≈ {_fmt(fit.get('cpu_ms_fixed_per_batch'), 1)} ms "
+                    f"+ {_fmt(fit.get('cpu_us_per_event'))} µs × events."]
+    out += ["", f"Command: `{shlex.join(data['command']) if isinstance(data.get('command'), list) else data.get('command')}`",
+            f"Machine: {json.dumps(data.get('machine', {}), sort_keys=True)}", ""]
+    return out
+
+
 def kernel_tables(data: dict) -> list[str]:
     results = data.get("results") or {}
     if not results:
@@ -244,6 +264,9 @@ def render(folder: Path = REPO / "docs" / "results") -> str:
     bench = _load(folder / "bench.json")
     if bench:
         lines += bench_tables(bench) or generic_table("Pipeline benchmark", bench)
+    engine = _load(folder / "engine_bench.json")
+    if engine:
+        lines += engine_tables(engine)
     for name in ("kernel_bench.json", "kernel_bench_gpu.json"):
         kernel = _load(folder / name)
         if kernel:

@@ -48,3 +48,19 @@ def test_benchmarked_kernel_top_k_equals_reference(chunk):
         "numpy_step in tests/benchmarks/bench_kernel.py no longer mirrors models/kernels.py: update it")
     for b in range(B):
         np.testing.assert_allclose(jit_scores[b][: len(ref_scores[b])], ref_scores[b], rtol=1e-4, atol=1e-4)
+
+
+def test_engine_benchmark_runs_on_real_redis_and_cleans_up(services, tmp_path):
+    import redis
+
+    from tests.benchmarks import bench_engine
+
+    out = tmp_path / "engine_bench.json"
+    report = bench_engine.main(["--items", "1000", "--batches", "8", "32", "--reps", "2", "--out", str(out), "--quiet"])
+    assert orjson.loads(out.read_bytes())["results"] == report["results"]
+    assert [row["events"] for row in report["results"]] == [8, 32]
+    for row in report["results"]:
+        assert row["reps"] == 2 and row["wall_ms_median"] > 0 and row["cpu_ms_median"] > 0
+    assert set(report["fit"]) >= {"cpu_ms_fixed_per_batch", "cpu_us_per_event"}
+    client = redis.Redis.from_url(services[1])
+    assert not list(client.scan_iter(f"{report['parameters']['redis_prefix']}*", count=1000)), "left keys behind"

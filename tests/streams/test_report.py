@@ -20,3 +20,16 @@ def test_cpu_table_renders_measured_variants_only():
         "| 10,000 | pipeline | 50% | 641 | 433 | – | – | – | – | – | 74% | – |",
     ]
     assert report._cpu_lines({"10000": {"naive": {"events_per_s": 700.0}}}) == []
+
+
+def test_engine_table_renders_rows_and_fit():
+    data = {"command": ["python", "-m", "tests.benchmarks.bench_engine"], "machine": {"cores": 2},
+            "parameters": {"items": 10000},
+            "results": [{"events": 16, "wall_ms_median": 3.76, "cpu_ms_median": 3.54, "cpu_us_per_event": 221.2},
+                        {"events": 512, "wall_ms_median": 27.68, "cpu_ms_median": 29.02, "cpu_us_per_event": 56.7}],
+            "fit": {"cpu_ms_fixed_per_batch": 2.39, "cpu_us_per_event": 52.1}}
+    lines = report.engine_tables(data)
+    assert "| 16 | 3.8 | 3.5 | 221 |" in lines and "| 512 | 27.7 | 29.0 | 57 |" in lines
+    assert "Least-squares fit: CPU per batch ≈ 2.4 ms + 52 µs × events." in lines
+    assert "Command: `python -m tests.benchmarks.bench_engine`" in lines
+    assert report.engine_tables({"results": []}) == []
