@@ -25,6 +25,8 @@ topic with its own consumer group:
 - ``naive``: ``tests.benchmarks.naive_app`` (per event: GET, NumPy full scoring, SET, one send);
 - ``noop_faust``: ``tests.benchmarks.noop_app`` (take_events and count: Faust's ceiling);
 - ``noop_faust_asyncio``: the same on asyncio's own event loop instead of uvloop (what uvloop gives);
+- ``pipeline_stub``: ``tests.benchmarks.stub_app``, the real rank worker with a stub engine (Faust, the
+  agent and its outputs, without Redis or JAX: what the worker costs around the engine);
 - ``raw_aiokafka``: an aiokafka consumer in this process (the transport's ceiling).
 
 Measured: max throughput from the backlog (worker ``/stats`` event counters, which the rank worker
@@ -63,7 +65,7 @@ from tests.benchmarks.common import REPO, RESULTS, header, median, ratio
 from tests.benchmarks.cpu import CpuMeter, listener_pid
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline", "pipeline_notrain",
+VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline_stub", "pipeline", "pipeline_notrain",
             "pipeline_notrain_d1", "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_split", "pipeline_2w", "naive")
 # Latency phases cost ~10-20 s each: the design and its baseline at every rate; the rank path alone
 # (no trainer in the worker) at 50% on the first catalogue, to show what the trainer costs in latency.
@@ -80,12 +82,14 @@ WORKER_VARIANTS = {
     "naive": ("naive", {}),
     "noop_faust": ("noop", {}),
     "noop_faust_asyncio": ("noop", {"event_loop": "asyncio"}),
+    # the real rank worker with a stub engine (tests/benchmarks/stub_app.py): Faust, agent and outputs
+    "pipeline_stub": ("stub", {"train_enabled": False}),
 }
 LATENCY_VARIANTS = ("pipeline", "naive", "pipeline_notrain", "pipeline_notrain_d1", "pipeline_notrain_d2",
                     "pipeline_nomerge", "pipeline_split")
 # Measured on the first catalogue only (time budget): the baselines that never look at item ids, and the
 # pipeline variants whose question (trainer cost, scaling) the first catalogue answers.
-FIRST_CATALOGUE_ONLY = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline_notrain", "pipeline_notrain_d1",
+FIRST_CATALOGUE_ONLY = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline_stub", "pipeline_notrain", "pipeline_notrain_d1",
                         "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_split", "pipeline_2w")
 EVENT_TYPES = ("view", "click", "cart", "purchase")
 TYPE_P = (0.75, 0.15, 0.07, 0.03)
@@ -890,6 +894,8 @@ def ratios(med: dict) -> dict:
         out[n] = {
             "pipeline_over_naive": ratio(get("pipeline"), get("naive")),
             "pipeline_over_noop_faust": ratio(get("pipeline"), get("noop_faust")),
+            "pipeline_stub_over_noop_faust": ratio(get("pipeline_stub"), get("noop_faust")),
+            "pipeline_notrain_over_stub": ratio(own("pipeline_notrain"), own("pipeline_stub")),
             "noop_faust_over_raw_aiokafka": ratio(get("noop_faust"), get("raw_aiokafka")),
             "noop_faust_uvloop_over_asyncio": ratio(own("noop_faust"), own("noop_faust_asyncio")),
             "pipeline_2w_over_1w": ratio(own("pipeline_2w"), get("pipeline")),
