@@ -144,9 +144,14 @@ def bench_tables(data: dict) -> list[str]:
     out += ["", "Ratios: " + "; ".join(f"{items} items: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items())
                                      for items, r in sorted(known.items(), key=lambda kv: int(kv[0])) if r)]
     out += _profile_lines(data.get("profile") or {})
-    out += ["", f"Command: `{shlex.join(data['command']) if isinstance(data.get('command'), list) else data.get('command')}`",
-            f"Machine: {json.dumps(data.get('machine', {}), sort_keys=True)}", ""]
-    return out
+    return out + _provenance(data)
+
+
+def _provenance(data: dict, machine_label: str = "Machine") -> list[str]:
+    """The command and machine a results file records, under its tables."""
+    command = data.get("command")
+    return ["", f"Command: `{shlex.join(command) if isinstance(command, list) else command}`",
+            f"{machine_label}: {json.dumps(data.get('machine', {}), sort_keys=True)}", ""]
 
 
 CPU_PARTS = (("worker", "worker"), ("trainer", "dedicated trainer"), ("kafka_broker", "Kafka broker"),
@@ -220,9 +225,7 @@ def engine_tables(data: dict) -> list[str]:
     if fit:
         out += ["", f"Least-squares fit: CPU per batch ≈ {_fmt(fit.get('cpu_ms_fixed_per_batch'), 1)} ms "
                     f"+ {_fmt(fit.get('cpu_us_per_event'))} µs × events."]
-    out += ["", f"Command: `{shlex.join(data['command']) if isinstance(data.get('command'), list) else data.get('command')}`",
-            f"Machine: {json.dumps(data.get('machine', {}), sort_keys=True)}", ""]
-    return out
+    return out + _provenance(data)
 
 
 def kernel_tables(data: dict) -> list[str]:
@@ -251,9 +254,7 @@ def kernel_tables(data: dict) -> list[str]:
             out.append(f"| {int(items):,} | {_fmt(t['full_softmax']['median_ms'], 1)} | {_fmt(t['sampled']['median_ms'], 1)} "
                        f"| {_fmt(t.get('sampled_over_full'), 1)}x |")
     out += _profile_lines(data.get("profile") or {})
-    out += ["", f"Command: `{shlex.join(data['command']) if isinstance(data.get('command'), list) else data.get('command')}`",
-            f"Machine (NumPy runs on its CPU): {json.dumps(machine, sort_keys=True)}", ""]
-    return out
+    return out + _provenance(data, "Machine (NumPy runs on its CPU)")
 
 
 def render(folder: Path = REPO / "docs" / "results") -> str:

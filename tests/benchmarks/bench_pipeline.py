@@ -62,9 +62,8 @@ from streams.metrics import STAGES
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
 from tests.benchmarks.common import REPO, RESULTS, header, median, ratio
-from tests.benchmarks.cpu import CpuMeter, listener_pid
+from tests.benchmarks.cpu import CpuMeter, listener_pid, process_cpu_s
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline_stub", "pipeline", "pipeline_notrain",
             "pipeline_notrain_d1", "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_split", "pipeline_2w", "naive")
 # Latency phases cost ~10-20 s each: the design and its baseline at every rate; the rank path alone
@@ -229,17 +228,15 @@ async def _produce_at_rate(settings: Settings, dataset: Dataset, rate: float, se
 # ---- worker processes ----------------------------------------------------------------------
 
 def proc_status(pid: int) -> dict:
-    """RSS and peak RSS (MiB), CPU seconds of a process; empty when it is gone."""
+    """RSS and peak RSS (MiB), CPU seconds of a process; None values when it is gone."""
     out = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(("VmRSS:", "VmHWM:")):
                 out[line.split(":")[0]] = int(line.split()[1]) / 1024
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        out["cpu_s"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
     except (OSError, IndexError, ValueError):
         pass
-    return {"rss_mib": out.get("VmRSS"), "peak_rss_mib": out.get("VmHWM"), "cpu_s": out.get("cpu_s")}
+    return {"rss_mib": out.get("VmRSS"), "peak_rss_mib": out.get("VmHWM"), "cpu_s": process_cpu_s(pid)}
 
 
 def http_json(port: int, path: str, timeout: float = 5.0) -> dict | None:
