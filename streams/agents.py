@@ -25,6 +25,7 @@ from streams.codec import (BadEvent, decode_event, encode_deadletter, encode_eve
                            encode_recommendation)
 from streams.metrics import PipelineMetrics, TrainerMetrics
 from streams.outbox import Outbox
+from streams.threadnames import name_worker_threads, set_native_name
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,10 @@ class RankWorker:
         # One thread each: engine calls, and state writes, must run in batch order, and JAX/Redis work
         # must not block the loop. Writes mostly wait on Redis (and its fsync): on their own thread
         # they overlap with ranking the next batch.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnflow-engine")
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnflow-write")
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnflow-engine",
+                                           initializer=set_native_name, initargs=("af-engine",))
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnflow-write",
+                                         initializer=set_native_name, initargs=("af-write",))
 
     async def start(self) -> None:
         if self.engine is not None:
@@ -152,18 +155,18 @@ class RankWorker:
         events = list(events)
         batch, produced = [], []
         dead: list[DeadLetter] = []
+        scenes = self.cfg.scenes
         for event in events:
             message = event.message
             message.incref()
             try:
-                decoded = decode_event(event.value, self.cfg.scenes)
+                decoded = decode_event(event.value, scenes)
             except BadEvent as exc:
                 dead.append(DeadLetter(event.value, str(exc), message.topic, message.partition, message.offset))
                 continue
             batch.append(SourcedEvent(decoded, message.partition, message.offset))
             produced.append(message.timestamp)
-            if message.timestamp:
-                self.metrics.stages.add("to_agent", taken - message.timestamp)
+        self.metrics.stages.add_each("to_agent", [taken - ts for ts in produced if ts])
         newest = self._inflight[-1] if self._inflight else None
         if (self.merge and newest is not None and not newest.sealed
                 and len(newest.events) + len(events) <= self.settings.batch_size):
@@ -251,14 +254,13 @@ class RankWorker:
             event.ack()
         self.metrics.events += len(item.events)  # counted once done, so a rate over it is end to end
         now = time.time()
-        for ts in item.produced:
-            if ts:
-                self.metrics.latency_seconds.add(now - ts)
+        self.metrics.latency_seconds.extend([now - ts for ts in item.produced if ts])
         self.metrics.model_version = self.engine.model_version
         self.metrics.n_items = self.engine.n_items
         self.metrics.batches += 1
         if self.metrics.batches == 1:
             freeze_heap()  # what the first batch set up (consumer, producer, buffers) lives as long, too
+            name_worker_threads()  # all of them run by now
         self.metrics.batch_sizes.add(len(item.events))
         self.metrics.batch_seconds.add(time.perf_counter() - item.started)
 
@@ -299,8 +301,7 @@ class RankWorker:
         records = [(recommendations, rec.user_id.encode(), encode_recommendation(rec, emitted))
                    for rec in result.recommendations]
         records += [(feedback, fb.user_id.encode(), encode_feedback(fb)) for fb in result.feedback]
-        for fb in result.feedback:
-            self.metrics.observe_feedback(fb.hit, fb.rank, fb.list_age_s is not None)
+        self.metrics.observe_feedbacks(result.feedback)
         pending = await self.outbox.send(records)
         pending += await self._send_deadletters([DeadLetter.of(r.event, r.reason, topic) for r in result.rejected])
         if self.train_topic is not None and result.examples is not None and len(result.examples):
@@ -431,7 +432,8 @@ class TrainWorker:
         self.waited_s = 0.0       # time steps spent waiting for those gaps (written by the trainer thread)
         self.trainer: Trainer | None = None
         self.metrics = TrainerMetrics()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnflow-train")
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnflow-train",
+                                           initializer=set_native_name, initargs=("af-train",))
         self._dirty = False
         self._published_at = time.monotonic()
         # Beside a rank agent, learning must not starve ranking; a dedicated trainer uses all it has.

@@ -15,6 +15,7 @@ from models.engine import Feedback, Recommendation
 from models.events import DEFAULT_SCENE, EVENT_TYPES, Event
 
 MAX_ID_BYTES = 512
+_TYPES = frozenset(EVENT_TYPES)
 
 
 class BadEvent(ValueError):
@@ -50,6 +51,22 @@ def decode_event(raw: bytes, scenes: tuple[str, ...]) -> Event:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadEvent(f"not valid JSON: {exc}") from None
+    if type(doc) is dict:  # the common case, checked in one go; anything unusual takes the path below
+        user_id, item_id, etype, ts = doc.get("user_id"), doc.get("item_id"), doc.get("type"), doc.get("ts")
+        scene, event_id = doc.get("scene"), doc.get("event_id")
+        if scene is None or scene == "":
+            scene = DEFAULT_SCENE
+        if (type(user_id) is str and type(item_id) is str and 0 < len(user_id) <= MAX_ID_BYTES
+                and 0 < len(item_id) <= MAX_ID_BYTES and type(etype) is str and etype in _TYPES
+                and type(ts) in (float, int)
+                and math.isfinite(ts) and scene in scenes
+                and (event_id is None or (type(event_id) is str and len(event_id) <= MAX_ID_BYTES))):
+            return Event(user_id, item_id, etype, float(ts), scene, event_id)
+    return _checked(doc, scenes)
+
+
+def _checked(doc, scenes: tuple[str, ...]) -> Event:
+    """Field by field, so that a bad event gets the reason that fits it."""
     if not isinstance(doc, dict):
         raise BadEvent(f"event must be a JSON object, got {type(doc).__name__}")
     user_id = _text(doc, "user_id", True)

@@ -14,15 +14,24 @@ import numpy as np
 
 @dataclass
 class Quantiles:
-    """A sliding window of recent observations with p50/p95/p99 (no unbounded memory)."""
+    """A sliding window of recent observations with p50/p95/p99 (no unbounded memory).
+
+    >>> q = Quantiles(size=3); q.add(5.0); q.extend([1.0, 2.0, 3.0]); list(q.values)
+    [1.0, 2.0, 3.0]
+    """
 
     size: int = 4096
-    values: deque = field(default_factory=deque)
+    values: deque = field(default=None)
+
+    def __post_init__(self):
+        self.values = deque(self.values or (), maxlen=self.size)
 
     def add(self, value: float) -> None:
         self.values.append(value)
-        if len(self.values) > self.size:
-            self.values.popleft()
+
+    def extend(self, values) -> None:
+        """Many observations at once (a batch's events): one call instead of one per event."""
+        self.values.extend(values)
 
     def summary(self) -> dict:
         if not self.values:
@@ -31,6 +40,8 @@ class Quantiles:
         p50, p95, p99 = np.percentile(arr, [50, 95, 99])
         return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "n": len(arr)}
 
+
+_DISCOUNT = [0.0] + [1.0 / math.log2(rank + 1) for rank in range(1, 257)]  # NDCG gain at rank 1..256
 
 STAGES = ("to_agent", "queued", "engine", "deliver", "write")
 
@@ -64,6 +75,16 @@ class StageTimes:
         self.seconds[stage] += seconds * events
         self.events[stage] += events
 
+    def add_each(self, stage: str, seconds: list[float]) -> None:
+        """One observation per event, for a whole batch of events.
+
+        >>> st = StageTimes(); st.add_each("to_agent", [0.5, 1.5]); st.snapshot()["to_agent"]["seconds"]
+        2.0
+        """
+        self.quantiles[stage].extend(seconds)
+        self.seconds[stage] += sum(seconds)
+        self.events[stage] += len(seconds)
+
     def snapshot(self) -> dict:
         return {name: {**self.quantiles[name].summary(), "seconds": self.seconds[name], "events": self.events[name]}
                 for name in STAGES}
@@ -73,8 +94,9 @@ class StageTimes:
 class PipelineMetrics:
     """Everything an operator wants to graph about one rank worker.
 
+    >>> from types import SimpleNamespace as F
     >>> m = PipelineMetrics(k=10)
-    >>> m.observe_feedback(hit=True, rank=1, listed=True); m.observe_feedback(hit=False, rank=None, listed=True)
+    >>> m.observe_feedbacks([F(hit=True, rank=1, list_age_s=1.0), F(hit=False, rank=None, list_age_s=2.0)])
     >>> m.snapshot()["online"]["hr"]
     0.5
     """
@@ -101,13 +123,28 @@ class PipelineMetrics:
     batch_sizes: Quantiles = field(default_factory=Quantiles)
     stages: StageTimes = field(default_factory=StageTimes)
 
-    def observe_feedback(self, hit: bool, rank: int | None, listed: bool) -> None:
-        self.feedback += 1
-        if listed:
-            self.listed += 1
-            if hit:
-                self.hits += 1
-                self.dcg += 1.0 / math.log2(rank + 1)
+    def observe_feedbacks(self, feedback) -> None:
+        """Count a batch's feedback records (``models.engine.Feedback``) into the online HR and NDCG.
+
+        >>> from types import SimpleNamespace as F
+        >>> m = PipelineMetrics(k=10)
+        >>> m.observe_feedbacks([F(hit=True, rank=1, list_age_s=3.0), F(hit=False, rank=None, list_age_s=None)])
+        >>> m.feedback, m.listed, m.hits, m.dcg
+        (2, 1, 1, 1.0)
+        """
+        self.feedback += len(feedback)
+        for fb in feedback:
+            if fb.list_age_s is not None:
+                self.listed += 1
+                if fb.hit:
+                    self.hits += 1
+                    self.dcg += _DISCOUNT[fb.rank] if fb.rank < len(_DISCOUNT) else 1.0 / math.log2(fb.rank + 1)
+
+    def progress(self) -> dict:
+        """The counters alone, without quantiles: cheap enough to poll many times a second."""
+        return {"uptime_s": time.time() - self.started, "ready": self.ready, "events": self.events,
+                "batches": self.batches, "recommendations": self.recommendations, "feedback": self.feedback,
+                "model_version": self.model_version}
 
     def snapshot(self) -> dict:
         listed = max(self.listed, 1)

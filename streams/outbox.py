@@ -12,28 +12,53 @@ from __future__ import annotations
 import asyncio
 from typing import Iterable
 
+from aiokafka.partitioner import DefaultPartitioner
+
+MAX_CACHED_KEYS = 1 << 18
+
 
 class Outbox:
     """Ships ``(topic, key, value)`` records through an aiokafka producer in per-partition batches.
 
     ``producer`` is a callable returning the started ``AIOKafkaProducer`` (Faust starts its
     producer after the agents are registered, so it is looked up at send time).
+
+    With the default partitioner a key always lands on the same partition while the topic's
+    partition count stays the same, so the partition of each key is remembered per topic (up to
+    ``MAX_CACHED_KEYS`` keys; forgotten when the count changes). aiokafka's murmur2 is pure Python:
+    two keyed records per event paid ~5 µs of the event loop's time for it.
     """
 
     def __init__(self, producer):
         self._producer = producer
+        self._partitions: dict[str, tuple[object, dict[bytes, int]]] = {}  # topic -> (its partitions, key -> one)
+
+    def _key_partitions(self, producer, topic: str) -> dict[bytes, int] | None:
+        """This topic's key -> partition cache, or None where the partitioner may not be a function of the key."""
+        if not isinstance(producer._partitioner, DefaultPartitioner):
+            return None
+        partitions = producer._metadata.partitions_for_topic(topic)
+        cached = self._partitions.get(topic)
+        if cached is None or cached[0] != partitions or len(cached[1]) > MAX_CACHED_KEYS:
+            cached = self._partitions[topic] = (partitions, {})
+        return cached[1]
 
     async def send(self, records: Iterable[tuple[str, bytes | None, bytes]]) -> list[asyncio.Future]:
         """Queue every record; returns the delivery futures (one per record batch) to await."""
         producer = self._producer()
         open_batches: dict[tuple[str, int], object] = {}
         futures: list[asyncio.Future] = []
-        known_topics: set[str] = set()
+        caches: dict[str, dict[bytes, int] | None] = {}
         for topic, key, value in records:
-            if topic not in known_topics:
+            if topic not in caches:
                 await producer.partitions_for(topic)  # metadata for the partitioner below
-                known_topics.add(topic)
-            partition = producer._partition(topic, None, key, value, key, value)
+                caches[topic] = self._key_partitions(producer, topic)
+            cache = caches[topic]
+            partition = cache.get(key) if cache is not None and key is not None else None
+            if partition is None:
+                partition = producer._partition(topic, None, key, value, key, value)
+                if cache is not None and key is not None:
+                    cache[key] = partition
             builder = open_batches.get((topic, partition))
             if builder is None:
                 builder = open_batches[(topic, partition)] = producer.create_batch()

@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 
 from streams.metrics import STAGES
+from streams.threadnames import ALL_ROLES
 
 REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -140,6 +141,7 @@ def bench_tables(data: dict) -> list[str]:
                 "|---|---|---|---|" + "---|" * (len(STAGES) + 1)]
         out += rows
     out += _cpu_lines(medians)
+    out += _thread_lines(medians)
     known = {items: {k: v for k, v in r.items() if v is not None} for items, r in ratios.items()}
     out += ["", "Ratios: " + "; ".join(f"{items} items: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items())
                                      for items, r in sorted(known.items(), key=lambda kv: int(kv[0])) if r)]
@@ -183,6 +185,30 @@ def _cpu_lines(medians: dict) -> list[str]:
             "rate at which every core would be busy at that cost per event (a dash: no such process in that variant):", "",
             "| items | variant | load | total | " + " | ".join(label for _, label in CPU_PARTS)
             + " | machine busy | ceiling events/s |", "|---|---|---|---|" + "---|" * (len(CPU_PARTS) + 2), *rows]
+
+
+def _thread_lines(medians: dict) -> list[str]:
+    """A worker's CPU per event split by its threads (``streams.threadnames``), where the run measured it."""
+    def row(items, name, label, m, prefix=""):
+        values = [m.get(f"{prefix}thread_us_per_event_worker_{part.replace(' ', '_')}") for part in ALL_ROLES]
+        if all(v is None for v in values):
+            return None
+        return f"| {int(items):,} | {name} | {label} | " + " | ".join(_fmt(v) for v in values) + " |"
+
+    rows = []
+    for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
+        for v, m in by_variant.items():
+            rows.append(row(items, v, "max", m))
+            for fraction in ("0.25", "0.50", "0.75"):
+                rows.append(row(items, v, f"{float(fraction):.0%}", m, f"latency@{fraction}_"))
+    rows = [r for r in rows if r]
+    if not rows:
+        return []
+    return ["", "The worker's CPU per event (µs) by thread (named by `streams.threadnames`; `top -H` shows the same "
+            "names). All but XLA's threads run mostly Python under one interpreter lock, so together they get "
+            "little more than one core, however many the machine has:", "",
+            "| items | variant | load | " + " | ".join(ALL_ROLES) + " |", "|---|---|---|" + "---|" * len(ALL_ROLES),
+            *rows]
 
 
 def _profile_lines(profile: dict) -> list[str]:

@@ -1,4 +1,5 @@
-"""Web views of a rank worker: ``/metrics`` (Prometheus), ``/stats`` (JSON), ``/ready`` (probe)."""
+"""Web views of a rank worker: ``/metrics`` (Prometheus), ``/stats`` (JSON; ``/stats?brief=1``: counters
+only, no quantiles), ``/ready`` (probe)."""
 from __future__ import annotations
 
 
@@ -10,6 +11,8 @@ def register(app, worker, trainer) -> None:
 
     @app.page("/stats")
     async def stats(web, request):
+        if request.query.get("brief"):  # counters only: for pollers that ask many times a second
+            return web.json(worker.metrics.progress())
         return web.json({**worker.metrics.snapshot(), "trainer": trainer.metrics.snapshot()})
 
     @app.page("/ready")

@@ -60,6 +60,7 @@ import orjson
 
 from streams.metrics import STAGES
 from streams.settings import Settings
+from streams.threadnames import ALL_ROLES
 from streams.topics import TopicNames, ensure_topics
 from tests.benchmarks.common import REPO, RESULTS, header, median, ratio
 from tests.benchmarks.cpu import CpuMeter, listener_pid, process_cpu_s
@@ -280,6 +281,11 @@ class Worker:
     def stats(self) -> dict | None:
         return http_json(self.port, "/stats")
 
+    def progress(self) -> dict | None:
+        """The worker's counters without its quantiles: what a polling loop needs, at a fraction of the
+        cost to the worker (the full ``/stats`` computes a dozen percentiles per call)."""
+        return http_json(self.port, "/stats?brief=1")
+
     def status(self) -> dict:
         return proc_status(self.process.pid)
 
@@ -428,7 +434,7 @@ def consume_backlog(workers: list[Worker], target: int, cap_s: float, kafka: Kaf
     with tqdm(total=target, unit="ev", desc=desc, leave=False, mininterval=0.5) as bar:
         while True:
             now = time.perf_counter()
-            snaps = [w.stats() or {"events": 0} for w in workers]
+            snaps = [w.progress() or {"events": 0} for w in workers]
             counts = [s["events"] for s in snaps]
             total = sum(counts)
             samples.append((now, total))
@@ -522,7 +528,7 @@ def latency_phase(workers: list[Worker], kafka: Kafka, dataset: Dataset, rate: f
     target = sum(s.get("events", 0) for s in stats0) + sent["sent"]
     deadline = time.time() + drain_s
     while time.time() < deadline:
-        if sum((w.stats() or {}).get("events", 0) for w in workers) >= target:
+        if sum((w.progress() or {}).get("events", 0) for w in workers) >= target:
             break
         time.sleep(0.2)
     time.sleep(0.5)  # the last batch's outputs
@@ -582,7 +588,8 @@ class Context:
     def meter(self, workers: list[Worker], trainers: list[Worker] = ()) -> CpuMeter:
         """CPU accounting for one variant: its processes, the services, and this process (load generator)."""
         return CpuMeter({"worker": [w.process.pid for w in workers], "trainer": [t.process.pid for t in trainers],
-                         **{name: [pid] for name, pid in self.services.items()}, "benchmark": [os.getpid()]})
+                         **{name: [pid] for name, pid in self.services.items()}, "benchmark": [os.getpid()]},
+                        threads_of=("worker", "trainer"))
 
 
 def service_pids(settings: Settings, client) -> dict:
@@ -877,6 +884,9 @@ def add_cpu(metrics: dict, prefix: str, usage: dict | None) -> None:
     for process, us in (usage.get("cpu_us_per_event") or {}).items():
         metrics[f"{prefix}cpu_us_per_event_{process.replace(' ', '_')}"].append(us)
     metrics[f"{prefix}cpu_us_per_event_total"].append(usage.get("total_us_per_event"))
+    for process, roles in (usage.get("threads_us_per_event") or {}).items():  # the worker's CPU by thread
+        for role, us in roles.items():
+            metrics[f"{prefix}thread_us_per_event_{process}_{role.replace(' ', '_')}"].append(us)
     metrics[f"{prefix}machine_utilisation"].append(usage.get("machine_utilisation"))
     if not prefix:
         metrics["cpu_ceiling_events_per_s"].append(usage.get("ceiling_events_per_s"))
@@ -935,6 +945,16 @@ def table(med: dict, rat: dict, fractions) -> str:
             lines.append(f"{n:>7} {name:<13} {f(v['cpu_us_per_event_total']):>9} "
                          + " ".join(f"{f(v.get(f'cpu_us_per_event_{p}')):>9}" for p in parts)
                          + f" {f(v.get('machine_utilisation'), '.0%'):>7} {f(v.get('cpu_ceiling_events_per_s')):>9}")
+    lines.append("")
+    roles = [r.replace(" ", "_") for r in ALL_ROLES]
+    lines.append(f"{'items':>7} {'variant':<13} worker CPU us/ev by thread: " + " ".join(f"{r[:9]:>9}" for r in roles))
+    for n, m in med.items():
+        for name in VARIANTS:
+            v = m.get(name) or {}
+            if not any(k.startswith("thread_us_per_event_worker_") for k in v):
+                continue
+            lines.append(f"{n:>7} {name:<13} {'':>27}"
+                         + " ".join(f"{f(v.get(f'thread_us_per_event_worker_{r}')):>9}" for r in roles))
     lines.append("")
     lines.append(f"{'items':>7} {'variant':<13} {'load':>5} {'rate/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'ev/batch':>8}")
     for n, m in med.items():

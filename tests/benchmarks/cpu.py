@@ -28,6 +28,23 @@ def process_cpu_s(pid: int) -> float | None:
         return None
 
 
+def thread_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
+    """Each thread of a process: its OS name and user + system CPU seconds ({} once the process is gone)."""
+    out = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            head, tail = (task / "stat").read_text().rsplit(")", 1)
+            fields = tail.split()
+            out[int(task.name)] = (head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / CLK_TCK)
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return out
+
+
 def machine_busy_s() -> float | None:
     """CPU seconds every process on the machine has run (user, nice, system, irq, softirq), all cores.
 
@@ -73,8 +90,9 @@ class CpuMeter:
     disks outside process time, other processes of the benchmark, anything else on the machine.
     """
 
-    def __init__(self, groups: dict[str, list[int]]):
+    def __init__(self, groups: dict[str, list[int]], threads_of: tuple[str, ...] = ()):
         self.groups = {name: [pid for pid in pids if pid] for name, pids in groups.items() if any(pids)}
+        self.threads_of = [name for name in threads_of if name in self.groups]
         self.cores = os.cpu_count() or 1
 
     def sample(self) -> dict:
@@ -82,7 +100,24 @@ class CpuMeter:
         for name, pids in self.groups.items():
             values = [process_cpu_s(pid) for pid in pids]
             procs[name] = None if not pids or any(v is None for v in values) else sum(values)
-        return {"t": time.perf_counter(), "machine": machine_busy_s(), "procs": procs}
+        threads = {name: {(pid, tid): v for pid in self.groups[name] for tid, v in thread_cpu_s(pid).items()}
+                   for name in self.threads_of}
+        return {"t": time.perf_counter(), "machine": machine_busy_s(), "procs": procs, "threads": threads}
+
+    def _by_role(self, before: dict, after: dict) -> dict[str, dict[str, float]]:
+        """CPU seconds of each group in ``threads_of`` split by what its threads do (``streams.threadnames``);
+        a thread that started in between counts from zero, one that ended in between is missing."""
+        from streams.threadnames import role_of
+
+        out = {}
+        for name in self.threads_of:
+            roles: dict[str, float] = {}
+            old = before.get("threads", {}).get(name, {})
+            for key, (comm, seconds) in after.get("threads", {}).get(name, {}).items():
+                role = role_of(comm)
+                roles[role] = roles.get(role, 0.0) + seconds - old.get(key, (comm, 0.0))[1]
+            out[name] = roles
+        return out
 
     def delta(self, before: dict, after: dict, events: int) -> dict:
         wall = after["t"] - before["t"]
@@ -102,6 +137,8 @@ class CpuMeter:
             "machine_utilisation": total / (wall * self.cores) if wall > 0 else None,
             "cpu_s": per, "cpu_us_per_event": {name: us(s) for name, s in per.items()},
             "total_us_per_event": us(total),
+            "threads_us_per_event": {name: {role: us(s) for role, s in sorted(roles.items())}
+                                     for name, roles in self._by_role(before, after).items()},
             # the most events/s these processes could reach on this machine at this CPU cost per event
             "ceiling_events_per_s": self.cores * events / total if total and events else None,
         }

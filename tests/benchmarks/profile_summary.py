@@ -53,7 +53,7 @@ KEY_FUNCTIONS = ["RankWorker.handle", "RankWorker._apply", "RankWorker._send_out
                  "RankWorker._run", "decode_event", "encode_recommendation", "encode_feedback", "Engine.process",
                  "Engine.commit", "Engine._fold_and_rank", "Engine._feedback", "Engine._decode", "Engine.item_id",
                  "Engine._learn_ids", "step", "prepare", "rank_inputs", "StateCodec.decode", "StateCodec.encode",
-                 "RedisStore.read_batch", "RedisStore.write_states", "PipelineMetrics.observe_feedback",
+                 "RedisStore.read_batch", "RedisStore.write_states", "PipelineMetrics.observe_feedbacks",
                  "PipelineMetrics.snapshot", "Topic.send", "Topic.publish_message", "Stream.take_events",
                  "Stream.__aiter__", "Stream._py_aiter"]
 FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")

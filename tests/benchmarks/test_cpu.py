@@ -51,6 +51,40 @@ def test_meter_charges_a_busy_child_to_its_group_and_an_idle_one_nothing():
     assert usage["ceiling_events_per_s"] == pytest.approx(usage["cores"] * 1e6 / usage["total_us_per_event"])
 
 
+def test_meter_splits_a_process_by_what_its_named_threads_do():
+    """A child names a thread ``af-engine`` and spins in it: the engine role is charged, the event loop is not."""
+    spin = "\n".join([
+        "import threading, time",
+        "from streams.threadnames import set_native_name",
+        "def work():",
+        "    assert set_native_name('af-engine')",
+        "    input()",
+        "    end = time.thread_time() + 0.4",
+        "    while time.thread_time() < end: pass",
+        "    print('done', flush=True)",
+        "    time.sleep(10)  # a thread that has ended is no longer in /proc",
+        "set_native_name('af-loop')",
+        "threading.Thread(target=work).start()",
+        "time.sleep(10)"])
+    child = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             cwd=bench_pipeline.REPO)
+    try:
+        time.sleep(0.5)  # the interpreter has started and named its threads
+        meter = CpuMeter({"worker": [child.pid]}, threads_of=("worker", "absent"))
+        assert meter.threads_of == ["worker"]
+        before = meter.sample()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+        usage = meter.delta(before, meter.sample(), events=100)
+    finally:
+        child.kill()
+    roles = usage["threads_us_per_event"]["worker"]
+    assert roles["engine"] == pytest.approx(1e6 * 0.4 / 100, rel=0.4)
+    assert roles["event loop"] < roles["engine"] / 10
+    assert sum(roles.values()) == pytest.approx(usage["cpu_us_per_event"]["worker"], rel=0.2)
+
+
 def test_meter_reports_a_vanished_process_as_unknown_not_zero():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait(10)

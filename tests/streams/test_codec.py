@@ -57,3 +57,31 @@ def test_settings_reject_bad_configuration():
         Settings.from_env({"ATTNFLOW_TRAIN_NICE": "20"})
     assert Settings.from_env({"ATTNFLOW_SCENES": "default, home"}).scenes == ("default", "home")
     assert Settings.from_env(Settings().as_env()) == Settings()
+
+
+
+def test_quick_path_accepts_exactly_what_the_field_checks_accept():
+    """``decode_event`` checks the common case in one go; every answer must match the field-by-field checks."""
+    import itertools
+
+    from streams.codec import MAX_ID_BYTES, _checked
+
+    ids = ["u", "", "x" * MAX_ID_BYTES, "x" * (MAX_ID_BYTES + 1), 5, None, ["u"], True]
+    types = ["view", "VIEW", "", 1, None, ["view"], {"a": 1}]
+    stamps = [1.5, 17, 0, -2.0, True, "1", None, 1e308]
+    scenes = [None, "", "search", "home", 0, False, [], 3.0]
+    event_ids = [None, "e", "", 7, "e" * (MAX_ID_BYTES + 1)]
+    cases = 0
+    for user, item, etype, ts, scene, event_id in itertools.product(ids, ids[:3] + [5], types, stamps, scenes,
+                                                                     event_ids):
+        doc = {"user_id": user, "item_id": item, "type": etype, "ts": ts, "scene": scene, "event_id": event_id}
+        doc = {k: v for k, v in doc.items() if v is not None or k == "scene"}
+        outcomes = []
+        for decode in (lambda: decode_event(orjson.dumps(doc), SCENES), lambda: _checked(doc, SCENES)):
+            try:
+                outcomes.append(decode())
+            except BadEvent as exc:
+                outcomes.append(str(exc))
+        assert outcomes[0] == outcomes[1], doc
+        cases += 1
+    assert cases > 10_000

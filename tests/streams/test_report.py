@@ -33,3 +33,16 @@ def test_engine_table_renders_rows_and_fit():
     assert "Least-squares fit: CPU per batch ≈ 2.4 ms + 52 µs × events." in lines
     assert "Command: `python -m tests.benchmarks.bench_engine`" in lines
     assert report.engine_tables({"results": []}) == []
+
+
+def test_thread_table_renders_the_worker_threads_where_measured():
+    medians = {"10000": {
+        "pipeline_notrain": {"thread_us_per_event_worker_event_loop": 90.4, "thread_us_per_event_worker_engine": 27.0,
+                             "thread_us_per_event_worker_xla": 40.2,
+                             "latency@0.50_thread_us_per_event_worker_event_loop": 300.0},
+        "noop_faust": {"cpu_us_per_event_worker": 50.0},  # no thread split measured: no row
+    }}
+    rows = [line for line in report._thread_lines(medians) if line.startswith("| 10,000")]
+    assert rows == ["| 10,000 | pipeline_notrain | max | 90 | – | 27 | – | – | 40 | – |",
+                    "| 10,000 | pipeline_notrain | 50% | 300 | – | – | – | – | – | – |"]
+    assert report._thread_lines({"10000": {"noop_faust": {"cpu_us_per_event_worker": 50.0}}}) == []

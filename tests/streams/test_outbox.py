@@ -1,0 +1,106 @@
+"""streams/outbox.py: records land on the partition aiokafka would pick, in per-partition batches.
+
+A stand-in producer keeps these fast; the integration and end-to-end tests ship through the real one.
+"""
+import asyncio
+
+from aiokafka.partitioner import DefaultPartitioner
+
+from streams.outbox import Outbox
+
+
+class Builder:
+    def __init__(self, room: int):
+        self.records, self.room, self.closed = [], room, False
+
+    def append(self, key, value, timestamp):
+        if len(self.records) >= self.room:
+            return None
+        self.records.append((key, value))
+        return object()
+
+    def close(self):
+        self.closed = True
+
+
+class Metadata:
+    def __init__(self, partitions: int):
+        self.partitions = partitions
+
+    def partitions_for_topic(self, topic):
+        return set(range(self.partitions))
+
+    def available_partitions_for_topic(self, topic):
+        return self.partitions_for_topic(topic)
+
+
+class Producer:
+    """The parts of ``AIOKafkaProducer`` the outbox uses, with its real ``_partition`` logic."""
+
+    def __init__(self, partitions: int, room: int = 1000, partitioner=None):
+        self._metadata = Metadata(partitions)
+        self._partitioner = partitioner or DefaultPartitioner()
+        self.room, self.shipped, self.partition_calls = room, [], 0
+
+    async def partitions_for(self, topic):
+        return self._metadata.partitions_for_topic(topic)
+
+    def _partition(self, topic, partition, key, value, serialized_key, serialized_value):
+        self.partition_calls += 1
+        all_partitions = sorted(self._metadata.partitions_for_topic(topic))
+        return self._partitioner(serialized_key, all_partitions, all_partitions)
+
+    def create_batch(self):
+        return Builder(self.room)
+
+    async def send_batch(self, builder, topic, partition):
+        assert builder.closed
+        self.shipped.append((topic, partition, builder.records))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def where(producer: Producer) -> dict:
+    return {(topic, key): partition for topic, partition, records in producer.shipped for key, _ in records}
+
+
+def expected_partition(key: bytes, partitions: int) -> int:
+    return DefaultPartitioner()(key, list(range(partitions)), list(range(partitions)))
+
+
+def test_keys_land_where_the_partitioner_puts_them_and_each_key_is_hashed_once():
+    producer = Producer(partitions=4)
+    outbox = Outbox(lambda: producer)
+    records = [(topic, f"user-{i % 50}".encode(), b"v") for i in range(400) for topic in ("recs", "feedback")]
+    asyncio.run(outbox.send(records))
+    assert producer.partition_calls == 100  # 50 keys x 2 topics; the other 700 records hit the cache
+    assert all(partition == expected_partition(key, 4) for (_, key), partition in where(producer).items())
+    assert sum(len(records) for *_, records in producer.shipped) == 800
+    assert len({(t, p) for t, p, _ in producer.shipped}) == len(producer.shipped)  # one batch per partition
+
+
+def test_a_new_partition_count_forgets_the_cached_partitions():
+    producer = Producer(partitions=4)
+    outbox = Outbox(lambda: producer)
+    keys = [f"user-{i}".encode() for i in range(64)]
+    asyncio.run(outbox.send([("recs", key, b"v") for key in keys]))
+    producer._metadata.partitions, producer.shipped = 6, []
+    asyncio.run(outbox.send([("recs", key, b"v") for key in keys]))
+    assert all(partition == expected_partition(key, 6) for (_, key), partition in where(producer).items())
+
+
+def test_full_batches_are_shipped_and_unkeyed_or_custom_partitioned_records_are_never_cached():
+    class RoundRobin:
+        def __init__(self):
+            self.n = 0
+
+        def __call__(self, key, all_partitions, available):
+            self.n += 1
+            return all_partitions[self.n % len(all_partitions)]
+
+    producer = Producer(partitions=3, room=2, partitioner=RoundRobin())
+    asyncio.run(Outbox(lambda: producer).send([("recs", b"same-key", b"v")] * 9 + [("recs", None, b"v")] * 3))
+    assert producer.partition_calls == 12
+    assert sum(len(records) for *_, records in producer.shipped) == 12
+    assert all(len(records) <= 2 for *_, records in producer.shipped)
