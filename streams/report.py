@@ -160,6 +160,18 @@ CPU_PARTS = (("worker", "worker"), ("trainer", "dedicated trainer"), ("kafka_bro
              ("redis", "Redis"), ("benchmark", "benchmark process"), ("other", "rest of the machine"))
 
 
+def _phase_rows(medians: dict, row) -> list[str]:
+    """``row(items, variant, load label, medians, key prefix)`` for the maximum rate and each latency phase of
+    every variant; the rows it returns None for are left out."""
+    rows = []
+    for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
+        for v, m in by_variant.items():
+            rows.append(row(items, v, "max", m))
+            for fraction in ("0.25", "0.50", "0.75"):
+                rows.append(row(items, v, f"{float(fraction):.0%}", m, f"latency@{fraction}_"))
+    return [r for r in rows if r]
+
+
 def _cpu_lines(medians: dict) -> list[str]:
     """CPU µs per event by process (``tests.benchmarks.cpu``): at max throughput, and in the latency phases."""
     def row(items, name, label, m, prefix=""):
@@ -171,13 +183,7 @@ def _cpu_lines(medians: dict) -> list[str]:
                 + " | ".join(_fmt(m.get(f"{prefix}cpu_us_per_event_{key}")) for key, _ in CPU_PARTS)
                 + f" | {_share(m.get(f'{prefix}machine_utilisation'))} | {ceiling} |")
 
-    rows = []
-    for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
-        for v, m in by_variant.items():
-            rows.append(row(items, v, "max", m))
-            for fraction in ("0.25", "0.50", "0.75"):
-                rows.append(row(items, v, f"{float(fraction):.0%}", m, f"latency@{fraction}_"))
-    rows = [r for r in rows if r]
+    rows = _phase_rows(medians, row)
     if not rows:
         return []
     return ["", "CPU per event (µs, all cores, from `/proc`) by process, and how busy the whole machine was: at the "
@@ -195,13 +201,7 @@ def _thread_lines(medians: dict) -> list[str]:
             return None
         return f"| {int(items):,} | {name} | {label} | " + " | ".join(_fmt(v) for v in values) + " |"
 
-    rows = []
-    for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
-        for v, m in by_variant.items():
-            rows.append(row(items, v, "max", m))
-            for fraction in ("0.25", "0.50", "0.75"):
-                rows.append(row(items, v, f"{float(fraction):.0%}", m, f"latency@{fraction}_"))
-    rows = [r for r in rows if r]
+    rows = _phase_rows(medians, row)
     if not rows:
         return []
     return ["", "The worker's CPU per event (µs) by thread (named by `streams.threadnames`; `top -H` shows the same "
