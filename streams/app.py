@@ -9,11 +9,13 @@ import os
 
 import faust
 
+from streams import eager
 from streams.settings import Settings, use_event_loop
 from streams.topics import TopicNames
 
 settings = Settings.from_env()
 use_event_loop(settings)
+eager.install(settings.eager_delivery)
 names = TopicNames.of(settings)
 faust_dir = os.path.join(os.environ.get("ATTNFLOW_STATE_DIR", ".attnflow"), "faust")
 os.makedirs(faust_dir, exist_ok=True)

@@ -50,6 +50,9 @@ class Settings:
     # Batches in flight per worker: 3 ranks batch N+1 while batch N's outputs are delivered and batch
     # N+2 is taken and decoded; 1 = one at a time
     pipeline_depth: int = 3
+    # Faust's consumer hands each message to the streams without the four tasks it makes per message
+    # (streams/eager.py); false = stock Faust
+    eager_delivery: bool = True
     # Model shape and policies (see models.config.EngineConfig)
     dim: int = 64
     history: int = 50

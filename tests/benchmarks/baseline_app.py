@@ -10,6 +10,7 @@ import time
 
 import faust
 
+from streams import eager
 from streams.settings import Settings, use_event_loop
 from streams.topics import TopicNames
 
@@ -44,6 +45,7 @@ def make_app(kind: str):
     """(app, settings, events topic, recommendations topic, counters) for a baseline worker."""
     settings = Settings.from_env()
     use_event_loop(settings)  # the same loop as the pipeline
+    eager.install(settings.eager_delivery)  # as the pipeline does; the noop_faust variants run stock Faust
     names = TopicNames.of(settings)
     app = faust.App(
         settings.app_id,

@@ -25,6 +25,8 @@ topic with its own consumer group:
 - ``naive``: ``tests.benchmarks.naive_app`` (per event: GET, NumPy full scoring, SET, one send);
 - ``noop_faust``: ``tests.benchmarks.noop_app`` (take_events and count: Faust's ceiling);
 - ``noop_faust_asyncio``: the same on asyncio's own event loop instead of uvloop (what uvloop gives);
+- ``noop_faust_eager``: the same with the pipeline's eager delivery (``streams/eager.py``; the other
+  noop variants run stock Faust, ``ATTNFLOW_EAGER_DELIVERY=0``);
 - ``pipeline_stub``: ``tests.benchmarks.stub_app``, the real rank worker with a stub engine (Faust, the
   agent and its outputs, without Redis or JAX: what the worker costs around the engine);
 - ``raw_aiokafka``: an aiokafka consumer in this process (the transport's ceiling).
@@ -65,7 +67,7 @@ from streams.topics import TopicNames, ensure_topics
 from tests.benchmarks.common import REPO, RESULTS, header, median, ratio
 from tests.benchmarks.cpu import CpuMeter, listener_pid, process_cpu_s
 
-VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline_stub", "pipeline", "pipeline_notrain",
+VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "noop_faust_eager", "pipeline_stub", "pipeline", "pipeline_notrain",
             "pipeline_notrain_d1", "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_split", "pipeline_2w", "naive")
 # Latency phases cost ~10-20 s each: the design and its baseline at every rate; the rank path alone
 # (no trainer in the worker) at 50% on the first catalogue, to show what the trainer costs in latency.
@@ -80,8 +82,9 @@ WORKER_VARIANTS = {
     "pipeline_split": ("pipeline", {"role": "rank"}),
     "pipeline_2w": ("pipeline", {}),
     "naive": ("naive", {}),
-    "noop_faust": ("noop", {}),
-    "noop_faust_asyncio": ("noop", {"event_loop": "asyncio"}),
+    "noop_faust": ("noop", {"eager_delivery": False}),  # stock Faust: its own ceiling
+    "noop_faust_asyncio": ("noop", {"eager_delivery": False, "event_loop": "asyncio"}),
+    "noop_faust_eager": ("noop", {}),  # with the pipeline's eager delivery (streams/eager.py)
     # the real rank worker with a stub engine (tests/benchmarks/stub_app.py): Faust, agent and outputs
     "pipeline_stub": ("stub", {"train_enabled": False}),
 }
@@ -89,8 +92,9 @@ LATENCY_VARIANTS = ("pipeline", "naive", "pipeline_notrain", "pipeline_notrain_d
                     "pipeline_nomerge", "pipeline_split")
 # Measured on the first catalogue only (time budget): the baselines that never look at item ids, and the
 # pipeline variants whose question (trainer cost, scaling) the first catalogue answers.
-FIRST_CATALOGUE_ONLY = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "pipeline_stub", "pipeline_notrain", "pipeline_notrain_d1",
-                        "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_split", "pipeline_2w")
+FIRST_CATALOGUE_ONLY = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "noop_faust_eager", "pipeline_stub",
+                        "pipeline_notrain", "pipeline_notrain_d1", "pipeline_notrain_d2", "pipeline_nomerge",
+                        "pipeline_split", "pipeline_2w")
 EVENT_TYPES = ("view", "click", "cart", "purchase")
 TYPE_P = (0.75, 0.15, 0.07, 0.03)
 SCENES = ("default", "home", "search", "product")
@@ -905,6 +909,7 @@ def ratios(med: dict) -> dict:
             "pipeline_notrain_over_stub": ratio(own("pipeline_notrain"), own("pipeline_stub")),
             "noop_faust_over_raw_aiokafka": ratio(get("noop_faust"), get("raw_aiokafka")),
             "noop_faust_uvloop_over_asyncio": ratio(own("noop_faust"), own("noop_faust_asyncio")),
+            "noop_faust_eager_over_stock": ratio(own("noop_faust_eager"), own("noop_faust")),
             "pipeline_2w_over_1w": ratio(own("pipeline_2w"), get("pipeline")),
             "pipeline_over_pipeline_notrain": ratio(get("pipeline"), own("pipeline_notrain")),
             # pipeline_notrain runs the default depth (streams.settings.Settings.pipeline_depth)
