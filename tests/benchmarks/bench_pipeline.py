@@ -909,7 +909,9 @@ def ratios(med: dict) -> dict:
             "pipeline_notrain_over_stub": ratio(own("pipeline_notrain"), own("pipeline_stub")),
             "noop_faust_over_raw_aiokafka": ratio(get("noop_faust"), get("raw_aiokafka")),
             "noop_faust_uvloop_over_asyncio": ratio(own("noop_faust"), own("noop_faust_asyncio")),
-            "noop_faust_eager_over_stock": ratio(own("noop_faust_eager"), own("noop_faust")),
+            # worker CPU per event, stock over eager: what eager delivery saves (its rate is fetch-bound)
+            "noop_faust_cpu_stock_over_eager": ratio(*((m.get(name) or {}).get("cpu_us_per_event_worker")
+                                                       for name in ("noop_faust", "noop_faust_eager"))),
             "pipeline_2w_over_1w": ratio(own("pipeline_2w"), get("pipeline")),
             "pipeline_over_pipeline_notrain": ratio(get("pipeline"), own("pipeline_notrain")),
             # pipeline_notrain runs the default depth (streams.settings.Settings.pipeline_depth)
