@@ -9,13 +9,14 @@ import os
 
 import faust
 
-from streams import eager
+from streams import eager, fetch
 from streams.settings import Settings, use_event_loop
 from streams.topics import TopicNames
 
 settings = Settings.from_env()
 use_event_loop(settings)
 eager.install(settings.eager_delivery)
+fetch.install(settings.fetch_min_bytes, settings.fetch_max_wait_ms)
 names = TopicNames.of(settings)
 faust_dir = os.path.join(os.environ.get("ATTNFLOW_STATE_DIR", ".attnflow"), "faust")
 os.makedirs(faust_dir, exist_ok=True)

@@ -53,6 +53,10 @@ class Settings:
     # Faust's consumer hands each message to the streams without the four tasks it makes per message
     # (streams/eager.py); false = stock Faust
     eager_delivery: bool = True
+    # The broker holds a consumer's fetch until this many bytes are there or this many ms have passed
+    # (streams/fetch.py); Faust's own are 1 byte and 1500 ms
+    fetch_min_bytes: int = 1
+    fetch_max_wait_ms: int = 1500
     # Model shape and policies (see models.config.EngineConfig)
     dim: int = 64
     history: int = 50

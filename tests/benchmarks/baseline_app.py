@@ -10,7 +10,7 @@ import time
 
 import faust
 
-from streams import eager
+from streams import eager, fetch
 from streams.settings import Settings, use_event_loop
 from streams.topics import TopicNames
 
@@ -46,6 +46,7 @@ def make_app(kind: str):
     settings = Settings.from_env()
     use_event_loop(settings)  # the same loop as the pipeline
     eager.install(settings.eager_delivery)  # as the pipeline does; the noop_faust variants run stock Faust
+    fetch.install(settings.fetch_min_bytes, settings.fetch_max_wait_ms)
     names = TopicNames.of(settings)
     app = faust.App(
         settings.app_id,
