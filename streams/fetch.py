@@ -3,8 +3,8 @@
 Faust builds its Kafka consumer with ``fetch_max_wait_ms=1500`` and aiokafka's
 ``fetch_min_bytes=1``: the broker answers a fetch as soon as one byte is there. At a live rate
 that is a fetch every few messages, and each costs Faust's consumer thread (``af-consumer``) the
-same Python work however little it carries: at moderate rates that thread took more CPU per event
-than the whole worker does at full speed. With ``ATTNFLOW_FETCH_MIN_BYTES`` the broker holds a
+same Python work however little it carries: at a quarter of the maximum rate that thread took more
+CPU per event than the event loop does at full speed (the pipeline benchmark's thread table). With ``ATTNFLOW_FETCH_MIN_BYTES`` the broker holds a
 fetch until that many bytes are there or ``ATTNFLOW_FETCH_MAX_WAIT_MS`` have passed, so a fetch
 carries a few milliseconds of messages. A backlog is fetched at once either way.
 
