@@ -25,6 +25,7 @@ topic with its own consumer group:
 - ``naive``: ``tests.benchmarks.naive_app`` (per event: GET, NumPy full scoring, SET, one send);
 - ``noop_faust``: ``tests.benchmarks.noop_app`` (take_events and count: Faust's ceiling);
 - ``noop_faust_asyncio``: the same on asyncio's own event loop instead of uvloop (what uvloop gives);
+- ``pipeline_notrain_stock``: ``pipeline_notrain`` with stock Faust delivery (``ATTNFLOW_EAGER_DELIVERY=0``);
 - ``noop_faust_eager``: the same with the pipeline's eager delivery (``streams/eager.py``; the other
   noop variants run stock Faust, ``ATTNFLOW_EAGER_DELIVERY=0``);
 - ``pipeline_stub``: ``tests.benchmarks.stub_app``, the real rank worker with a stub engine (Faust, the
@@ -67,14 +68,16 @@ from streams.topics import TopicNames, ensure_topics
 from tests.benchmarks.common import REPO, RESULTS, header, median, ratio
 from tests.benchmarks.cpu import CpuMeter, listener_pid, process_cpu_s
 
-VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "noop_faust_eager", "pipeline_stub", "pipeline", "pipeline_notrain",
-            "pipeline_notrain_d1", "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_split", "pipeline_2w", "naive")
+VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "noop_faust_eager", "pipeline_stub", "pipeline",
+            "pipeline_notrain", "pipeline_notrain_stock", "pipeline_notrain_d1", "pipeline_notrain_d2",
+            "pipeline_nomerge", "pipeline_split", "pipeline_2w", "naive")
 # Latency phases cost ~10-20 s each: the design and its baseline at every rate; the rank path alone
 # (no trainer in the worker) at 50% on the first catalogue, to show what the trainer costs in latency.
 # Worker variants: (which app runs, how its settings differ from the pipeline's defaults).
 WORKER_VARIANTS = {
     "pipeline": ("pipeline", {}),
     "pipeline_notrain": ("pipeline", {"train_enabled": False}),  # the rank path alone: no examples, no trainer
+    "pipeline_notrain_stock": ("pipeline", {"train_enabled": False, "eager_delivery": False}),  # stock Faust delivery
     "pipeline_notrain_d1": ("pipeline", {"train_enabled": False, "pipeline_depth": 1}),
     "pipeline_notrain_d2": ("pipeline", {"train_enabled": False, "pipeline_depth": 2}),
     "pipeline_nomerge": ("pipeline", {"batch_merge": False, "batch_within_s": 0.02}),
@@ -88,13 +91,13 @@ WORKER_VARIANTS = {
     # the real rank worker with a stub engine (tests/benchmarks/stub_app.py): Faust, agent and outputs
     "pipeline_stub": ("stub", {"train_enabled": False}),
 }
-LATENCY_VARIANTS = ("pipeline", "naive", "pipeline_notrain", "pipeline_notrain_d1", "pipeline_notrain_d2",
-                    "pipeline_nomerge", "pipeline_split")
+LATENCY_VARIANTS = ("pipeline", "naive", "pipeline_notrain", "pipeline_notrain_stock", "pipeline_notrain_d1",
+                    "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_split")
 # Measured on the first catalogue only (time budget): the baselines that never look at item ids, and the
 # pipeline variants whose question (trainer cost, scaling) the first catalogue answers.
 FIRST_CATALOGUE_ONLY = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "noop_faust_eager", "pipeline_stub",
-                        "pipeline_notrain", "pipeline_notrain_d1", "pipeline_notrain_d2", "pipeline_nomerge",
-                        "pipeline_split", "pipeline_2w")
+                        "pipeline_notrain", "pipeline_notrain_stock", "pipeline_notrain_d1", "pipeline_notrain_d2",
+                        "pipeline_nomerge", "pipeline_split", "pipeline_2w")
 EVENT_TYPES = ("view", "click", "cart", "purchase")
 TYPE_P = (0.75, 0.15, 0.07, 0.03)
 SCENES = ("default", "home", "search", "product")
@@ -912,6 +915,7 @@ def ratios(med: dict) -> dict:
             # worker CPU per event, stock over eager: what eager delivery saves (its rate is fetch-bound)
             "noop_faust_cpu_stock_over_eager": ratio(*((m.get(name) or {}).get("cpu_us_per_event_worker")
                                                        for name in ("noop_faust", "noop_faust_eager"))),
+            "pipeline_notrain_eager_over_stock": ratio(own("pipeline_notrain"), own("pipeline_notrain_stock")),
             "pipeline_2w_over_1w": ratio(own("pipeline_2w"), get("pipeline")),
             "pipeline_over_pipeline_notrain": ratio(get("pipeline"), own("pipeline_notrain")),
             # pipeline_notrain runs the default depth (streams.settings.Settings.pipeline_depth)
