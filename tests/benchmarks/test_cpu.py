@@ -25,6 +25,15 @@ def test_listener_pid_finds_the_process_listening_on_a_port():
         assert listener_pid(port) is None
 
 
+def usage_while_spinning(meter: CpuMeter, child: subprocess.Popen, events: int) -> dict:
+    """Tell ``child`` to spin (a line on its stdin), wait for its ``done``, and meter the interval."""
+    before = meter.sample()
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    assert child.stdout.readline().strip() == "done"
+    return meter.delta(before, meter.sample(), events=events)
+
+
 def test_meter_charges_a_busy_child_to_its_group_and_an_idle_one_nothing():
     spin = ("import sys, time\ninput()\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\n"
             "print('done', flush=True)\ntime.sleep(10)\n")  # spins 0.4 s of CPU when told, then stays alive
@@ -34,11 +43,7 @@ def test_meter_charges_a_busy_child_to_its_group_and_an_idle_one_nothing():
         time.sleep(0.2)  # both interpreters started
         meter = CpuMeter({"busy": [busy.pid], "idle": [idle.pid], "none": []})
         assert set(meter.groups) == {"busy", "idle"}, "a group without processes is not reported"
-        before = meter.sample()
-        busy.stdin.write("go\n")
-        busy.stdin.flush()
-        assert busy.stdout.readline().strip() == "done"
-        usage = meter.delta(before, meter.sample(), events=1000)
+        usage = usage_while_spinning(meter, busy, events=1000)
     finally:
         busy.kill()
         idle.kill()
@@ -72,11 +77,7 @@ def test_meter_splits_a_process_by_what_its_named_threads_do():
         time.sleep(0.5)  # the interpreter has started and named its threads
         meter = CpuMeter({"worker": [child.pid]}, threads_of=("worker", "absent"))
         assert meter.threads_of == ["worker"]
-        before = meter.sample()
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        assert child.stdout.readline().strip() == "done"
-        usage = meter.delta(before, meter.sample(), events=100)
+        usage = usage_while_spinning(meter, child, events=100)
     finally:
         child.kill()
     roles = usage["threads_us_per_event"]["worker"]
