@@ -206,7 +206,8 @@ def _thread_lines(medians: dict) -> list[str]:
         return []
     return ["", "The worker's CPU per event (µs) by thread (named by `streams.threadnames`; `top -H` shows the same "
             "names). All but XLA's threads run mostly Python under one interpreter lock, so together they get "
-            "little more than one core, however many the machine has:", "",
+            "little more than one core, however many the machine has. The baseline apps (`noop_faust*`) do not name "
+            "their threads, so all of their CPU shows as other:", "",
             "| items | variant | load | " + " | ".join(ALL_ROLES) + " |", "|---|---|---|" + "---|" * len(ALL_ROLES),
             *rows]
 
