@@ -25,6 +25,7 @@ from streams.codec import (BadEvent, decode_event, encode_deadletter, encode_eve
                            encode_recommendation)
 from streams.metrics import PipelineMetrics, TrainerMetrics
 from streams.outbox import Outbox
+from streams.settings import restore_root_log_level
 from streams.threadnames import name_worker_threads, set_native_name
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class RankWorker:
                  "pipeline depth %d)", seconds, self.cfg.k, self.cfg.history, self.cfg.dim,
                  ",".join(self.cfg.scenes), type(loop).__module__.split(".")[0], self.depth)
         freeze_heap()
+        restore_root_log_level(self.settings.log_level)
         self.metrics.ready = True
 
     async def handle(self, events) -> None:

@@ -94,6 +94,8 @@ def cmd_worker(args, settings):
     from streams.topics import ensure_topics
 
     ensure_topics(settings)
+    if args.loglevel:  # the app reads its settings from the environment: let it see this level too
+        os.environ["ATTNFLOW_LOG_LEVEL"] = args.loglevel
     from streams.app import app
 
     port = args.web_port or settings.web_port

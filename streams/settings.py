@@ -5,6 +5,7 @@ Defaults run against the local stack started by ``deploy/`` (Kafka on 127.0.0.1:
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field, fields
 
@@ -184,3 +185,19 @@ def use_event_loop(settings: Settings) -> None:
     import asyncio
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def restore_root_log_level(level: str) -> None:
+    """Put the root logger back at the configured level once the worker has started.
+
+    At ``warn`` or ``error`` Faust sets the root logger to DEBUG, so that its start-up spinner turns
+    on every record, and leaves it there. Every ``log.debug`` in aiokafka, Faust and mode then built
+    a record and ran the handlers: a ``send_batch`` or a connection write alone made one.
+
+    >>> import logging
+    >>> root = logging.getLogger(); before = root.level
+    >>> root.setLevel(logging.DEBUG); restore_root_log_level("warn"); logging.getLevelName(root.level)
+    'WARNING'
+    >>> root.setLevel(before)
+    """
+    logging.getLogger().setLevel(logging.getLevelName(level.upper()))  # "WARN" maps to WARNING too

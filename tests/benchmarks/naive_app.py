@@ -23,6 +23,7 @@ import orjson  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
 from models.store import RedisStore  # noqa: E402
+from streams.settings import restore_root_log_level  # noqa: E402
 from tests.benchmarks.baseline_app import make_app  # noqa: E402
 
 app, settings, events_topic, recommendations_topic, counters = make_app("naive")
@@ -55,6 +56,7 @@ def top_k(history: list[int]) -> tuple[np.ndarray, np.ndarray]:
 async def naive(stream):
     """One event in, one GET, one full-catalogue scoring, one SET and one recommendation out."""
     load_catalogue()  # here, not at import: importing this module (doctest collection) must not need Redis
+    restore_root_log_level(settings.log_level)  # as the rank worker does once started
     counters.ready = True
     r = aioredis.Redis.from_url(settings.redis_url)
     prefix = f"{settings.redis_prefix}:naive:"
