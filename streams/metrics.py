@@ -41,8 +41,6 @@ class Quantiles:
         return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "n": len(arr)}
 
 
-_DISCOUNT = [0.0] + [1.0 / math.log2(rank + 1) for rank in range(1, 257)]  # NDCG gain at rank 1..256
-
 STAGES = ("to_agent", "queued", "engine", "deliver", "write")
 
 
@@ -138,7 +136,7 @@ class PipelineMetrics:
                 self.listed += 1
                 if fb.hit:
                     self.hits += 1
-                    self.dcg += _DISCOUNT[fb.rank] if fb.rank < len(_DISCOUNT) else 1.0 / math.log2(fb.rank + 1)
+                    self.dcg += 1.0 / math.log2(fb.rank + 1)
 
     def progress(self) -> dict:
         """The counters alone, without quantiles: cheap enough to poll many times a second."""
@@ -149,10 +147,8 @@ class PipelineMetrics:
     def snapshot(self) -> dict:
         listed = max(self.listed, 1)
         return {
-            "uptime_s": time.time() - self.started, "ready": self.ready, "events": self.events,
-            "batches": self.batches, "recommendations": self.recommendations, "feedback": self.feedback,
-            "replayed": self.replayed, "fenced_skips": self.fenced_skips, "retries": self.retries,
-            "deadletters": dict(self.deadletters), "model_version": self.model_version, "n_items": self.n_items,
+            **self.progress(), "replayed": self.replayed, "fenced_skips": self.fenced_skips, "retries": self.retries,
+            "deadletters": dict(self.deadletters), "n_items": self.n_items,  # model_version: in progress()
             "online": {"k": self.k, "events_with_list": self.listed, "hits": self.hits,
                        "hr": self.hits / listed if self.listed else None,
                        "ndcg": self.dcg / listed if self.listed else None},
