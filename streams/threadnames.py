@@ -19,9 +19,7 @@ ALL_ROLES = (*ROLES.values(), "xla", "other")
 def set_native_name(name: str, thread: threading.Thread | None = None) -> bool:
     """Give ``thread`` (default: the calling one) an OS-level name; False where the OS does not allow it.
 
-    >>> import threading
-    >>> t = threading.Thread(target=lambda: None); t.start(); t.join()
-    >>> set_native_name("af-test", t)   # a thread that has ended cannot be named
+    >>> set_native_name("a-name-longer-than-15-bytes")   # the kernel keeps 15 bytes: refused, not cut
     False
     """
     thread = thread or threading.current_thread()
