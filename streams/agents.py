@@ -46,15 +46,6 @@ def reason_code(reason: str) -> str:
     return "wrong_type" if "must be" in reason else "bad_value"
 
 
-async def _send(topic, key: bytes | None, value: bytes):
-    """Queue one record on the app's producer; returns its delivery future.
-
-    Straight to the producer: the values are already bytes, so Faust's per-message topic machinery
-    (serializers, FutureMessage, callbacks) is pure overhead on this path.
-    """
-    return await topic.app.producer.send(topic.get_topic_name(), key, value, None, None, None)
-
-
 @dataclass(slots=True)
 class DeadLetter:
     raw: bytes
@@ -304,23 +295,25 @@ class RankWorker:
                    for rec in result.recommendations]
         records += [(feedback, fb.user_id.encode(), encode_feedback(fb)) for fb in result.feedback]
         self.metrics.observe_feedbacks(result.feedback)
-        pending = await self.outbox.send(records)
-        pending += await self._send_deadletters([DeadLetter.of(r.event, r.reason, topic) for r in result.rejected])
+        records += self._deadletter_records([DeadLetter.of(r.event, r.reason, topic) for r in result.rejected])
         if self.train_topic is not None and result.examples is not None and len(result.examples):
             # one message per batch: examples are fixed-size binary records, not JSON
-            pending.append(await _send(self.train_topic, None, examples_to_bytes(result.examples, self.cfg)))
-        return pending
+            records.append((self.train_topic.get_topic_name(), None, examples_to_bytes(result.examples, self.cfg)))
+        return await self.outbox.send(records)
 
     async def _send_deadletters(self, dead: list[DeadLetter]) -> list:
         """Queue dead-letter records; returns their delivery futures."""
-        deadletter = self.outputs[2]
-        futures = []
+        return await self.outbox.send(self._deadletter_records(dead)) if dead else []
+
+    def _deadletter_records(self, dead: list[DeadLetter]) -> list[tuple[str, None, bytes]]:
+        """Dead-letter records to queue, each logged and counted by reason."""
+        deadletter = self.outputs[2].get_topic_name()
+        records = []
         for d in dead:
             log.warning("dead letter %s[%d]@%d: %s", d.topic, d.partition, d.offset, d.reason)
             self.metrics.deadletters[reason_code(d.reason)] += 1
-            futures.append(await _send(deadletter, None,
-                                       encode_deadletter(d.raw, d.reason, d.topic, d.partition, d.offset)))
-        return futures
+            records.append((deadletter, None, encode_deadletter(d.raw, d.reason, d.topic, d.partition, d.offset)))
+        return records
 
 
 def _fail(exc: BaseException, *futures: asyncio.Future) -> None:

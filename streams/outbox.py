@@ -6,6 +6,12 @@ wait, partitioner, accumulator) and a future: about 20 µs, ~20 ms of every batc
 Appending them to one ``BatchBuilder`` per (topic, partition) and handing each builder to
 ``send_batch`` costs about 4 µs a record. Partitions are chosen by the producer's own partitioner,
 so a key lands exactly where ``producer.send`` would have put it.
+
+A closed batch is ready for the sender at once, whereas a record given to ``producer.send`` waits in
+an open batch for the producer's linger (``producer_linger_ms``) before it leaves. So everything a
+rank batch emits goes through here, the training message and dead letters included: one record sent
+with ``producer.send`` held the whole batch's delivery for the linger, as the batch waits for every
+one of its records to be acknowledged.
 """
 from __future__ import annotations
 

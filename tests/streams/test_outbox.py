@@ -104,3 +104,42 @@ def test_full_batches_are_shipped_and_unkeyed_or_custom_partitioned_records_are_
     assert producer.partition_calls == 12
     assert sum(len(records) for *_, records in producer.shipped) == 12
     assert all(len(records) <= 2 for *_, records in producer.shipped)
+
+
+def test_every_output_of_a_rank_batch_leaves_in_closed_batches():
+    """Recommendations, feedback, dead letters and the training message: all through ``send_batch``.
+
+    A record given to ``producer.send`` instead lingers in an open batch (``producer_linger_ms``)
+    before it leaves, and the rank batch waits for all its records: it once held every batch's
+    delivery back by the linger. The stand-in producer has no ``send``, so such a record fails here.
+    """
+    from types import SimpleNamespace
+
+    from models.engine import BatchResult, Feedback, Recommendation, Rejected, SourcedEvent
+    from models.events import Event
+    from models.training import toy_examples
+    from streams.agents import DeadLetter, RankWorker
+    from streams.settings import Settings
+
+    producer = Producer(partitions=2)
+    topics = [SimpleNamespace(get_topic_name=lambda name=name: name)
+              for name in ("recs", "feedback", "dead", "train")]
+    worker = RankWorker(Settings(compile_cache_dir=""), *topics)
+    worker.outbox = Outbox(lambda: producer)
+    cfg = worker.cfg
+    result = BatchResult(
+        recommendations=[Recommendation("u1", "default", ["i1"], [0.5], 3, 1.0)],
+        feedback=[Feedback("u1", "i1", "click", "default", 1.0, True, 1, 0.2, "default", None)],
+        rejected=[Rejected(SourcedEvent(Event("u2", "i9", "view", 2.0), 0, 7), "unknown item")])
+    result.examples = toy_examples(cfg, n=3, n_items=10)
+    bad = DeadLetter(b"{bad", "not valid JSON", "events", 1, 8)
+
+    async def outputs():
+        return await worker._send_deadletters([bad]) + await worker._queue_outputs(result, "events")
+
+    futures = asyncio.run(outputs())
+    shipped = {topic: sum(len(records) for t, _, records in producer.shipped if t == topic)
+               for topic in ("recs", "feedback", "dead", "train")}
+    assert shipped == {"recs": 1, "feedback": 1, "dead": 2, "train": 1}
+    assert len(futures) == len(producer.shipped)
+    assert dict(worker.metrics.deadletters) == {"invalid_json": 1, "bad_value": 1}
