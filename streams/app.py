@@ -11,7 +11,7 @@ import faust
 
 from streams import eager, fetch
 from streams.settings import Settings, use_event_loop
-from streams.topics import TopicNames
+from streams.topics import RawSchema, TopicNames
 
 settings = Settings.from_env()
 use_event_loop(settings)
@@ -47,14 +47,15 @@ app = faust.App(
     # rank batch's records for one partition (the broker's default limit is 1 MiB).
     producer_max_batch_size=256 * 1024,
     producer_acks=-1,
+    cython_optimizations=settings.faust_cython_optimizations,
 )
 
-events_topic = app.topic(names.events, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+events_topic = app.topic(names.events, schema=RawSchema(), partitions=settings.partitions)
 recommendations_topic = app.topic(names.recommendations, key_type=bytes, value_type=bytes,
                                   partitions=settings.partitions)
 feedback_topic = app.topic(names.feedback, key_type=bytes, value_type=bytes, partitions=settings.partitions)
 deadletter_topic = app.topic(names.deadletter, key_type=bytes, value_type=bytes, partitions=1)
-train_topic = app.topic(names.train, key_type=bytes, value_type=bytes, partitions=1)
+train_topic = app.topic(names.train, schema=RawSchema(), partitions=1)
 
 from streams import agents, views  # noqa: E402  (after ``app`` exists: they register on it)
 

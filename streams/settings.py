@@ -58,6 +58,9 @@ class Settings:
     # (streams/fetch.py); Faust's own are 1 byte and 1500 ms
     fetch_min_bytes: int = 1
     fetch_max_wait_ms: int = 1500
+    # Faust's opt-in Cython fast paths (its ``cython_optimizations`` setting): the stream iterator takes
+    # events already in the stream's queue without awaiting it; false = the paths released versions run
+    faust_cython_optimizations: bool = True
     # Model shape and policies (see models.config.EngineConfig)
     dim: int = 64
     history: int = 50
