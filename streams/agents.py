@@ -224,9 +224,7 @@ class RankWorker:
         try:
             if previous is not None:
                 await previous.queued  # outputs leave in batch order; a failed predecessor fails this one too
-            pending = await self._send_deadletters(item.dead + dead)
-            for result in results:
-                pending += await self._queue_outputs(result, topic)
+            pending = await self._queue_outputs(results, item.dead + dead, topic)
         except BaseException as exc:
             _fail(exc, item.queued)
             raise
@@ -286,24 +284,23 @@ class RankWorker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _queue_outputs(self, result: BatchResult, topic: str) -> list:
-        """Queue a batch's recommendations, feedback, dead letters and training examples; returns
-        their delivery futures."""
+    async def _queue_outputs(self, results: list[BatchResult], dead: list[DeadLetter], topic: str) -> list:
+        """Queue a batch's recommendations, feedback, dead letters and training examples in one go, so
+        that each (topic, partition) gets one record batch; returns their delivery futures."""
         recommendations, feedback = (t.get_topic_name() for t in self.outputs[:2])
         emitted = time.time()
-        records = [(recommendations, rec.user_id.encode(), encode_recommendation(rec, emitted))
-                   for rec in result.recommendations]
-        records += [(feedback, fb.user_id.encode(), encode_feedback(fb)) for fb in result.feedback]
-        self.metrics.observe_feedbacks(result.feedback)
-        records += self._deadletter_records([DeadLetter.of(r.event, r.reason, topic) for r in result.rejected])
-        if self.train_topic is not None and result.examples is not None and len(result.examples):
-            # one message per batch: examples are fixed-size binary records, not JSON
-            records.append((self.train_topic.get_topic_name(), None, examples_to_bytes(result.examples, self.cfg)))
+        records = self._deadletter_records(dead)
+        for result in results:
+            records += [(recommendations, rec.user_id.encode(), encode_recommendation(rec, emitted))
+                        for rec in result.recommendations]
+            records += [(feedback, fb.user_id.encode(), encode_feedback(fb)) for fb in result.feedback]
+            self.metrics.observe_feedbacks(result.feedback)
+            records += self._deadletter_records([DeadLetter.of(r.event, r.reason, topic) for r in result.rejected])
+            if self.train_topic is not None and result.examples is not None and len(result.examples):
+                # one message per batch: examples are fixed-size binary records, not JSON
+                records.append((self.train_topic.get_topic_name(), None,
+                                examples_to_bytes(result.examples, self.cfg)))
         return await self.outbox.send(records)
-
-    async def _send_deadletters(self, dead: list[DeadLetter]) -> list:
-        """Queue dead-letter records; returns their delivery futures."""
-        return await self.outbox.send(self._deadletter_records(dead)) if dead else []
 
     def _deadletter_records(self, dead: list[DeadLetter]) -> list[tuple[str, None, bytes]]:
         """Dead-letter records to queue, each logged and counted by reason."""

@@ -49,7 +49,7 @@ CATEGORIES = [
     ("asyncio event loop", lambda fn, f: "/asyncio/" in f or f.endswith("selectors.py")),
     ("logging", lambda fn, f: "/logging/" in f),
 ]
-KEY_FUNCTIONS = ["RankWorker.handle", "RankWorker._apply", "RankWorker._send_outputs", "RankWorker._send_deadletters",
+KEY_FUNCTIONS = ["RankWorker.handle", "RankWorker._complete", "RankWorker._queue_outputs", "RankWorker._deadletter_records",
                  "RankWorker._run", "decode_event", "encode_recommendation", "encode_feedback", "Engine.process",
                  "Engine.commit", "Engine._fold_and_rank", "Engine._feedback", "Engine._decode", "Engine.item_id",
                  "Engine._learn_ids", "step", "prepare", "rank_inputs", "StateCodec.decode", "StateCodec.encode",

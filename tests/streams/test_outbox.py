@@ -134,10 +134,7 @@ def test_every_output_of_a_rank_batch_leaves_in_closed_batches():
     result.examples = toy_examples(cfg, n=3, n_items=10)
     bad = DeadLetter(b"{bad", "not valid JSON", "events", 1, 8)
 
-    async def outputs():
-        return await worker._send_deadletters([bad]) + await worker._queue_outputs(result, "events")
-
-    futures = asyncio.run(outputs())
+    futures = asyncio.run(worker._queue_outputs([result], [bad], "events"))
     shipped = {topic: sum(len(records) for t, _, records in producer.shipped if t == topic)
                for topic in ("recs", "feedback", "dead", "train")}
     assert shipped == {"recs": 1, "feedback": 1, "dead": 2, "train": 1}

@@ -63,9 +63,10 @@ def rank_worker(log: list, engine: FakeEngine, deliveries: dict, **settings) -> 
     worker = RankWorker(Settings(train_enabled=False, compile_cache_dir="", **settings), topic, topic, topic)
     worker.engine = engine
 
-    async def queue_outputs(result, _topic):
-        log.append(("queued", result.batch))
-        return [deliveries.setdefault(result.batch, asyncio.get_running_loop().create_future())]
+    async def queue_outputs(results, _dead, _topic):
+        for result in results:
+            log.append(("queued", result.batch))
+        return [deliveries.setdefault(result.batch, asyncio.get_running_loop().create_future()) for result in results]
 
     worker._queue_outputs = queue_outputs
     return worker
@@ -135,10 +136,10 @@ def test_outputs_are_queued_in_batch_order():
         worker = rank_worker(log, FakeEngine(log), deliveries)
         real = worker._queue_outputs
 
-        async def slow_first(result, topic):
-            if result.batch == 1:
+        async def slow_first(results, dead, topic):
+            if results[0].batch == 1:
                 await asyncio.sleep(0.2)                     # batch 2's engine finishes long before this
-            return await real(result, topic)
+            return await real(results, dead, topic)
 
         worker._queue_outputs = slow_first
         await handle_alone(worker, batch(1, log))
