@@ -8,7 +8,7 @@ table is large enough (``sampled``): its normaliser is the target, the user's ow
 and writes only the item rows it used (``sparse_train_step``), so it costs about the same at 10k
 and at 100k items.
 Examples travel from rank workers to the single trainer as compact binary records
-(``examples_to_bytes``); the trainer publishes parameter snapshots that workers hot-reload.
+(``examples_to_messages``); the trainer publishes parameter snapshots that workers hot-reload.
 """
 from __future__ import annotations
 
@@ -335,6 +335,13 @@ def example_dtype(cfg: EngineConfig) -> np.dtype:
                      ("type", "i1")])
 
 
+def _records(examples: Examples, cfg: EngineConfig) -> np.ndarray:
+    records = np.zeros(len(examples), example_dtype(cfg))
+    for f in Examples.__dataclass_fields__:
+        records[f] = getattr(examples, f)
+    return records
+
+
 def examples_to_bytes(examples: Examples, cfg: EngineConfig) -> bytes:
     """Pack examples as one binary message (fixed-size records, layout fixed by ``cfg``).
 
@@ -344,10 +351,27 @@ def examples_to_bytes(examples: Examples, cfg: EngineConfig) -> bytes:
     >>> back.target.tolist() == ex.target.tolist(), back.hist_item.shape
     (True, (5, 3))
     """
-    records = np.zeros(len(examples), example_dtype(cfg))
-    for f in Examples.__dataclass_fields__:
-        records[f] = getattr(examples, f)
-    return records.tobytes()
+    return _records(examples, cfg).tobytes()
+
+
+TRAIN_MESSAGE_MAX_BYTES = 512 * 1024
+
+
+def examples_to_messages(examples: Examples, cfg: EngineConfig, max_bytes: int = TRAIN_MESSAGE_MAX_BYTES) -> list[bytes]:
+    """Pack examples as binary messages of at most ``max_bytes`` each (at least one example each).
+
+    A rank batch of 512 events makes half a megabyte of examples at the default shapes; with a longer
+    history or more dimensions, one message would pass Kafka's 1 MiB limit, and its delivery, hence
+    the batch, would fail every time.
+
+    >>> cfg = EngineConfig(dim=4, history=3, scenes=("default",), k=2)
+    >>> size = example_dtype(cfg).itemsize
+    >>> [len(m) // size for m in examples_to_messages(toy_examples(cfg, n=5, n_items=7), cfg, max_bytes=2 * size)]
+    [2, 2, 1]
+    """
+    records = _records(examples, cfg)
+    per_message = max(1, max_bytes // records.dtype.itemsize)
+    return [records[start:start + per_message].tobytes() for start in range(0, len(records), per_message)]
 
 
 def examples_from_bytes(blob: bytes, cfg: EngineConfig) -> Examples:

@@ -16,10 +16,12 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from mode import CrashingSupervisor
+
 from models.engine import BatchResult, Engine, SourcedEvent
 from models.kernels import enable_compile_cache
 from models.params import from_bytes, to_bytes
-from models.training import Trainer, examples_from_bytes, examples_to_bytes
+from models.training import Trainer, examples_from_bytes, examples_to_messages
 from models.store import TRANSIENT_ERRORS, RedisStore
 from streams.codec import (BadEvent, decode_event, encode_deadletter, encode_event, encode_feedback,
                            encode_recommendation)
@@ -115,6 +117,8 @@ class RankWorker:
         self.merge = settings.batch_merge
         self._inflight: deque[_InFlight] = deque()
         self.activity = RankActivity()
+        self.on_failure = None  # called with the exception of the first batch that fails
+        self.failed = False
         # One thread each: engine calls, and state writes, must run in batch order, and JAX/Redis work
         # must not block the loop. Writes mostly wait on Redis (and its fsync): on their own thread
         # they overlap with ranking the next batch.
@@ -173,6 +177,7 @@ class RankWorker:
         item.task = loop.create_task(self._complete(item, newest, events[0].message.topic))
         # a task cancelled before it ran never resolves its futures: resolve them, so the batch leaves
         item.task.add_done_callback(lambda _: _fail(asyncio.CancelledError(), item.processed, item.queued))
+        item.task.add_done_callback(self._report_failure)
         self._inflight.append(item)
         while len(self._inflight) >= self.depth:
             oldest = self._inflight.popleft()
@@ -183,6 +188,18 @@ class RankWorker:
             except Exception:
                 await self._abandon()
                 raise
+
+    def _report_failure(self, task: asyncio.Task) -> None:
+        """A failed batch surfaces in ``handle`` once later batches push it out of the pipeline; when
+        no more events come, that is never, and its events stay unacked while the worker looks alive.
+        ``on_failure`` (the agent's crash, see ``register``) hears of it at once instead."""
+        if task.cancelled() or task.exception() is None or self.failed:
+            return  # batches after a failed one fail with it: the first one tells
+        self.failed = True
+        log.error("a batch failed (%s: %s): the worker stops, so that it restarts and its events are redelivered",
+                  type(task.exception()).__name__, task.exception())
+        if self.on_failure is not None:
+            self.on_failure(task.exception())
 
     async def drain(self, timeout: float = 60.0) -> None:
         """Wait for the batches in flight (the agent is stopping)."""
@@ -297,9 +314,9 @@ class RankWorker:
             self.metrics.observe_feedbacks(result.feedback)
             records += self._deadletter_records([DeadLetter.of(r.event, r.reason, topic) for r in result.rejected])
             if self.train_topic is not None and result.examples is not None and len(result.examples):
-                # one message per batch: examples are fixed-size binary records, not JSON
-                records.append((self.train_topic.get_topic_name(), None,
-                                examples_to_bytes(result.examples, self.cfg)))
+                # examples are fixed-size binary records, not JSON: one message per batch, or a few
+                train = self.train_topic.get_topic_name()
+                records += [(train, None, blob) for blob in examples_to_messages(result.examples, self.cfg)]
         return await self.outbox.send(records)
 
     def _deadletter_records(self, dead: list[DeadLetter]) -> list[tuple[str, None, bytes]]:
@@ -518,12 +535,20 @@ class TrainWorker:
             await asyncio.get_running_loop().run_in_executor(self.executor, self.publish)
 
 
+async def crash_agent(agent, exc: BaseException) -> None:
+    """Crash ``agent`` as if its body had raised ``exc``: what Faust does then (``Agent._execute_actor``),
+    and with a ``CrashingSupervisor`` the worker stops and exits with the error."""
+    for actor in list(agent._actors):
+        await actor.crash(exc)
+    agent.supervisor.wakeup()
+
+
 def register(app, settings, events_topic, recommendations_topic, feedback_topic, deadletter_topic, train_topic):
     worker = RankWorker(settings, recommendations_topic, feedback_topic, deadletter_topic, train_topic)
     trainer = TrainWorker(settings, activity=worker.activity if settings.role == "all" else None)
 
     if settings.role in ("all", "rank"):
-        @app.agent(events_topic, concurrency=1, name="rank")
+        @app.agent(events_topic, concurrency=1, name="rank", supervisor_strategy=CrashingSupervisor)
         async def rank(stream):
             """Rank agent: micro-batches of events → recommendations, feedback, dead letters."""
             await worker.start()
@@ -532,6 +557,8 @@ def register(app, settings, events_topic, recommendations_topic, feedback_topic,
                     await worker.handle(events)
             finally:
                 await worker.drain()
+
+        worker.on_failure = lambda exc: asyncio.ensure_future(crash_agent(rank, exc))
     else:
         worker.metrics.ready = True  # nothing to warm up for ranking in a dedicated trainer
 

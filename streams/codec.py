@@ -111,16 +111,44 @@ def encode_feedback(fb: Feedback) -> bytes:
                          "list_scene": fb.list_scene, "event_id": fb.event_id})
 
 
+DEADLETTER_VALUE_MAX_BYTES = 64 * 1024
+
+
+def _as_text(value: bytes, cut: bool) -> str | None:
+    """``value`` as UTF-8 text, or None; a cut value may end inside a character, whose bytes are dropped.
+
+    >>> _as_text("aé".encode()[:2], cut=True), _as_text(b"\\xff", cut=False)
+    ('a', None)
+    """
+    for drop in range(4 if cut else 1):
+        try:
+            return value[:len(value) - drop].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
 def encode_deadletter(raw: bytes | None, reason: str, topic: str, partition: int, offset: int) -> bytes:
     """Dead-letter record: the original bytes (as text when UTF-8, else base64) and why it was refused.
 
+    A value is carried up to ``DEADLETTER_VALUE_MAX_BYTES``; a longer one is cut to a prefix
+    (``value_truncated``), since whole it may not fit in a Kafka message once encoded: base64 grows it
+    by a third and JSON escapes a control byte to six. ``value_bytes`` is its full length, and
+    ``topic``/``partition``/``offset`` say where the whole value still is.
+
     >>> orjson.loads(encode_deadletter(b'{bad', "not valid JSON", "events", 2, 41))["value"]
     '{bad'
+    >>> doc = orjson.loads(encode_deadletter(("x" + "é" * 40_000).encode(), "not valid JSON", "events", 0, 7))
+    >>> doc["value_bytes"], doc["value_truncated"], len(doc["value"].encode()) == DEADLETTER_VALUE_MAX_BYTES - 1
+    (80001, True, True)
     """
-    doc = {"reason": reason, "topic": topic, "partition": partition, "offset": offset, "failed_ts": time.time()}
     raw = raw or b""
-    try:
-        doc["value"] = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        doc["value_base64"] = base64.b64encode(raw).decode("ascii")
+    kept = raw[:DEADLETTER_VALUE_MAX_BYTES]
+    doc = {"reason": reason, "topic": topic, "partition": partition, "offset": offset, "failed_ts": time.time(),
+           "value_bytes": len(raw), "value_truncated": len(kept) < len(raw)}
+    text = _as_text(kept, cut=doc["value_truncated"])
+    if text is not None:
+        doc["value"] = text
+    else:
+        doc["value_base64"] = base64.b64encode(kept).decode("ascii")
     return orjson.dumps(doc)

@@ -7,6 +7,7 @@ consumer group over the same state).
 """
 from __future__ import annotations
 
+import base64
 import time
 from collections import defaultdict
 
@@ -63,6 +64,16 @@ def wait_for(port, events, timeout_s=120):
             return stats
         time.sleep(0.3)
     raise AssertionError(f"worker processed {stats['events']} of {events} events in {timeout_s}s: {stats}")
+
+
+def run_worker_until(settings, log_path, events):
+    """Start a worker, wait until it has processed ``events`` events, stop it; returns its stats then."""
+    worker = start_worker(settings, log_path)
+    try:
+        wait_ready(settings.web_port, worker)
+        return wait_for(settings.web_port, events)
+    finally:
+        stop_worker(worker)
 
 
 def latest_lists(settings):
@@ -174,12 +185,7 @@ def test_redelivery_is_applied_once(settings, redis_store, tmp_path):
             producer.event(user, CATALOGUE[(step * 7 + len(user)) % 40], "view", 1_700_000_000.0 + step)
     producer.close()
 
-    worker = start_worker(settings, tmp_path / "first.log")
-    try:
-        wait_ready(settings.web_port, worker)
-        wait_for(settings.web_port, len(producer.sent))
-    finally:
-        stop_worker(worker)
+    run_worker_until(settings, tmp_path / "first.log", len(producer.sent))
     before = {u: redis_store.read_state(u) for u in USERS[:4]}
     assert_states_hold_each_event_once(settings, redis_store, producer.sent)
 
@@ -247,3 +253,71 @@ def test_killed_worker_loses_nothing_and_applies_each_event_once(settings, redis
     feedback = {f["event_id"] for f in read_topic(settings, "feedback", timeout_s=3)}
     assert feedback == {d["event_id"] for d, _, _ in sent}   # at least once each, none lost
     assert set(latest_lists(settings)) == set(users)
+
+
+def test_oversized_bad_events_are_dead_lettered_and_the_worker_goes_on(settings, redis_store, tmp_path):
+    """Bad events close to the broker's 1 MiB message limit: carried whole, their dead letters would
+    not fit in a Kafka message (base64 grows bytes by a third, JSON escapes a control byte to six).
+    Each must still get a dead letter, holding a prefix of the value and where the whole one is, and
+    the events after them must be ranked as usual."""
+    ensure_topics(settings)
+    producer = Producer(settings)
+    big = {b"\xff" * 900_000: "value_base64", b"\x01" * 300_000: "value"}
+    worker = start_worker(settings, tmp_path / "worker.log")
+    try:
+        wait_ready(settings.web_port, worker)
+        for value in big:
+            producer.raw(value)
+        for step in range(2):
+            for user in USERS[:4]:
+                producer.event(user, CATALOGUE[step], "view", 1_700_000_000.0 + step)
+        stats = wait_for(settings.web_port, len(producer.sent) + len(big), timeout_s=60)
+    finally:
+        stop_worker(worker)
+        producer.close()
+    assert stats["deadletters"] == {"invalid_json": len(big)}, stats["deadletters"]
+    dead = list(read_topic(settings, "deadletter", timeout_s=3))
+    assert len(dead) == len(big)
+    for record, (value, field) in zip(sorted(dead, key=lambda r: r["offset"]), big.items()):
+        assert record["reason"].startswith("not valid JSON")
+        assert record["value_bytes"] == len(value) and record["value_truncated"] is True
+        kept = base64.b64decode(record[field]) if field == "value_base64" else record[field].encode()
+        assert 0 < len(kept) < len(value) and value.startswith(kept)
+        assert record["topic"] == TopicNames.of(settings).events and record["offset"] >= 0
+    assert set(latest_lists(settings)) == set(USERS[:4])
+
+
+def test_a_worker_that_cannot_deliver_exits_and_a_restart_loses_nothing(settings, redis_store, tmp_path):
+    """Outputs the broker refuses (here: a recommendations topic whose message limit is smaller than
+    any batch of recommendations) must not leave the worker alive but stuck on events it can never
+    ack: it exits with an error, so that its supervisor restarts it. The events are not committed,
+    so once the topic is fixed, a restarted worker ranks every one of them."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
+
+    names = TopicNames.of(settings)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    limit = {"max.message.bytes": "200"}
+    admin.create_topics([NewTopic(names.recommendations, settings.partitions, 1, topic_configs=limit)])
+    ensure_topics(settings)
+    producer = Producer(settings)
+    for step in range(2):
+        for user in USERS:
+            producer.event(user, CATALOGUE[step], "view", 1_700_000_000.0 + step)
+    producer.close()
+    log_path = tmp_path / "refused.log"
+    worker = start_worker(settings, log_path)
+    try:
+        worker.wait(timeout=120)
+    finally:
+        stop_worker(worker)
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, names.recommendations,
+                                            configs={"max.message.bytes": "1048588"})])
+        admin.close()
+    assert worker.returncode != 0
+    assert "MessageSizeTooLargeError" in log_path.read_text()
+
+    run_worker_until(settings, tmp_path / "restarted.log", len(producer.sent))
+    assert_states_hold_each_event_once(settings, redis_store, producer.sent)
+    feedback = {f["event_id"] for f in read_topic(settings, "feedback", timeout_s=3)}
+    assert feedback == {d["event_id"] for d, _, _ in producer.sent}
+    assert set(latest_lists(settings)) == set(USERS)
