@@ -289,17 +289,7 @@ class RankWorker:
             return first + second, first_dead + second_dead
 
     async def _run(self, fn, *args, executor=None):
-        """Run engine work in a worker thread, retrying store outages with backoff until they pass."""
-        loop = asyncio.get_running_loop()
-        delay = 0.1
-        while True:
-            try:
-                return await loop.run_in_executor(executor or self.executor, fn, *args)
-            except TRANSIENT_ERRORS as exc:
-                self.metrics.retries += 1
-                log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return await run_retrying(executor or self.executor, self.metrics, fn, *args)
 
     async def _queue_outputs(self, results: list[BatchResult], dead: list[DeadLetter], topic: str) -> list:
         """Queue a batch's recommendations, feedback, dead letters and training examples in one go, so
@@ -328,6 +318,21 @@ class RankWorker:
             self.metrics.deadletters[reason_code(d.reason)] += 1
             records.append((deadletter, None, encode_deadletter(d.raw, d.reason, d.topic, d.partition, d.offset)))
         return records
+
+
+async def run_retrying(executor, metrics, fn, *args):
+    """Run ``fn`` in ``executor``, retrying store outages (``TRANSIENT_ERRORS``) with backoff until
+    they pass; each retry is counted in ``metrics.retries``."""
+    loop = asyncio.get_running_loop()
+    delay = 0.1
+    while True:
+        try:
+            return await loop.run_in_executor(executor, fn, *args)
+        except TRANSIENT_ERRORS as exc:
+            metrics.retries += 1
+            log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _fail(exc: BaseException, *futures: asyncio.Future) -> None:
@@ -491,7 +496,16 @@ class TrainWorker:
         # snapshot for them, or every worker would reload identical parameters under a new version.
         self._dirty = self._dirty or self.trainer.steps > steps_before
         if time.monotonic() - self._published_at >= self.settings.snapshot_interval_s:
+            self.publish_or_defer()
+
+    def publish_or_defer(self) -> None:
+        """Publish, or during a store outage leave it to a later call: the steps are taken already,
+        so retrying the whole ``learn`` would take them twice."""
+        try:
             self.publish()
+        except TRANSIENT_ERRORS as exc:
+            self.metrics.retries += 1
+            log.warning("store unavailable (%s); the snapshot is published later", exc)
 
     def publish(self) -> None:
         if not self._dirty or self.trainer is None:
@@ -505,7 +519,6 @@ class TrainWorker:
         log.info("published parameter snapshot %d (%d steps, loss %s)", version, self.trainer.steps, self.metrics.loss)
 
     async def handle(self, events) -> None:
-        loop = asyncio.get_running_loop()
         if not self.budget.ready():
             # Over its share of the worker's time: these examples are skipped (counted); learning
             # resumes once the budget has refilled. The events themselves are ranked regardless.
@@ -524,15 +537,20 @@ class TrainWorker:
             return
         started, waited = time.monotonic(), self.waited_s
         try:
-            await loop.run_in_executor(self.executor, self.learn, good)
+            # a store outage before the steps (resume, catalogue size) retries the whole call
+            await run_retrying(self.executor, self.metrics, self.learn, good)
         except ValueError as exc:  # a message from a worker with another layout: skip it, loudly
             log.error("training messages skipped: %s", exc)
+            self.metrics.skipped_error += len(good)
+        except Exception:  # noqa: BLE001 -- learning is best effort: ranking and the partition's commits go on
+            log.exception("training on %d messages failed; they are skipped", len(good))
+            self.metrics.skipped_error += len(good)
         # the budget is for learning: time spent waiting for ranking's gaps is not charged
         self.budget.spent(time.monotonic() - started - (self.waited_s - waited))
 
     async def tick(self) -> None:
         if self._dirty and time.monotonic() - self._published_at >= self.settings.snapshot_interval_s:
-            await asyncio.get_running_loop().run_in_executor(self.executor, self.publish)
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.publish_or_defer)
 
 
 async def crash_agent(agent, exc: BaseException) -> None:

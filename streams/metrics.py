@@ -215,6 +215,8 @@ class TrainerMetrics:
     skipped_stale: int = 0
     skipped_budget: int = 0
     steps_without_gap: int = 0
+    skipped_error: int = 0  # training messages skipped because learning from them failed (logged)
+    retries: int = 0  # store calls retried (or snapshots deferred) during an outage
 
     def snapshot(self) -> dict:
         return dict(self.__dict__)
@@ -235,6 +237,14 @@ class TrainerMetrics:
                  "ranking was still busy after TRAIN_YIELD_S",
                  "# TYPE attnflow_train_steps_without_gap_total counter",
                  f"attnflow_train_steps_without_gap_total {self.steps_without_gap}",
+                 "# HELP attnflow_train_skipped_error_total training messages skipped because learning from them "
+                 "failed (the log says why)",
+                 "# TYPE attnflow_train_skipped_error_total counter",
+                 f"attnflow_train_skipped_error_total {self.skipped_error}",
+                 "# HELP attnflow_train_store_retries_total trainer store calls retried, or snapshots deferred, "
+                 "while the store was unavailable",
+                 "# TYPE attnflow_train_store_retries_total counter",
+                 f"attnflow_train_store_retries_total {self.retries}",
                  "# HELP attnflow_published_model_version last parameter snapshot this worker published",
                  "# TYPE attnflow_published_model_version gauge",
                  f"attnflow_published_model_version {self.published_version}"]
