@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 
 import faust
+from faust.sensors.monitor import Monitor
 
 from streams import eager, fetch
+from streams.sensors import LeanMonitor
 from streams.settings import Settings, use_event_loop
 from streams.topics import RawSchema, TopicNames
 
@@ -48,6 +50,7 @@ app = faust.App(
     producer_max_batch_size=256 * 1024,
     producer_acks=-1,
     cython_optimizations=settings.faust_cython_optimizations,
+    Monitor=Monitor if settings.faust_message_stats else LeanMonitor,
 )
 
 events_topic = app.topic(names.events, schema=RawSchema(), partitions=settings.partitions)
