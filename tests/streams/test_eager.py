@@ -93,3 +93,32 @@ def test_anything_but_coroutines_and_a_stopped_service_take_the_stock_path():
     first, second = run(main())
     assert first.results == [True] and not first.stopped
     assert second.stopped  # stock behaviour: a stopped service reports stopped
+
+
+def test_the_producer_buffer_check_flushes_exactly_when_faust_would():
+    """Faust's conductor awaits ``wait_until_ebb`` before every delivery; the lean check returns at
+    once while the buffer is within its limit and leaves a fuller one to Faust's own flush."""
+    from types import SimpleNamespace
+
+    from faust.transport.producer import ProducerBuffer
+
+    from streams.eager import _original_ebb, lean_wait_until_ebb
+
+    async def flushes(check, pending: int) -> list[int]:
+        buffer = ProducerBuffer()
+        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+        for n in range(pending):
+            buffer.pending.put_nowait(n)
+        flushed = []
+
+        async def flush_atmost(most):
+            flushed.append(most)
+            return most
+
+        buffer.flush_atmost = flush_atmost
+        await check(buffer)
+        return flushed
+
+    for pending in (0, ProducerBuffer.max_messages, ProducerBuffer.max_messages + 1):
+        lean, stock = (run(flushes(check, pending)) for check in (lean_wait_until_ebb, _original_ebb))
+        assert lean == stock == ([ProducerBuffer.max_messages] if pending > ProducerBuffer.max_messages else [])
