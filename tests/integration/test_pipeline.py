@@ -67,13 +67,16 @@ def wait_for(port, events, timeout_s=120):
 
 
 def run_worker_until(settings, log_path, events):
-    """Start a worker, wait until it has processed ``events`` events, stop it; returns its stats then."""
+    """Start a worker, wait until it has processed ``events`` events, stop it; returns its stats then.
+    A stopped worker must exit cleanly: a crash exit would make its supervisor count a failure."""
     worker = start_worker(settings, log_path)
     try:
         wait_ready(settings.web_port, worker)
-        return wait_for(settings.web_port, events)
+        stats = wait_for(settings.web_port, events)
     finally:
         stop_worker(worker)
+    assert worker.returncode == 0, f"worker exited with {worker.returncode} on SIGTERM (log: {log_path})"
+    return stats
 
 
 def latest_lists(settings):
