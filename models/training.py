@@ -335,41 +335,29 @@ def example_dtype(cfg: EngineConfig) -> np.dtype:
                      ("type", "i1")])
 
 
-def _records(examples: Examples, cfg: EngineConfig) -> np.ndarray:
-    records = np.zeros(len(examples), example_dtype(cfg))
-    for f in Examples.__dataclass_fields__:
-        records[f] = getattr(examples, f)
-    return records
-
-
-def examples_to_bytes(examples: Examples, cfg: EngineConfig) -> bytes:
-    """Pack examples as one binary message (fixed-size records, layout fixed by ``cfg``).
-
-    >>> cfg = EngineConfig(dim=4, history=3, scenes=("default",), k=2)
-    >>> ex = toy_examples(cfg, n=5, n_items=7)
-    >>> back = examples_from_bytes(examples_to_bytes(ex, cfg), cfg)
-    >>> back.target.tolist() == ex.target.tolist(), back.hist_item.shape
-    (True, (5, 3))
-    """
-    return _records(examples, cfg).tobytes()
-
-
 TRAIN_MESSAGE_MAX_BYTES = 512 * 1024
 
 
 def examples_to_messages(examples: Examples, cfg: EngineConfig, max_bytes: int = TRAIN_MESSAGE_MAX_BYTES) -> list[bytes]:
-    """Pack examples as binary messages of at most ``max_bytes`` each (at least one example each).
+    """Pack examples as binary messages (fixed-size records, layout fixed by ``cfg``) of at most
+    ``max_bytes`` each, at least one example each.
 
     A rank batch of 512 events makes half a megabyte of examples at the default shapes; with a longer
     history or more dimensions, one message would pass Kafka's 1 MiB limit, and its delivery, hence
     the batch, would fail every time.
 
     >>> cfg = EngineConfig(dim=4, history=3, scenes=("default",), k=2)
+    >>> ex = toy_examples(cfg, n=5, n_items=7)
+    >>> [back] = [examples_from_bytes(m, cfg) for m in examples_to_messages(ex, cfg)]
+    >>> back.target.tolist() == ex.target.tolist(), back.hist_item.shape
+    (True, (5, 3))
     >>> size = example_dtype(cfg).itemsize
-    >>> [len(m) // size for m in examples_to_messages(toy_examples(cfg, n=5, n_items=7), cfg, max_bytes=2 * size)]
+    >>> [len(m) // size for m in examples_to_messages(ex, cfg, max_bytes=2 * size)]
     [2, 2, 1]
     """
-    records = _records(examples, cfg)
+    records = np.zeros(len(examples), example_dtype(cfg))
+    for f in Examples.__dataclass_fields__:
+        records[f] = getattr(examples, f)
     per_message = max(1, max_bytes // records.dtype.itemsize)
     return [records[start:start + per_message].tobytes() for start in range(0, len(records), per_message)]
 

@@ -118,7 +118,7 @@ class RankWorker:
         self._inflight: deque[_InFlight] = deque()
         self.activity = RankActivity()
         self.on_failure = None  # called with the exception of the first batch that fails
-        self.failed = False
+        self._failed = False
         # One thread each: engine calls, and state writes, must run in batch order, and JAX/Redis work
         # must not block the loop. Writes mostly wait on Redis (and its fsync): on their own thread
         # they overlap with ranking the next batch.
@@ -193,13 +193,14 @@ class RankWorker:
         """A failed batch surfaces in ``handle`` once later batches push it out of the pipeline; when
         no more events come, that is never, and its events stay unacked while the worker looks alive.
         ``on_failure`` (the agent's crash, see ``register``) hears of it at once instead."""
-        if task.cancelled() or task.exception() is None or self.failed:
+        exc = None if task.cancelled() else task.exception()
+        if exc is None or self._failed:
             return  # batches after a failed one fail with it: the first one tells
-        self.failed = True
+        self._failed = True
         log.error("a batch failed (%s: %s): the worker stops, so that it restarts and its events are redelivered",
-                  type(task.exception()).__name__, task.exception())
+                  type(exc).__name__, exc)
         if self.on_failure is not None:
-            self.on_failure(task.exception())
+            self.on_failure(exc)
 
     async def drain(self, timeout: float = 60.0) -> None:
         """Wait for the batches in flight (the agent is stopping)."""
@@ -295,6 +296,7 @@ class RankWorker:
         """Queue a batch's recommendations, feedback, dead letters and training examples in one go, so
         that each (topic, partition) gets one record batch; returns their delivery futures."""
         recommendations, feedback = (t.get_topic_name() for t in self.outputs[:2])
+        train = self.train_topic.get_topic_name() if self.train_topic is not None else None
         emitted = time.time()
         records = self._deadletter_records(dead)
         for result in results:
@@ -303,9 +305,8 @@ class RankWorker:
             records += [(feedback, fb.user_id.encode(), encode_feedback(fb)) for fb in result.feedback]
             self.metrics.observe_feedbacks(result.feedback)
             records += self._deadletter_records([DeadLetter.of(r.event, r.reason, topic) for r in result.rejected])
-            if self.train_topic is not None and result.examples is not None and len(result.examples):
+            if train is not None and result.examples is not None and len(result.examples):
                 # examples are fixed-size binary records, not JSON: one message per batch, or a few
-                train = self.train_topic.get_topic_name()
                 records += [(train, None, blob) for blob in examples_to_messages(result.examples, self.cfg)]
         return await self.outbox.send(records)
 

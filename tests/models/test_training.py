@@ -10,7 +10,7 @@ from models.params import from_bytes
 from models.store import MemoryStore
 from models import kernels
 from models.params import init_params
-from models.training import (TrainConfig, Trainer, examples_from_bytes, examples_to_bytes, nll, sampled,
+from models.training import (TrainConfig, Trainer, examples_from_bytes, examples_to_messages, nll, sampled,
                              sampled_losses, sparse_train_step, to_batch, toy_examples)
 
 CFG = EngineConfig(dim=8, history=5, scenes=("default", "search"), k=3, initial_capacity=16,
@@ -114,7 +114,7 @@ def test_trainer_grows_with_the_catalogue(negatives):
 
 def test_examples_wire_format_rejects_foreign_layouts():
     examples = toy_examples(CFG, n=3, n_items=7)
-    blob = examples_to_bytes(examples, CFG)
+    [blob] = examples_to_messages(examples, CFG)
     back = examples_from_bytes(blob, CFG)
     assert np.array_equal(back.hist_item, examples.hist_item) and np.array_equal(back.target, examples.target)
     with pytest.raises(ValueError, match="whole number"):

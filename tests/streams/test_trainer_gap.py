@@ -3,7 +3,7 @@ import threading
 import time
 
 from models.store import MemoryStore
-from models.training import examples_to_bytes, toy_examples
+from models.training import examples_to_messages, toy_examples
 from streams.agents import RankActivity, TrainWorker
 from streams.settings import Settings
 
@@ -13,11 +13,13 @@ def small_settings(**overrides) -> Settings:
                     train_replay_steps=0, compile_cache_dir="", **overrides)
 
 
-def trainer_and_blob(settings: Settings, activity: RankActivity) -> tuple[TrainWorker, bytes]:
-    store = MemoryStore()
+def trainer_and_blob(settings: Settings, activity: RankActivity | None, store=None) -> tuple[TrainWorker, bytes]:
+    """A trainer on ``store`` (a fresh in-memory one by default) with 10 items, and one training message."""
+    store = store if store is not None else MemoryStore()
     store.item_index([f"i{n}" for n in range(10)])
     worker = TrainWorker(settings, store=store, activity=activity)
-    return worker, examples_to_bytes(toy_examples(settings.engine_config(), n=16, n_items=10), settings.engine_config())
+    [blob] = examples_to_messages(toy_examples(settings.engine_config(), n=16, n_items=10), settings.engine_config())
+    return worker, blob
 
 
 def test_steps_wait_while_a_batch_is_in_the_rank_path():

@@ -10,9 +10,8 @@ from types import SimpleNamespace
 import redis
 
 from models.store import MemoryStore
-from models.training import examples_to_bytes, toy_examples
 from streams.agents import TrainWorker
-from tests.streams.test_trainer_gap import small_settings
+from tests.streams.test_trainer_gap import small_settings, trainer_and_blob
 
 
 class FlakyStore(MemoryStore):
@@ -37,10 +36,7 @@ class FlakyStore(MemoryStore):
 
 
 def trainer(store, **overrides) -> tuple[TrainWorker, bytes]:
-    store.item_index([f"i{n}" for n in range(10)])
-    settings = small_settings(**overrides)
-    worker = TrainWorker(settings, store=store)
-    return worker, examples_to_bytes(toy_examples(settings.engine_config(), n=16, n_items=10), settings.engine_config())
+    return trainer_and_blob(small_settings(**overrides), activity=None, store=store)
 
 
 def message(blob: bytes) -> SimpleNamespace:
