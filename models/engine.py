@@ -24,7 +24,7 @@ from models.config import EngineConfig
 from models.events import TYPE_CODE, Event
 from models.params import Params, capacity_for, from_bytes, grow, init_params
 from models.state import NO_ITEM, StateCodec, StateLayoutError
-from models.store import fence_of
+from models.store import TRANSIENT_ERRORS, fence_of
 
 log = logging.getLogger(__name__)
 
@@ -332,11 +332,31 @@ class Engine:
                 user_id=users[b], scene=cfg.scenes[scene[b]], items=items, scores=row_scores,
                 model_version=self.model_version, event_ts=now[b]))
 
-    def warmup(self) -> float:
-        """Compile the kernel for every bucket a batch can use, so no request waits on XLA."""
+    def prime(self) -> None:
+        """Load what the first batch would otherwise fetch: the catalogue's ids, the newest parameter
+        snapshot, and an item table sized for both (growing it changes the kernel's shapes)."""
+        n_items = self.store.n_items()
+        if n_items > len(self._ids) or None in self._ids:
+            ids = self.store.item_ids(0)
+            self._learn_ids(ids, list(range(len(ids))), len(ids))
+        version = self.store.params_version()
+        if version > self.model_version:
+            self.load_params(version)
+        self._ensure_capacity()
+
+    def warmup(self, prime: bool = True) -> float:
+        """Compile the kernel for every bucket a batch can use, and run each once over the catalogue
+        as it stands (after :meth:`prime`), so that no request waits on XLA and a worker that joins
+        a live stream ranks its first events as fast as the ones after. A store that cannot be
+        reached yet leaves priming to the first batch; the kernels compile either way."""
         started = time.perf_counter()
         cfg = self.cfg
         Ep = cfg.bucket(cfg.max_batch)
+        if prime:
+            try:
+                self.prime()
+            except TRANSIENT_ERRORS as exc:
+                log.warning("store not reachable during warm-up (%s): the first batch loads the catalogue", exc)
         self._ensure_capacity()
         for Bp in [b for b in cfg.buckets if b <= Ep]:
             states = self.codec.decode([None] * Bp)
@@ -346,7 +366,7 @@ class Engine:
                 slot_count=np.zeros((Bp, cfg.n_scenes), np.int32))
             ranks = batching.rank_inputs(states, np.zeros(Bp), np.zeros(Bp, np.int8), self._mask_codes)
             out = kernels.step(self.params, np.zeros((Bp, cfg.n_scenes, cfg.dim), np.float32),
-                               np.zeros((Bp, cfg.n_scenes), np.float32), fold, ranks, jnp.int32(0),
+                               np.zeros((Bp, cfg.n_scenes), np.float32), fold, ranks, jnp.int32(self.n_items),
                                k=cfg.k, chunk=cfg.item_chunk, gamma=cfg.interest_decay)
             jax.block_until_ready(out)
         return time.perf_counter() - started

@@ -135,6 +135,13 @@ class RankWorker:
         self.store = self.store or RedisStore(self.settings.redis_url, self.settings.redis_prefix)
         self.engine = Engine(self.cfg, self.store, emit_examples=self.train_topic is not None)
         seconds = await loop.run_in_executor(self.executor, self.engine.warmup)
+        outputs = [t.get_topic_name() for t in self.outputs] + ([self.train_topic.get_topic_name()]
+                                                                if self.train_topic is not None else [])
+        try:
+            await asyncio.wait_for(self.outbox.prepare(outputs), timeout=10.0)
+        except Exception as exc:  # noqa: BLE001 -- only an optimisation: the first delivery fetches what it needs
+            log.warning("could not prepare the output topics' metadata (%s: %s); the first batch will",
+                        type(exc).__name__, exc)
         log.info("rank worker ready: kernels compiled in %.1fs (k=%d, history=%d, dim=%d, scenes=%s, loop=%s, "
                  "pipeline depth %d)", seconds, self.cfg.k, self.cfg.history, self.cfg.dim,
                  ",".join(self.cfg.scenes), type(loop).__module__.split(".")[0], self.depth)

@@ -19,6 +19,7 @@ import asyncio
 from typing import Iterable
 
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import TopicPartition
 
 MAX_CACHED_KEYS = 1 << 18
 
@@ -48,6 +49,17 @@ class Outbox:
         if cached is None or cached[0] != partitions or len(cached[1]) > MAX_CACHED_KEYS:
             cached = self._partitions[topic] = (partitions, {})
         return cached[1]
+
+    async def prepare(self, topics: Iterable[str]) -> None:
+        """Fetch the topics' metadata and connect to their partitions' leaders now, so that the first
+        batch's delivery waits for neither."""
+        producer = self._producer()
+        leaders = set()
+        for topic in topics:
+            for partition in await producer.partitions_for(topic):
+                leaders.add(producer.client.cluster.leader_for_partition(TopicPartition(topic, partition)))
+        for node in leaders - {None, -1}:
+            await producer.client.ready(node)
 
     async def send(self, records: Iterable[tuple[str, bytes | None, bytes]]) -> list[asyncio.Future]:
         """Queue every record; returns the delivery futures (one per record batch) to await."""

@@ -519,12 +519,28 @@ async def _raw_consume(bootstrap: str, topic: str, group: str, target: int, cap_
             "events_counted": count - c_first, "capped": count < target, "window": "first fetch"}
 
 
-def latency_phase(workers: list[Worker], kafka: Kafka, dataset: Dataset, rate: float, seconds: float,
-                  drain_s: float, desc: str, meter: CpuMeter | None = None) -> dict:
-    """Produce at ``rate`` with a caught-up worker; latency = recommendation timestamp - event ``ts``.
+SLO_MS = 50.0  # the latency goal: the share of events within it is reported beside the percentiles
 
-    With ``meter``, also the CPU per event of each process it watches while the load is sent (the
-    benchmark's own share is the load generator)."""
+
+def latency_percentiles(seconds) -> dict:
+    """p50/p95/p99/max in ms, and the share of events within ``SLO_MS``, of latencies in seconds.
+
+    >>> q = latency_percentiles([0.01] * 98 + [0.2, 0.3]); round(q["p50_ms"]), q["within_slo"], q["n"]
+    (10, 0.98, 100)
+    """
+    if not len(seconds):
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None, "within_slo": None, "n": 0}
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return {"p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "max_ms": float(ms.max()),
+            "within_slo": float(np.mean(ms <= SLO_MS)), "n": int(len(ms))}
+
+
+def send_and_collect(workers: list[Worker], kafka: Kafka, dataset: Dataset, rate: float, seconds: float,
+                     drain_s: float, desc: str, meter: CpuMeter | None = None) -> dict:
+    """Produce at ``rate`` for ``seconds``, wait until the workers have taken it all in, and read back
+    the recommendations of those events: per event, its latency to the recommendation's Kafka
+    timestamp and to the worker's ``emitted_ts``, in the order the events were sent."""
     settings = workers[0].settings
     names = TopicNames.of(settings)
     before = kafka.end_offsets(names.recommendations, settings.partitions)
@@ -540,22 +556,40 @@ def latency_phase(workers: list[Worker], kafka: Kafka, dataset: Dataset, rate: f
         time.sleep(0.2)
     time.sleep(0.5)  # the last batch's outputs
     stats1 = [w.stats() or {} for w in workers]
-    consumed = sum(s.get("events", 0) for s in stats1) - sum(s.get("events", 0) for s in stats0)
     after = kafka.end_offsets(names.recommendations, settings.partitions)
-    lat_kafka, lat_emit = [], []
+    rows = []
     for message in kafka.read(names.recommendations, before, after):
         doc = orjson.loads(message.value)
         if doc.get("event_ts", 0) < sent["start"] - 1:
             continue
-        lat_kafka.append(message.timestamp / 1000.0 - doc["event_ts"])
-        lat_emit.append(doc["emitted_ts"] - doc["event_ts"])
-    batches = sum(s.get("batches", 0) for s in stats1) - sum(s.get("batches", 0) for s in stats0)
+        rows.append((doc["event_ts"], message.timestamp / 1000.0 - doc["event_ts"], doc["emitted_ts"] - doc["event_ts"]))
+    rows.sort()
+    return {"sent": sent, "stats0": stats0, "stats1": stats1, "cpu": cpu_usage,
+            "event_ts": [r[0] for r in rows], "to_recommendation": [r[1] for r in rows], "to_emit": [r[2] for r in rows]}
 
-    def pct(values):
-        if not values:
-            return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None, "n": 0}
-        p50, p95, p99 = np.percentile(values, [50, 95, 99]) * 1e3
-        return {"p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "max_ms": max(values) * 1e3, "n": len(values)}
+
+def latency_phase(workers: list[Worker], kafka: Kafka, dataset: Dataset, rate: float, seconds: float,
+                  drain_s: float, desc: str, meter: CpuMeter | None = None, lead_in_s: float = 0.0) -> dict:
+    """Produce at ``rate`` with a caught-up worker; latency = recommendation timestamp - event ``ts``.
+
+    With ``lead_in_s``, the same rate runs that long first, unmeasured, so that the percentiles
+    describe a worker in its steady state; the lead-in's own numbers are kept apart
+    (``lead_in``, and ``first_second``: the first second of events, which on a freshly started
+    worker is its start-up). With ``meter``, also the CPU per event of each process it watches while
+    the load is sent (the benchmark's own share is the load generator)."""
+    lead_in = None
+    if lead_in_s > 0:
+        lead = send_and_collect(workers, kafka, dataset, rate, lead_in_s, drain_s, desc + " lead-in")
+        start = lead["sent"]["start"]
+        first = [lat for ts, lat in zip(lead["event_ts"], lead["to_recommendation"]) if ts < start + 1.0]
+        lead_in = {"seconds": lead_in_s, "sent": lead["sent"]["sent"],
+                   "event_to_recommendation": latency_percentiles(lead["to_recommendation"]),
+                   "first_second": latency_percentiles(first)}
+    run = send_and_collect(workers, kafka, dataset, rate, seconds, drain_s, desc, meter)
+    sent, stats0, stats1 = run["sent"], run["stats0"], run["stats1"]
+    consumed = sum(s.get("events", 0) for s in stats1) - sum(s.get("events", 0) for s in stats0)
+    batches = sum(s.get("batches", 0) for s in stats1) - sum(s.get("batches", 0) for s in stats0)
+    lat_kafka = run["to_recommendation"]
 
     def window(key):  # the worker's own percentiles (its window also holds earlier phases' batches)
         q = [s.get(key) or {} for s in stats1]
@@ -574,9 +608,10 @@ def latency_phase(workers: list[Worker], kafka: Kafka, dataset: Dataset, rate: f
 
     return {"rate_target": rate, "rate_achieved": sent["rate_achieved"], "sent": sent["sent"], "consumed": consumed,
             "drained": consumed >= sent["sent"], "mean_batch_events": consumed / batches if batches else None,
-            "event_to_recommendation": pct(lat_kafka), "event_to_emit": pct(lat_emit),
+            "event_to_recommendation": latency_percentiles(lat_kafka),
+            "event_to_emit": latency_percentiles(run["to_emit"]),
             "event_to_recommendation_mean_ms": 1e3 * float(np.mean(lat_kafka)) if lat_kafka else None,
-            "stage_mean_ms": stage_means(), "cpu": cpu_usage,
+            "lead_in": lead_in, "stage_mean_ms": stage_means(), "cpu": run["cpu"],
             "worker_batch_ms": window("batch_seconds"), "worker_kernel_ms": window("kernel_seconds")}
 
 
@@ -700,9 +735,11 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
                                web_port=free_port())
             ensure_topics(settings)
             register_catalogue(settings, dataset)
+            ready_started = time.perf_counter()
             workers = [start_worker(kind, settings, ctx.log_dir)]
             trainers = start_trainers(name, settings, ctx)
             wait_ready(workers + trainers)
+            out["live_start_to_ready_s"] = time.perf_counter() - ready_started  # a new worker on a live catalogue
             out["latency_group_stable"] = wait_stable(ctx.kafka, settings.app_id, 1)
             out["latency"] = {}
             for fraction in fractions:
@@ -711,7 +748,7 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
                 phase = latency_phase(workers, ctx.kafka, dataset, base * fraction, args.latency_s,
                                       drain_s=args.latency_s + 15,
                                       desc=f"r{run} {dataset.n_items // 1000}k {name} @{fraction:.0%}",
-                                      meter=ctx.meter(workers, trainers))
+                                      meter=ctx.meter(workers, trainers), lead_in_s=args.latency_lead_in_s)
                 if profiler is not None:
                     phase["profile"] = stop_profiler(profiler, args.latency_s)
                     profiler = None
@@ -872,8 +909,14 @@ def medians(runs: list[dict], sizes: list[int]) -> dict:
                 for m in v.get("memory_after_latency") or []:
                     per[name]["rss_mib_after_latency"].append(m.get("rss_mib"))
                 for fraction, lat in (v.get("latency") or {}).items():
-                    for p in ("p50_ms", "p95_ms", "p99_ms"):
-                        per[name][f"latency@{fraction}_{p}"].append(lat["event_to_recommendation"][p])
+                    for p in ("p50_ms", "p95_ms", "p99_ms", "within_slo"):
+                        per[name][f"latency@{fraction}_{p}"].append(lat["event_to_recommendation"].get(p))
+                    if lat.get("lead_in"):  # a fresh worker's first second at this rate, and the whole lead-in
+                        for part in ("first_second", "event_to_recommendation"):
+                            q = lat["lead_in"][part]
+                            label = "first_second" if part == "first_second" else "lead_in"
+                            for p in ("p50_ms", "p99_ms", "within_slo"):
+                                per[name][f"latency@{fraction}_{label}_{p}"].append(q.get(p))
                     per[name][f"latency@{fraction}_rate"].append(lat["rate_target"])
                     per[name][f"latency@{fraction}_mean_batch_events"].append(lat["mean_batch_events"])
                     per[name][f"latency@{fraction}_mean_ms"].append(lat.get("event_to_recommendation_mean_ms"))
@@ -967,7 +1010,8 @@ def table(med: dict, rat: dict, fractions) -> str:
             lines.append(f"{n:>7} {name:<13} {'':>27}"
                          + " ".join(f"{f(v.get(f'thread_us_per_event_worker_{r}')):>9}" for r in roles))
     lines.append("")
-    lines.append(f"{'items':>7} {'variant':<13} {'load':>5} {'rate/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'ev/batch':>8}")
+    lines.append(f"{'items':>7} {'variant':<13} {'load':>5} {'rate/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+                 f"{'<=50 ms':>8} {'ev/batch':>8} {'1st s p99':>9}")
     for n, m in med.items():
         for name in VARIANTS:
             v = m.get(name) or {}
@@ -977,7 +1021,8 @@ def table(med: dict, rat: dict, fractions) -> str:
                     continue
                 lines.append(f"{n:>7} {name:<13} {fr:>5.0%} {f(v.get(f'{key}_rate')):>8} {f(v.get(f'{key}_p50_ms'), '.1f'):>8} "
                              f"{f(v.get(f'{key}_p95_ms'), '.1f'):>8} {f(v.get(f'{key}_p99_ms'), '.1f'):>8} "
-                             f"{f(v.get(f'{key}_mean_batch_events'), '.1f'):>8}")
+                             f"{f(v.get(f'{key}_within_slo'), '.1%'):>8} {f(v.get(f'{key}_mean_batch_events'), '.1f'):>8} "
+                             f"{f(v.get(f'{key}_first_second_p99_ms'), '.0f'):>9}")
     lines.append("")
     for n, r in rat.items():
         lines.append(f"{n:>7} items: " + ", ".join(f"{k} {f(v, '.2f')}" for k, v in r.items()))
@@ -996,6 +1041,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--every-variant-everywhere", action="store_true",
                         help=f"run {', '.join(FIRST_CATALOGUE_ONLY)} on every catalogue, not only the first")
     parser.add_argument("--latency-s", type=float, default=None, help="seconds per latency rate (0: skip)")
+    parser.add_argument("--latency-lead-in-s", type=float, default=None,
+                        help="seconds at each latency rate before it is measured (default 3; 1 with --quick): "
+                             "the percentiles describe a worker in its steady state, the lead-in's are kept apart")
     parser.add_argument("--latency-fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75],
                         help="latency rates as fractions of the measured maximum, first catalogue")
     parser.add_argument("--latency-fractions-other", type=float, nargs="*", default=[0.5],
@@ -1022,6 +1070,7 @@ def main(argv=None) -> dict:
     args.runs = args.runs or (1 if args.quick else 3)
     args.events = args.events or (4000 if args.quick else 40000)
     args.latency_s = args.latency_s if args.latency_s is not None else (5.0 if args.quick else 10.0)
+    args.latency_lead_in_s = args.latency_lead_in_s if args.latency_lead_in_s is not None else (1.0 if args.quick else 3.0)
     args.naive_cap_s = args.naive_cap_s or (6.0 if args.quick else 12.0)
     base = Settings.from_env(log_level="warn")
     # Workers log every XLA compilation (at WARNING), so a shape the warm-up missed shows in the report.
@@ -1038,7 +1087,8 @@ def main(argv=None) -> dict:
         "zipf_s": 1.0, "k": base.k, "history": base.history, "dim": base.dim, "scenes": list(base.scenes),
         "batch_size": base.batch_size, "batch_within_s": base.batch_within_s, "partitions": 4,
         "pipeline_depth": base.pipeline_depth,
-        "latency_s": args.latency_s, "latency_fractions": args.latency_fractions,
+        "latency_s": args.latency_s, "latency_lead_in_s": args.latency_lead_in_s,
+        "latency_fractions": args.latency_fractions,
         "latency_base_rate": args.latency_base_rate, "cap_s": args.cap_s,
         "naive_cap_s": args.naive_cap_s, "kafka": base.kafka_bootstrap, "redis": base.redis_url,
         "variants": args.variants, "first_catalogue_only": list(FIRST_CATALOGUE_ONLY),

@@ -106,3 +106,20 @@ def test_medians_flatten_the_accounting_per_process():
     assert metrics["cpu_ceiling_events_per_s"] == [8000.0]
     assert metrics["latency@0.50_cpu_us_per_event_worker"] == [200.0]
     assert "latency@0.50_cpu_ceiling_events_per_s" not in metrics
+
+
+def test_medians_keep_the_slo_share_and_the_lead_in_apart_from_the_measured_phase():
+    def run(p99, first_p99):
+        q = bench_pipeline.latency_percentiles
+        lead = {"event_to_recommendation": q([0.02] * 90 + [0.1] * 10), "first_second": q([first_p99] * 10)}
+        return {"10000": {"pipeline": {"throughput": {"events_per_s": 8000.0}, "latency": {"0.50": {
+            "rate_target": 4000.0, "mean_batch_events": 60.0, "lead_in": lead,
+            "event_to_recommendation": q([0.01] * 98 + [p99] * 2)}}}}}
+
+    med = bench_pipeline.medians([run(0.2, 0.3), run(0.04, 0.1), run(0.06, 0.2)], [10000])["10000"]["pipeline"]
+    assert round(med["latency@0.50_p99_ms"]) == 60 and med["latency@0.50_within_slo"] == 0.98
+    assert round(med["latency@0.50_first_second_p99_ms"]) == 200
+    assert med["latency@0.50_lead_in_within_slo"] == 0.9
+    old = run(0.2, 0.3)  # a run from before the lead-in existed
+    del old["10000"]["pipeline"]["latency"]["0.50"]["lead_in"]
+    assert "latency@0.50_first_second_p99_ms" not in bench_pipeline.medians([old], [10000])["10000"]["pipeline"]

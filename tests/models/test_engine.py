@@ -118,3 +118,28 @@ def test_pipelined_batches_build_on_uncommitted_states():
     assert again.replayed == 0
     redo = pipelined.process(batch([("u", "e", "view", 4.0, "default")], start=5))
     assert redo.feedback[0].list_age_s == 1.0   # built on the stored state of offset 3, not the discarded one
+
+
+def test_prime_loads_catalogue_and_snapshot_before_the_first_batch():
+    store = MemoryStore()
+    store.item_index([f"item-{j}" for j in range(20)])          # a catalogue larger than the initial table
+    params = init_params(CFG, 32)
+    params = params._replace(item_bias=params.item_bias.at[7].set(100.0))  # item-7 wins everything
+    store.publish_params(to_bytes(params, {"version": 1}))
+    engine = Engine(CFG, store)
+    engine.warmup()
+    assert (engine.n_items, engine.model_version, engine.params.item_emb.shape[0]) == (20, 1, 32)
+    store.item_ids = store.params_version = None                 # the first batch must not need them
+    rec = run(engine, batch([("u", "item-3", "view", 1.0, "default")])).recommendations[0]
+    assert rec.items[0] == "item-7" and rec.model_version == 1
+
+
+def test_warmup_without_a_reachable_store_still_compiles():
+    import redis
+
+    class Down(MemoryStore):
+        def n_items(self):
+            raise redis.ConnectionError("down")
+
+    engine = Engine(CFG, Down())
+    assert engine.warmup() >= 0 and engine.n_items == 0

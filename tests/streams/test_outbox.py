@@ -140,3 +140,19 @@ def test_every_output_of_a_rank_batch_leaves_in_closed_batches():
     assert shipped == {"recs": 1, "feedback": 1, "dead": 2, "train": 1}
     assert len(futures) == len(producer.shipped)
     assert dict(worker.metrics.deadletters) == {"invalid_json": 1, "bad_value": 1}
+
+
+def test_prepare_fetches_metadata_and_connects_to_each_leader_once():
+    from types import SimpleNamespace
+
+    ready = []
+
+    async def connect(node):
+        ready.append(node)
+        return True
+
+    producer = Producer(partitions=3)
+    producer.client = SimpleNamespace(ready=connect, cluster=SimpleNamespace(
+        leader_for_partition=lambda tp: {"recs": 1, "feedback": 2}[tp.topic] if tp.partition else None))
+    asyncio.run(Outbox(lambda: producer).prepare(["recs", "feedback"]))
+    assert sorted(ready) == [1, 2]    # one connection per leader; a partition without a leader is skipped

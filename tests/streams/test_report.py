@@ -46,3 +46,16 @@ def test_thread_table_renders_the_worker_threads_where_measured():
     assert rows == ["| 10,000 | pipeline_notrain | max | 90 | – | 27 | – | – | 40 | – |",
                     "| 10,000 | pipeline_notrain | 50% | 300 | – | – | – | – | – | – |"]
     assert report._thread_lines({"10000": {"noop_faust": {"cpu_us_per_event_worker": 50.0}}}) == []
+
+
+def test_latency_table_shows_the_slo_share_and_a_new_workers_first_second():
+    data = {"parameters": {"latency_lead_in_s": 3.0}, "medians": {"10000": {
+        "pipeline": {"events_per_s": 8000.0, "latency@0.50_rate": 4000.0, "latency@0.50_p50_ms": 21.4,
+                     "latency@0.50_p95_ms": 41.0, "latency@0.50_p99_ms": 70.5, "latency@0.50_within_slo": 0.9716,
+                     "latency@0.50_first_second_p99_ms": 133.0},
+        "naive": {"events_per_s": 800.0, "latency@0.50_rate": 400.0, "latency@0.50_p50_ms": 4.6,
+                  "latency@0.50_p95_ms": 78.6, "latency@0.50_p99_ms": 91.1}}}}  # measured before either existed
+    lines = report.bench_tables(data)
+    assert "| 10,000 | pipeline | 50% (4,000/s) | 21 | 41 | 70 | 97.2% | 133 |" in lines
+    assert "| 10,000 | naive | 50% (400/s) | 5 | 79 | 91 | – | – |" in lines
+    assert any("runs 3 s before it is measured" in line for line in lines)
