@@ -344,7 +344,7 @@ class Engine:
             self.load_params(version)
         self._ensure_capacity()
 
-    def warmup(self, prime: bool = True) -> float:
+    def warmup(self) -> float:
         """Compile the kernel for every bucket a batch can use, and run each once over the catalogue
         as it stands (after :meth:`prime`), so that no request waits on XLA and a worker that joins
         a live stream ranks its first events as fast as the ones after. A store that cannot be
@@ -352,11 +352,10 @@ class Engine:
         started = time.perf_counter()
         cfg = self.cfg
         Ep = cfg.bucket(cfg.max_batch)
-        if prime:
-            try:
-                self.prime()
-            except TRANSIENT_ERRORS as exc:
-                log.warning("store not reachable during warm-up (%s): the first batch loads the catalogue", exc)
+        try:
+            self.prime()
+        except TRANSIENT_ERRORS as exc:
+            log.warning("store not reachable during warm-up (%s): the first batch loads the catalogue", exc)
         self._ensure_capacity()
         for Bp in [b for b in cfg.buckets if b <= Ep]:
             states = self.codec.decode([None] * Bp)

@@ -142,7 +142,7 @@ class RankWorker:
         except Exception as exc:  # noqa: BLE001 -- only an optimisation: the first delivery fetches what it needs
             log.warning("could not prepare the output topics' metadata (%s: %s); the first batch will",
                         type(exc).__name__, exc)
-        log.info("rank worker ready: kernels compiled in %.1fs (k=%d, history=%d, dim=%d, scenes=%s, loop=%s, "
+        log.info("rank worker ready: kernels compiled and run over the catalogue in %.1fs (k=%d, history=%d, dim=%d, scenes=%s, loop=%s, "
                  "pipeline depth %d)", seconds, self.cfg.k, self.cfg.history, self.cfg.dim,
                  ",".join(self.cfg.scenes), type(loop).__module__.split(".")[0], self.depth)
         freeze_heap()
