@@ -143,3 +143,26 @@ def test_warmup_without_a_reachable_store_still_compiles():
 
     engine = Engine(CFG, Down())
     assert engine.warmup() >= 0 and engine.n_items == 0
+
+
+def test_loading_a_snapshot_of_new_shapes_compiles_nothing():
+    """A worker's first snapshot (or a grown table) has shapes it has not seen; loading it must not
+    compile on the rank path (jnp.asarray of a NumPy array compiles a small function per shape)."""
+    import jax
+
+    cfg = EngineConfig(**{**CFG.__dict__, "dim": 6, "history": 3, "initial_capacity": 24})  # shapes no other test uses
+    store = MemoryStore()
+    engine = Engine(cfg, store, params=init_params(cfg, 24))
+    store.publish_params(to_bytes(init_params(cfg, 24), {"version": 1}))
+    compiles = []
+
+    def listen(event, seconds, **kwargs):
+        if event.endswith("backend_compile_duration"):
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        assert engine.load_params(1) and engine.model_version == 1
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
