@@ -135,6 +135,17 @@ def resolve_chunk(chunk: int) -> int:
     return chunk or AUTO_CHUNK.get(jax.default_backend(), AUTO_CHUNK_ACCELERATOR)
 
 
+# Items per step over the catalogue's last, partial chunk (``top_k_items``), by backend; elsewhere the
+# last chunk is scored whole (``tail == chunk``), as on a GPU every loop step costs launches.
+AUTO_TAIL = {"cpu": 1024}
+
+
+def resolve_tail(chunk: int) -> int:
+    """The tail step for ``chunk`` (0: the backend's default chunk): the backend's ``AUTO_TAIL``, else the chunk."""
+    chunk = resolve_chunk(chunk)
+    return min(AUTO_TAIL.get(jax.default_backend(), chunk), chunk)
+
+
 def exact_matmuls(fn):
     """Trace ``fn`` with full float32 matmuls. GPUs otherwise multiply float32 in TF32 (10-bit
     mantissa): on an H100 that changed the top-20 of 2 of the 8 users compared with the float64
@@ -161,8 +172,47 @@ def _chunk_scores(user, params: Params, hist_item, n_items, exclude, start, done
     return scores.at[rows, local].set(NEG_INF, mode="drop")
 
 
+def chunk_plan(live, size: int, tail: int):
+    """``(whole chunks, tail steps)`` that score the first ``live`` items (a Python or a traced int):
+    whole chunks of ``size``, then the rest in steps of ``tail`` where those cover at most half a
+    chunk; otherwise the rest is one more whole chunk (each step has a fixed cost, so more steps
+    over about as many items would be slower).
+
+    >>> chunk_plan(10_000, 4096, 1024), chunk_plan(12_000, 4096, 1024), chunk_plan(8192, 4096, 1024)
+    ((2, 2), (3, 0), (2, 0))
+    >>> chunk_plan(10_000, 4096, 4096)  # tail == chunk: whole chunks only
+    (3, 0)
+    """
+    whole = live // size
+    steps = -(-(live - whole * size) // tail)
+    finer = steps * tail * 2 <= size
+    return whole + (steps > 0) * (1 - finer), steps * finer
+
+
+def step_sizes(rows: int, k: int, chunk: int, tail: int | None = None) -> tuple[int, int]:
+    """The items per whole chunk and per tail step ``top_k_items`` uses on a table of ``rows``: whole
+    blocks, no more than the table holds, at least ``k`` blocks a chunk (smaller chunks only add loop
+    steps); the tail (``resolve_tail`` when None) at most a chunk."""
+    chunk = resolve_chunk(chunk)
+    size = min(-(-max(chunk, k * TOPK_BLOCK) // TOPK_BLOCK) * TOPK_BLOCK, rows - rows % TOPK_BLOCK)
+    return size, min(-(-(resolve_tail(chunk) if tail is None else tail) // TOPK_BLOCK) * TOPK_BLOCK, size)
+
+
+def items_scored(n_items: int, rows: int, k: int, chunk: int, tail: int | None = None) -> int:
+    """How many items ``top_k_items`` scores for a catalogue of ``n_items`` in a table of ``rows``.
+
+    >>> items_scored(10_000, 16384, 20, 4096), items_scored(10_000, 16384, 20, 4096, tail=4096)
+    (10240, 12288)
+    """
+    if rows < k * TOPK_BLOCK:
+        return rows
+    size, tail = step_sizes(rows, k, chunk, tail)
+    whole, steps = chunk_plan(min(n_items, rows), size, tail)
+    return whole * size + steps * tail
+
+
 def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: Params, n_items: jax.Array,
-                exclude: jax.Array, k: int, chunk: int) -> tuple[jax.Array, jax.Array]:
+                exclude: jax.Array, k: int, chunk: int, tail: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Exact top-``k`` of ``user . e_i + b_i`` (+ repeat score) over the catalogue, ``chunk`` items at a time.
 
     A running *block* top-k: each chunk's scores are cut into blocks of ``TOPK_BLOCK`` items, and the
@@ -174,6 +224,11 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
     maxima; XLA's CPU ``top_k`` costs a few ns per score, so this is 1.5-2.5x faster than a
     ``top_k`` over each chunk's candidates plus a merge. The ``B x N`` score matrix never exists,
     and only chunks that hold live items are scored (the table's growth padding is not).
+
+    The catalogue's last, partial chunk may be scored ``tail`` items at a time (``resolve_tail``;
+    whole blocks, at most ``chunk``; ``chunk_plan`` says when): the whole chunks run in one loop and
+    the rest of the catalogue in a second one of smaller steps. At 10k items with 4096-item chunks,
+    that scores 10,240 items, not 12,288.
     """
     C, d = params.item_emb.shape
     B = user.shape[0]
@@ -181,55 +236,61 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
     if C < k * TOPK_BLOCK:  # a table smaller than k blocks: one matmul, one plain top-k
         top, items = jax.lax.top_k(_chunk_scores(user, params, hist_item, n_items, exclude, 0, 0, C), k)
         return jnp.where(top > NEG_INF / 2, items.astype(jnp.int32), -1), top
-    # Whole blocks, no more than the table holds; at least k of them, as smaller chunks only add loop steps.
-    size = min(-(-max(chunk, k * TOPK_BLOCK) // TOPK_BLOCK) * TOPK_BLOCK, C - C % TOPK_BLOCK)
-    blocks_per_chunk = size // TOPK_BLOCK
+    size, tail = step_sizes(C, k, chunk, tail)
 
-    def step(c, best):
-        best_max, best_blocks, best_first = best   # [B, k] maxima, [B, k, blk] scores, [B, k] first item
-        start = jnp.minimum(c * size, C - size)  # the last chunk may overlap its predecessor: ``done`` masks that
-        blocks = _chunk_scores(user, params, hist_item, n_items, exclude, start, c * size, size)
-        blocks = blocks.reshape(B, blocks_per_chunk, TOPK_BLOCK)
-        top, pos = jax.lax.top_k(jnp.concatenate([best_max, blocks.max(axis=2)], axis=1), k)
-        kept = pos < k                                                              # an earlier block stays
-        old = jnp.where(kept, pos, 0)
-        new = jnp.where(kept, 0, pos - k)
-        contents = jnp.where(kept[:, :, None], jnp.take_along_axis(best_blocks, old[:, :, None], axis=1),
-                             jnp.take_along_axis(blocks, new[:, :, None], axis=1))
-        first = jnp.where(kept, jnp.take_along_axis(best_first, old, axis=1), start + new * TOPK_BLOCK)
-        return top, contents, first
+    def scan(best, first_item, steps, width):
+        """``steps`` chunks of ``width`` items from ``first_item`` on, folded into ``best``."""
+        def step(c, best):
+            best_max, best_blocks, best_first = best   # [B, k] maxima, [B, k, blk] scores, [B, k] first item
+            at = first_item + c * width
+            start = jnp.minimum(at, C - width)  # the last chunk may overlap its predecessor: ``done`` masks that
+            blocks = _chunk_scores(user, params, hist_item, n_items, exclude, start, at, width)
+            blocks = blocks.reshape(B, width // TOPK_BLOCK, TOPK_BLOCK)
+            top, pos = jax.lax.top_k(jnp.concatenate([best_max, blocks.max(axis=2)], axis=1), k)
+            kept = pos < k                                                              # an earlier block stays
+            old = jnp.where(kept, pos, 0)
+            new = jnp.where(kept, 0, pos - k)
+            contents = jnp.where(kept[:, :, None], jnp.take_along_axis(best_blocks, old[:, :, None], axis=1),
+                                 jnp.take_along_axis(blocks, new[:, :, None], axis=1))
+            first = jnp.where(kept, jnp.take_along_axis(best_first, old, axis=1), start + new * TOPK_BLOCK)
+            return top, contents, first
 
-    init = (jnp.full((B, k), NEG_INF, user.dtype), jnp.full((B, k, TOPK_BLOCK), NEG_INF, user.dtype),
+        return jax.lax.fori_loop(0, steps, step, best)
+
+    best = (jnp.full((B, k), NEG_INF, user.dtype), jnp.full((B, k, TOPK_BLOCK), NEG_INF, user.dtype),
             jnp.zeros((B, k), jnp.int32))
-    live = jnp.minimum((jnp.max(n_items) + size - 1) // size, (C + size - 1) // size)
-    _, contents, first = jax.lax.fori_loop(0, live, step, init)
+    whole, steps = chunk_plan(jnp.minimum(jnp.max(n_items), C), size, tail)
+    best = scan(best, 0, whole, size)
+    if tail < size:
+        best = scan(best, whole * size, steps, tail)
+    _, contents, first = best
     top, pos = jax.lax.top_k(contents.reshape(B, k * TOPK_BLOCK), k)
     items = jnp.take_along_axis(first, pos // TOPK_BLOCK, axis=1) + pos % TOPK_BLOCK
     return jnp.where(top > NEG_INF / 2, items.astype(jnp.int32), -1), top
 
 
-@partial(jax.jit, static_argnames=("k", "chunk", "gamma"), donate_argnums=(1, 2))
+@partial(jax.jit, static_argnames=("k", "chunk", "gamma", "tail"), donate_argnums=(1, 2))
 @exact_matmuls
 def step(params: Params, interest: jax.Array, weight: jax.Array, events: FoldInputs, ranks: RankInputs,
-         n_items: jax.Array, *, k: int, chunk: int, gamma: float):
+         n_items: jax.Array, *, k: int, chunk: int, gamma: float, tail: int | None = None):
     """One micro-batch: fold new events into scene interests, then rank the catalogue for each user.
 
     Returns ``(interest, weight, top_items [B, k], top_scores [B, k])``; items are -1 where fewer
-    than ``k`` may be shown.
+    than ``k`` may be shown. ``tail``: see ``top_k_items`` (None: the backend's default).
     """
     interest, weight = fold_interests(params, interest, weight, events, gamma)
     user, attn = user_vectors(params, interest, weight, ranks)
-    items, scores = top_k_items(user, attn, ranks.hist_item, params, n_items, ranks.exclude, k, chunk)
+    items, scores = top_k_items(user, attn, ranks.hist_item, params, n_items, ranks.exclude, k, chunk, tail)
     return interest, weight, items, scores
 
 
 fold = jax.jit(exact_matmuls(fold_interests), static_argnames=("gamma",))
 
 
-@partial(jax.jit, static_argnames=("k", "chunk"))
+@partial(jax.jit, static_argnames=("k", "chunk", "tail"))
 @exact_matmuls
 def rank(params: Params, interest: jax.Array, weight: jax.Array, ranks: RankInputs, n_items: jax.Array,
-         *, k: int, chunk: int):
+         *, k: int, chunk: int, tail: int | None = None):
     """Rank without folding (evaluation asks for a list before it applies the event)."""
     user, attn = user_vectors(params, interest, weight, ranks)
-    return top_k_items(user, attn, ranks.hist_item, params, n_items, ranks.exclude, k, chunk)
+    return top_k_items(user, attn, ranks.hist_item, params, n_items, ranks.exclude, k, chunk, tail)

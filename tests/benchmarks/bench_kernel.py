@@ -12,7 +12,8 @@ attend over a 50-event history, score the whole catalogue, top-K):
 - ``reference_loop``: ``models.reference`` one event / one user at a time (float64, Python sort);
   it is timed on a subset of the users and reported per user, because a full batch takes minutes.
 
-Also: the chunked running top-K (``chunk`` < table rows) against one matmul, the jitted step at
+Also: the chunked running top-K (``chunk`` < table rows; whole chunks, then the default chunk with
+its finer steps over the catalogue's last partial chunk) against one matmul, the jitted step at
 several batch sizes, and one optimiser step of the online trainer (full against sampled softmax). Medians of ``--reps`` runs after warm-up; never fails on a timing.
 """
 from __future__ import annotations
@@ -71,10 +72,11 @@ def make_inputs(cfg: EngineConfig, B: int, n_items: int, seed: int = 0) -> dict:
 
 # ---- the three implementations -------------------------------------------------------------
 
-def jit_step(params: Params, inputs: dict, cfg: EngineConfig, chunk: int):
-    """``kernels.step`` as the engine calls it; returns NumPy (top_items, top_scores)."""
+def jit_step(params: Params, inputs: dict, cfg: EngineConfig, chunk: int, tail: int | None = None):
+    """``kernels.step`` as the engine calls it (``tail``: the backend's default when None); returns NumPy
+    (top_items, top_scores)."""
     out = kernels.step(params, inputs["interest"], inputs["weight"], inputs["fold"], inputs["ranks"],
-                       jnp.int32(inputs["n_items"]), k=cfg.k, chunk=chunk, gamma=cfg.interest_decay)
+                       jnp.int32(inputs["n_items"]), k=cfg.k, chunk=chunk, gamma=cfg.interest_decay, tail=tail)
     _, _, items, scores = out
     return np.asarray(items), np.asarray(scores)
 
@@ -200,7 +202,9 @@ def bench_catalogue(n_items: int, args, log) -> dict:
     inputs = make_inputs(cfg, args.batch, n_items)
     p_np = numpy_params(params)
     B = args.batch
-    out = {"n_items": n_items, "table_rows": capacity, "default_chunk": cfg.item_chunk, "batch": B,
+    out = {"n_items": n_items, "table_rows": capacity, "default_chunk": cfg.item_chunk,
+           "default_tail": kernels.resolve_tail(cfg.item_chunk),
+           "items_scored": kernels.items_scored(n_items, capacity, cfg.k, cfg.item_chunk), "batch": B,
            "history": cfg.history, "dim": cfg.dim, "k": cfg.k, "scenes": cfg.n_scenes}
 
     log(f"[{n_items} items] jit step (chunk {cfg.item_chunk}) ...")
@@ -230,21 +234,26 @@ def bench_catalogue(n_items: int, args, log) -> dict:
                       "numpy_vectorised_over_reference_loop": ratio(out["step"]["reference_loop"]["per_user_us"],
                                                                     out["step"]["numpy_vectorised"]["per_user_us"])}
 
-    # Chunked running top-K vs one matmul over the whole table, at a large and a small batch.
+    # Chunked running top-K vs one matmul over the whole table, at a large and a small batch: whole
+    # chunks alone (tail = chunk), then the default chunk with its default tail steps where they differ.
     candidates = sorted({c for c in (capacity, 262144, 65536, 32768, 16384, 8192, 4096, 2048)
                          if c <= capacity and capacity % c == 0}, reverse=True)
     default = min(cfg.item_chunk, capacity)  # what the default chunk scores per step on this table
     chunks = sorted(set(candidates[: args.max_chunks]) | {default} & set(candidates), reverse=True)  # always the default
+    plans = [(chunk, chunk) for chunk in chunks]
+    if kernels.resolve_tail(cfg.item_chunk) < default:
+        plans.append((default, kernels.resolve_tail(cfg.item_chunk)))
     out["chunking"] = []
     for b in sorted({B, min(B, 32)}, reverse=True):
         sub = make_inputs(cfg, b, n_items, seed=1)
         baseline = None
-        for chunk in chunks:
-            log(f"[{n_items} items] chunk {chunk}, batch {b} ...")
-            items, _ = jit_step(params, sub, cfg, chunk)
-            seconds = timed(lambda: jit_step(params, sub, cfg, chunk), args.reps, warmup=1)
-            row = {"batch": b, "chunk": chunk, "n_chunks": capacity // chunk, "single_matmul": chunk >= capacity,
-                   **summary(seconds, b)}
+        for chunk, tail in plans:
+            log(f"[{n_items} items] chunk {chunk}, tail {tail}, batch {b} ...")
+            items, _ = jit_step(params, sub, cfg, chunk, tail)
+            seconds = timed(lambda: jit_step(params, sub, cfg, chunk, tail), args.reps, warmup=1)
+            row = {"batch": b, "chunk": chunk, "tail": tail, "n_chunks": capacity // chunk,
+                   "single_matmul": chunk >= capacity and tail == chunk,
+                   "items_scored": kernels.items_scored(n_items, capacity, cfg.k, chunk, tail), **summary(seconds, b)}
             if baseline is None:
                 baseline, base_items = row["median_ms"], items
             row["speedup_vs_single_matmul"] = ratio(baseline, row["median_ms"])
@@ -295,11 +304,13 @@ def table(results: dict) -> str:
                          f"{row['per_user_us'] / jit:>12.1f}x  "
                          f"{'' if agree.get(name) is None else f'{agree[name]:.3f} vs reference'}")
     lines.append("")
-    lines.append(f"{'items':>8} {'batch':>6} {'chunk':>7} {'n_chunks':>8} {'ms/batch':>10} {'vs single':>10}")
+    lines.append(f"{'items':>8} {'batch':>6} {'chunk':>7} {'tail':>6} {'n_chunks':>8} {'scored':>8} {'ms/batch':>10} "
+                 f"{'vs single':>10}")
     for r in results.values():
         for row in r["chunking"]:
-            lines.append(f"{r['n_items']:>8} {row['batch']:>6} {row['chunk']:>7} {row['n_chunks']:>8} "
-                         f"{row['median_ms']:>10.2f} {row['speedup_vs_single_matmul']:>9.2f}x")
+            lines.append(f"{r['n_items']:>8} {row['batch']:>6} {row['chunk']:>7} {row.get('tail', row['chunk']):>6} "
+                         f"{row['n_chunks']:>8} {row.get('items_scored', ''):>8} {row['median_ms']:>10.2f} "
+                         f"{row['speedup_vs_single_matmul']:>9.2f}x")
     lines.append("")
     lines.append(f"{'items':>8} {'train step full ms':>19} {'sampled ms':>11} {'full/sampled':>13}")
     for r in results.values():

@@ -57,23 +57,30 @@ def test_rank_matches_reference(capacity, n_items, chunk):
         assert not set(ranks.exclude[b][ranks.exclude[b] >= 0]) & set(np.asarray(items[b]).tolist())
 
 
-@pytest.mark.parametrize("capacity, chunk", [(1024, 256), (1000, 256), (1024, 64), (640, 640), (96, 4096)])
-def test_running_block_top_k_is_exact(capacity, chunk):
+@pytest.mark.parametrize("capacity, chunk, tail, catalogue", [
+    (1024, 256, None, 1024), (1000, 256, None, 1000), (1024, 64, None, 1024), (640, 640, None, 640),
+    (96, 4096, None, 96),
+    # the last partial chunk in finer steps: within the table, past a table that is not a whole number
+    # of chunks, and a tail step that overlaps its predecessor at the table's end
+    (1024, 256, 64, 800), (1000, 256, 64, 780), (800, 256, 64, 800),
+    (1024, 256, 64, 1000),  # the rest past the whole chunks is too long for tail steps: one more chunk
+])
+def test_running_block_top_k_is_exact(capacity, chunk, tail, catalogue):
     """Against one ``lax.top_k`` over the full score matrix: chunks that do or do not divide the
     table, a chunk smaller than k blocks (rounded up), a single chunk, a table too small for
-    blocks; per-user catalogue sizes."""
+    blocks, the catalogue's last partial chunk scored in tail steps; per-user catalogue sizes."""
     rng = np.random.default_rng(2)
     k, B = CFG.k, 6  # 5: a 256-item chunk holds 8 blocks, enough for the running block top-k
     params = random_params(CFG, capacity)
-    params = params._replace(item_bias=params.item_bias.at[capacity - 40:].add(50.0))  # the best items come last
+    params = params._replace(item_bias=params.item_bias.at[catalogue - 40:catalogue].add(50.0))  # the best items come last
     user = jnp.asarray(rng.normal(size=(B, CFG.dim)).astype(np.float32))
     # per user: most of the catalogue, nothing rankable, fewer live items than k, all of it, all but
     # the last 37 (3 boosted items left), half of it
-    n_items = jnp.asarray([capacity - 3, 0, 3, capacity, capacity - 37, capacity // 2], jnp.int32)
-    hist = jnp.asarray(rng.integers(-1, capacity, (B, CFG.history)).astype(np.int32))
-    exclude = jnp.asarray(rng.integers(-1, capacity, (B, 4)).astype(np.int32))
-    top_k = jax.jit(kernels.top_k_items, static_argnames=("k", "chunk"))
-    items, top = top_k(user, None, hist, params, n_items, exclude, k=k, chunk=chunk)
+    n_items = jnp.asarray([catalogue - 3, 0, 3, catalogue, catalogue - 37, catalogue // 2], jnp.int32)
+    hist = jnp.asarray(rng.integers(-1, catalogue, (B, CFG.history)).astype(np.int32))
+    exclude = jnp.asarray(rng.integers(-1, catalogue, (B, 4)).astype(np.int32))
+    top_k = jax.jit(kernels.top_k_items, static_argnames=("k", "chunk", "tail"))
+    items, top = top_k(user, None, hist, params, n_items, exclude, k=k, chunk=chunk, tail=tail)
     full = kernels._chunk_scores(user, params, hist, n_items, exclude, 0, 0, capacity)
     want_top, want_items = jax.lax.top_k(full, k)
     live = np.asarray(want_top) > kernels.NEG_INF / 2
