@@ -1,17 +1,17 @@
 """The Faust configuration the baseline apps share with ``streams.app``, and their ``/stats`` page.
 
-Baselines must differ from the pipeline only in what the agent does, so the app is built with the
-same broker, consumer-group timing, serializers and producer settings as ``streams/app.py``.
+Baselines must differ from the pipeline only in what the agent does, so the app is built by the
+worker's own ``streams.faustapp.make_faust_app``: the same broker, consumer-group timing,
+serializers, producer settings and Faust options; a variant that measures stock Faust says so in
+its settings (``tests.benchmarks.bench_pipeline.VARIANT_SETTINGS``).
 """
 from __future__ import annotations
 
 import os
 import time
 
-import faust
-
-from streams import eager, fetch
-from streams.settings import Settings, use_event_loop
+from streams.faustapp import make_faust_app
+from streams.settings import Settings
 from streams.topics import TopicNames
 
 
@@ -44,24 +44,9 @@ class Counters:
 def make_app(kind: str):
     """(app, settings, events topic, recommendations topic, counters) for a baseline worker."""
     settings = Settings.from_env()
-    use_event_loop(settings)  # the same loop as the pipeline
-    eager.install(settings.eager_delivery)  # as the pipeline does; the noop_faust variants run stock Faust
-    fetch.install(settings.fetch_min_bytes, settings.fetch_max_wait_ms)
     names = TopicNames.of(settings)
-    app = faust.App(
-        settings.app_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        store="memory://",
-        datadir=os.path.join(os.environ.get("ATTNFLOW_STATE_DIR", ".attnflow"), "faust", f"{kind}-{{conf.name}}-data"),
-        key_serializer="raw", value_serializer="raw",
-        topic_partitions=settings.partitions, topic_replication_factor=settings.replication_factor,
-        topic_disable_leader=True, consumer_auto_offset_reset=os.environ.get("BENCH_OFFSET_RESET", "earliest"),
-        broker_session_timeout=settings.session_timeout_s, broker_heartbeat_interval=settings.heartbeat_interval_s,
-        broker_commit_interval=settings.commit_interval_s,
-        stream_ack_exceptions=False, stream_ack_cancelled_tasks=False,
-        web_host=settings.web_host, web_bind=settings.web_host, web_port=settings.web_port,
-        producer_linger_ms=5, producer_acks=-1,
-    )
+    app = make_faust_app(settings, datadir_name=f"{kind}-{{conf.name}}-data",
+                         offset_reset=os.environ.get("BENCH_OFFSET_RESET", "earliest"))
     events = app.topic(names.events, key_type=bytes, value_type=bytes, partitions=settings.partitions)
     recommendations = app.topic(names.recommendations, key_type=bytes, value_type=bytes, partitions=settings.partitions)
     counters = Counters()

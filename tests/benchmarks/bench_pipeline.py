@@ -26,8 +26,10 @@ topic with its own consumer group:
 - ``noop_faust``: ``tests.benchmarks.noop_app`` (take_events and count: Faust's ceiling);
 - ``noop_faust_asyncio``: the same on asyncio's own event loop instead of uvloop (what uvloop gives);
 - ``pipeline_notrain_stock``: ``pipeline_notrain`` with stock Faust delivery (``ATTNFLOW_EAGER_DELIVERY=0``);
-- ``noop_faust_eager``: the same with the pipeline's eager delivery (``streams/eager.py``; the other
-  noop variants run stock Faust, ``ATTNFLOW_EAGER_DELIVERY=0``);
+- ``noop_faust_eager``: the same with Faust configured as the worker runs it: eager delivery
+  (``streams/eager.py``), the Monitor without per-message hooks (``streams/sensors.py``) and Faust's
+  Cython fast paths. The other noop variants run stock Faust (``ATTNFLOW_EAGER_DELIVERY=0``,
+  ``ATTNFLOW_FAUST_MESSAGE_STATS=1``, ``ATTNFLOW_FAUST_CYTHON_OPTIMIZATIONS=0``);
 - ``pipeline_stub``: ``tests.benchmarks.stub_app``, the real rank worker with a stub engine (Faust, the
   agent and its outputs, without Redis or JAX: what the worker costs around the engine);
 - ``raw_aiokafka``: an aiokafka consumer in this process (the transport's ceiling).
@@ -73,6 +75,8 @@ VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "noop_faust_eage
             "pipeline_nomerge", "pipeline_split", "pipeline_2w", "naive")
 # Latency phases cost ~10-20 s each: the design and its baseline at every rate; the rank path alone
 # (no trainer in the worker) at 50% on the first catalogue, to show what the trainer costs in latency.
+# Faust as released: no eager delivery, the stock Monitor with its per-message hooks, no Cython fast paths
+STOCK_FAUST = {"eager_delivery": False, "faust_message_stats": True, "faust_cython_optimizations": False}
 # Worker variants: (which app runs, how its settings differ from the pipeline's defaults).
 WORKER_VARIANTS = {
     "pipeline": ("pipeline", {}),
@@ -85,9 +89,9 @@ WORKER_VARIANTS = {
     "pipeline_split": ("pipeline", {"role": "rank"}),
     "pipeline_2w": ("pipeline", {}),
     "naive": ("naive", {}),
-    "noop_faust": ("noop", {"eager_delivery": False}),  # stock Faust: its own ceiling
-    "noop_faust_asyncio": ("noop", {"eager_delivery": False, "event_loop": "asyncio"}),
-    "noop_faust_eager": ("noop", {}),  # with the pipeline's eager delivery (streams/eager.py)
+    "noop_faust": ("noop", STOCK_FAUST),  # stock Faust: its own ceiling
+    "noop_faust_asyncio": ("noop", {**STOCK_FAUST, "event_loop": "asyncio"}),
+    "noop_faust_eager": ("noop", {}),  # Faust as the worker configures it (eager delivery, lean Monitor, Cython paths)
     # the real rank worker with a stub engine (tests/benchmarks/stub_app.py): Faust, agent and outputs
     "pipeline_stub": ("stub", {"train_enabled": False}),
 }
@@ -955,7 +959,8 @@ def ratios(med: dict) -> dict:
             "pipeline_notrain_over_stub": ratio(own("pipeline_notrain"), own("pipeline_stub")),
             "noop_faust_over_raw_aiokafka": ratio(get("noop_faust"), get("raw_aiokafka")),
             "noop_faust_uvloop_over_asyncio": ratio(own("noop_faust"), own("noop_faust_asyncio")),
-            # worker CPU per event, stock over eager: what eager delivery saves (its rate is fetch-bound)
+            # worker CPU per event, stock Faust over Faust as the worker configures it: what eager delivery,
+            # the lean Monitor and the Cython fast paths save together (the do-nothing rate is fetch-bound)
             "noop_faust_cpu_stock_over_eager": ratio(*((m.get(name) or {}).get("cpu_us_per_event_worker")
                                                        for name in ("noop_faust", "noop_faust_eager"))),
             "pipeline_notrain_eager_over_stock": ratio(own("pipeline_notrain"), own("pipeline_notrain_stock")),
