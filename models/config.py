@@ -38,6 +38,9 @@ class EngineConfig:
     item_chunk: int = 0  # 0: the backend's default (models.kernels.AUTO_CHUNK)
     initial_capacity: int = 16384
     seed: int = 0
+    # Stored states of this earlier layout ("history=50 dim=64 k=20 scenes=default,home", keys left out
+    # are this config's) are converted on read (models.state.migrate); "" = any other layout is refused.
+    previous_layout: str = ""
 
     def __post_init__(self):
         if not self.scenes or self.scenes[0] != DEFAULT_SCENE:

@@ -22,8 +22,8 @@ from models import batching, kernels
 from models.batching import Examples
 from models.config import EngineConfig
 from models.events import TYPE_CODE, Event
-from models.params import Params, capacity_for, from_bytes, grow, init_params
-from models.state import NO_ITEM, StateCodec, StateLayoutError
+from models.params import Params, capacity_for, from_bytes, grow, init_params, mismatch
+from models.state import NO_ITEM, StateCodec, StateLayoutError, describe
 from models.store import TRANSIENT_ERRORS, fence_of
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class BatchResult:
     feedback: list[Feedback] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     replayed: int = 0
+    migrated: int = 0  # stored states read in the previous layout and converted (models.state.migrate)
     kernel_s: float = 0.0
     examples: Examples | None = None  # training examples (history before each applied event)
     _users: list[str] = field(default_factory=list)
@@ -108,6 +109,7 @@ class Engine:
         self.codec = StateCodec(cfg)
         self.params = params if params is not None else init_params(cfg)
         self.model_version = model_version
+        self._refused_version = 0  # a snapshot that could not be used: not fetched again on every batch
         self._index: dict[str, int] = {}
         self._ids: list[str] = []
         self._id_array: np.ndarray | None = None  # _ids as an array for vectorised lookups
@@ -160,10 +162,13 @@ class Engine:
             params, meta = from_bytes(blob)
         except Exception as exc:  # a bad snapshot must not stop ranking with the current one
             log.error("parameter snapshot %s unreadable, keeping version %s: %s", version, self.model_version, exc)
+            self._refused_version = version
             return False
-        if params.item_emb.shape[1] != self.cfg.dim or params.pos_emb.shape[0] != self.cfg.history:
-            log.error("parameter snapshot %s has dim/history %s, engine expects %s/%s; ignored", version,
-                      (params.item_emb.shape[1], params.pos_emb.shape[0]), self.cfg.dim, self.cfg.history)
+        reason = mismatch(params, self.cfg)
+        if reason:
+            log.error("parameter snapshot %s does not fit this configuration (%s); keeping version %s until a "
+                      "newer one", version, reason, self.model_version)
+            self._refused_version = version
             return False
         capacity = capacity_for(max(params.item_emb.shape[0], self.n_items), self.cfg.initial_capacity)
         self.params = grow(params, capacity, self.cfg.seed)
@@ -194,13 +199,18 @@ class Engine:
             pending = dict(self._pending) if self._pending else None
         read = self.store.read_batch(users, new_ids)
         self._learn_ids(new_ids, read.item_index, read.n_items)
-        if read.params_version > self.model_version:
+        if read.params_version > self.model_version and read.params_version != self._refused_version:
             self.load_params(read.params_version)
 
         values = read.states
         if pending:
             values = [_newer(pending.get(u), v) for u, v in zip(users, values)]
+        migrated = self.codec.migrated
         states, broken = self._decode(users, values)
+        result.migrated = self.codec.migrated - migrated
+        if result.migrated and not migrated:
+            log.info("converting stored states from the previous layout (%s) as users are read",
+                     describe(self.codec.previous.cfg))
         applied: list[tuple[int, SourcedEvent]] = []
         for sourced in batch:
             row = rows[sourced.event.user_id]
@@ -242,6 +252,7 @@ class Engine:
         except StateLayoutError:
             pass  # find the bad ones; the rest of the batch goes on
         broken, good = {}, []
+        migrated = self.codec.migrated  # the good ones are decoded (and counted) once more below
         for row, value in enumerate(values):
             try:
                 self.codec.decode([value])
@@ -249,6 +260,7 @@ class Engine:
             except StateLayoutError as exc:
                 broken[row] = f"stored state of user {users[row]!r} is unreadable: {exc}"
                 good.append(None)
+        self.codec.migrated = migrated
         return self.codec.decode(good), broken
 
     def _feedback(self, states, applied, row, item) -> list[Feedback]:

@@ -37,6 +37,20 @@ class Params(NamedTuple):
     copy_tau: jax.Array      # []    its recency horizon in events: 1 + softplus(copy_tau)
 
 
+def mismatch(params: Params, cfg: EngineConfig) -> str | None:
+    """Why ``params`` (a snapshot) cannot serve ``cfg``, or None when they fit: a snapshot trained with
+    another ``dim``, ``history`` or number of scenes has other shapes (and a kernel would index past them).
+
+    >>> mismatch(init_params(EngineConfig(dim=8, history=4, k=2)), EngineConfig(dim=8, history=6, k=2))
+    'dim/history/scenes 8/4/4, configured 8/6/4'
+    """
+    have = (params.item_emb.shape[1], params.pos_emb.shape[0], params.scene_query.shape[0])
+    want = (cfg.dim, cfg.history, cfg.n_scenes)
+    if have == want:
+        return None
+    return f"dim/history/scenes {'/'.join(map(str, have))}, configured {'/'.join(map(str, want))}"
+
+
 def item_rows(seed: int, start: int, stop: int, dim: int) -> jax.Array:
     """Deterministic vectors for item indices ``start..stop-1`` (the cold-start vector of an item).
 

@@ -7,6 +7,7 @@ the rest. No I/O here; the store moves the bytes.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -61,6 +62,8 @@ class StateCodec:
         self.cfg = cfg
         self.dtype = state_dtype(cfg)
         self.layout = layout_tag(cfg)
+        self.previous = previous_layout(cfg)
+        self.migrated = 0  # states read in the previous layout and converted (``migrate``), this codec's lifetime
         empty = np.zeros((), self.dtype)
         empty["magic"], empty["format"], empty["layout"] = MAGIC, FORMAT_VERSION, self.layout
         empty["partition"], empty["offset"] = -1, -1
@@ -70,20 +73,52 @@ class StateCodec:
         self.empty = empty
 
     def decode(self, values: list[bytes | None]) -> np.ndarray:
-        """Structured array of states; ``None`` (unknown user) decodes to a fresh state."""
+        """Structured array of states; ``None`` (unknown user) decodes to a fresh state. States in the
+        configuration's ``previous_layout`` are converted (``migrate``); any other layout raises."""
         states = np.repeat(self.empty[None], len(values))
         present = [i for i, v in enumerate(values) if v is not None]
         if present:
             size = self.dtype.itemsize
-            bad = [i for i in present if len(values[i]) != size]
-            if bad:
-                raise StateLayoutError(
-                    f"stored state is {len(values[bad[0]])} bytes, this configuration expects {size} "
-                    f"(history={self.cfg.history}, scenes={self.cfg.n_scenes}, dim={self.cfg.dim}, k={self.cfg.k})")
+            if any(len(values[i]) != size for i in present):
+                return self._decode_mixed(values, states, present)
             stored = np.frombuffer(b"".join(values[i] for i in present), self.dtype)
-            if (stored["magic"] != MAGIC).any() or (stored["layout"] != self.layout).any():
-                raise StateLayoutError("stored state was written with a different layout or is not an attnflow state")
+            if not self._current(stored).all():
+                return self._decode_mixed(values, states, present)
             states[present] = stored
+        return states
+
+    def _current(self, stored: np.ndarray) -> np.ndarray:
+        """Whether each stored record carries this layout's tag."""
+        return (stored["magic"] == MAGIC) & (stored["layout"] == self.layout)
+
+    def _decode_mixed(self, values, states, present) -> np.ndarray:
+        size = self.dtype.itemsize
+        current = [i for i in present if len(values[i]) == size]
+        if current:
+            ok = self._current(np.frombuffer(b"".join(values[i] for i in current), self.dtype))
+            current = [i for i, good in zip(current, ok) if good]
+        taken = set(current)
+        old = [i for i in present if i not in taken]
+        if old and self.previous is not None:
+            old_size = self.previous.dtype.itemsize
+            candidates = [i for i in old if len(values[i]) == old_size]
+            if len(candidates) == len(old):
+                stored = np.frombuffer(b"".join(values[i] for i in old), self.previous.dtype)
+                if ((stored["magic"] == MAGIC) & (stored["layout"] == self.previous.layout)).all():
+                    states[old] = migrate(stored, self.previous.cfg, self)
+                    self.migrated += len(old)
+                    old = []
+        if old:
+            value = values[old[0]]
+            hint = ("" if self.previous is None else
+                    f"; it is not in the previous layout either (ATTNFLOW_STATE_MIGRATE_FROM: {describe(self.previous.cfg)})")
+            if len(value) != size:
+                raise StateLayoutError(
+                    f"stored state is {len(value)} bytes, this configuration expects {size} "
+                    f"({describe(self.cfg)}){hint}")
+            raise StateLayoutError(f"stored state was written with a different layout or is not an attnflow state{hint}")
+        if current:
+            states[current] = np.frombuffer(b"".join(values[i] for i in current), self.dtype)
         return states
 
     def encode(self, states: np.ndarray) -> list[bytes]:
@@ -91,6 +126,91 @@ class StateCodec:
         raw = np.ascontiguousarray(states, self.dtype).tobytes()
         size = self.dtype.itemsize
         return [raw[i * size:(i + 1) * size] for i in range(len(states))]
+
+
+def describe(cfg: EngineConfig) -> str:
+    """The dimensions baked into a state layout, in the form ``ATTNFLOW_STATE_MIGRATE_FROM`` takes.
+
+    >>> describe(EngineConfig(dim=8, history=4, scenes=("default", "search"), k=2))
+    'history=4 dim=8 k=2 scenes=default,search'
+    """
+    return f"history={cfg.history} dim={cfg.dim} k={cfg.k} scenes={','.join(cfg.scenes)}"
+
+
+def parse_layout(spec: str, cfg: EngineConfig) -> EngineConfig:
+    """The layout ``spec`` describes (``key=value`` pairs separated by spaces or ``;``, keys history,
+    dim, k and scenes), taking whatever it leaves out from ``cfg``.
+
+    >>> old = parse_layout("history=30; scenes=default,home", EngineConfig(dim=8, history=4, k=2))
+    >>> old.history, old.dim, old.scenes
+    (30, 8, ('default', 'home'))
+    >>> parse_layout("width=3", EngineConfig())
+    Traceback (most recent call last):
+    ...
+    ValueError: state layout 'width=3': unknown key 'width' (expected history, dim, k, scenes)
+    """
+    changes: dict = {}
+    for part in spec.replace(";", " ").split():
+        key, sep, value = part.partition("=")
+        if not sep or not value:
+            raise ValueError(f"state layout {spec!r}: expected key=value, got {part!r}")
+        if key in ("history", "dim", "k"):
+            try:
+                changes[key] = int(value)
+            except ValueError:
+                raise ValueError(f"state layout {spec!r}: {key} must be an integer, got {value!r}") from None
+        elif key == "scenes":
+            changes[key] = tuple(name.strip() for name in value.split(",") if name.strip())
+        else:
+            raise ValueError(f"state layout {spec!r}: unknown key {key!r} (expected history, dim, k, scenes)")
+    return replace(cfg, **changes, previous_layout="")
+
+
+@dataclass(frozen=True)
+class PreviousLayout:
+    cfg: EngineConfig
+    dtype: np.dtype
+    layout: int
+
+
+def previous_layout(cfg: EngineConfig) -> PreviousLayout | None:
+    """The layout ``cfg.previous_layout`` names, if any; None when unset or the same as ``cfg``'s."""
+    if not cfg.previous_layout:
+        return None
+    old = parse_layout(cfg.previous_layout, cfg)
+    if layout_tag(old) == layout_tag(cfg):
+        return None
+    return PreviousLayout(old, state_dtype(old), layout_tag(old))
+
+
+def migrate(old: np.ndarray, old_cfg: EngineConfig, codec: "StateCodec") -> np.ndarray:
+    """States of ``old_cfg``'s layout converted to ``codec``'s.
+
+    Kept: the fence (source partition and offset), so replays stay skipped; the event count; the
+    newest events of the history, as many as the new layout holds; the last list shown, cut or
+    padded to the new ``k``; each scene's interest where the scene is still configured and ``dim``
+    is unchanged. Scenes are matched by name; history entries and a last list of a scene no longer
+    configured count as ``default``. Interests of a changed ``dim`` start empty and refill from new
+    events.
+    """
+    cfg = codec.cfg
+    new = np.repeat(codec.empty[None], len(old))
+    for name in ("partition", "offset", "n_events", "list_ts"):
+        new[name] = old[name]
+    scene_map = np.array([cfg.scenes.index(s) if s in cfg.scenes else 0 for s in old_cfg.scenes], np.int8)
+    new["list_scene"] = scene_map[old["list_scene"]]
+    keep = min(old_cfg.history, cfg.history)  # the newest events; the history is right-aligned
+    for name in ("hist_item", "hist_type", "hist_ts"):
+        new[name][:, cfg.history - keep:] = old[name][:, old_cfg.history - keep:]
+    new["hist_scene"][:, cfg.history - keep:] = scene_map[old["hist_scene"][:, old_cfg.history - keep:]]
+    k = min(old_cfg.k, cfg.k)
+    new["last_list"][:, :k] = old["last_list"][:, :k]
+    if old_cfg.dim == cfg.dim:
+        for s_old, scene in enumerate(old_cfg.scenes):
+            if scene in cfg.scenes:
+                new["interest"][:, cfg.scenes.index(scene)] = old["interest"][:, s_old]
+                new["interest_weight"][:, cfg.scenes.index(scene)] = old["interest_weight"][:, s_old]
+    return new
 
 
 def append_history(states: np.ndarray, items: np.ndarray, types: np.ndarray, scenes: np.ndarray,

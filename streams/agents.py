@@ -20,7 +20,7 @@ from mode import CrashingSupervisor
 
 from models.engine import BatchResult, Engine, SourcedEvent
 from models.kernels import enable_compile_cache
-from models.params import from_bytes, to_bytes
+from models.params import from_bytes, mismatch, to_bytes
 from models.training import Trainer, examples_from_bytes, examples_to_messages
 from models.store import TRANSIENT_ERRORS, RedisStore
 from streams.codec import (BadEvent, decode_event, encode_deadletter, encode_event, encode_feedback,
@@ -263,6 +263,7 @@ class RankWorker:
             written = await self._run(self.engine.commit, result, executor=self.writer)
             self.metrics.fenced_skips += written.count(False)
             self.metrics.replayed += result.replayed
+            self.metrics.migrated += result.migrated
             self.metrics.kernel_seconds.add(result.kernel_s)
             self.metrics.recommendations += len(result.recommendations)
         stages.add("write", time.perf_counter() - delivered, n)
@@ -472,7 +473,13 @@ class TrainWorker:
             blob = self.store.load_params(version)
             if blob is not None:
                 params = from_bytes(blob)[0]
-                log.info("trainer resumes from snapshot %d", version)
+                reason = mismatch(params, self.cfg)
+                if reason:
+                    log.warning("snapshot %d does not fit this configuration (%s): the trainer starts from "
+                                "fresh parameters", version, reason)
+                    params = None
+                else:
+                    log.info("trainer resumes from snapshot %d", version)
         self.trainer = Trainer(self.cfg, self.settings.train_config(), params)
         if self.activity is not None and self.settings.train_yield_s > 0:
             self.trainer.before_step = self._wait_for_gap

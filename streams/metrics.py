@@ -106,6 +106,7 @@ class PipelineMetrics:
     recommendations: int = 0
     feedback: int = 0
     replayed: int = 0
+    migrated: int = 0
     fenced_skips: int = 0
     deadletters: Counter = field(default_factory=Counter)
     retries: int = 0
@@ -147,7 +148,7 @@ class PipelineMetrics:
     def snapshot(self) -> dict:
         listed = max(self.listed, 1)
         return {
-            **self.progress(), "replayed": self.replayed, "fenced_skips": self.fenced_skips, "retries": self.retries,
+            **self.progress(), "replayed": self.replayed, "migrated": self.migrated, "fenced_skips": self.fenced_skips, "retries": self.retries,
             "deadletters": dict(self.deadletters), "n_items": self.n_items,  # model_version: in progress()
             "online": {"k": self.k, "events_with_list": self.listed, "hits": self.hits,
                        "hr": self.hits / listed if self.listed else None,
@@ -175,6 +176,8 @@ class PipelineMetrics:
         metric("recommendations_total", s["recommendations"], "counter", help_="recommendation messages sent")
         metric("feedback_total", s["feedback"], "counter", help_="feedback messages sent")
         metric("replayed_total", s["replayed"], "counter", help_="redelivered events skipped by the state fence")
+        metric("states_migrated_total", s["migrated"], "counter",
+               help_="stored states read in the previous layout (ATTNFLOW_STATE_MIGRATE_FROM) and converted")
         metric("fenced_skips_total", s["fenced_skips"], "counter", help_="state writes refused: newer state stored")
         metric("retries_total", s["retries"], "counter", help_="batches retried after a transient store error")
         lines.append("# HELP attnflow_deadletters_total events sent to the dead-letter topic, by reason")

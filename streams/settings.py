@@ -28,6 +28,10 @@ class Settings:
     Traceback (most recent call last):
     ...
     ValueError: ATTNFLOW_BATCH_SIZE='many' is not a valid int
+    >>> Settings.from_env({"ATTNFLOW_STATE_MIGRATE_FROM": "history=fifty"})
+    Traceback (most recent call last):
+    ...
+    ValueError: ATTNFLOW_STATE_MIGRATE_FROM='history=fifty': state layout 'history=fifty': history must be an integer, got 'fifty'
     """
 
     # Services
@@ -75,6 +79,11 @@ class Settings:
     item_chunk: int = 0  # 0: the backend's default (models.kernels.AUTO_CHUNK)
     initial_capacity: int = 16384
     seed: int = 0
+    # The state layout before a change of HISTORY, DIM, K or SCENES, e.g. "history=50" or
+    # "history=50 dim=64 k=20 scenes=default,home,search,product" (keys left out: the current values).
+    # States stored in it are converted as users are read (models.state.migrate); "" = states of
+    # any other layout are refused (their events go to the dead-letter topic)
+    state_migrate_from: str = ""
     # What this process runs: "all" (rank + train agents), "rank", or "train" (a dedicated trainer, so
     # optax steps do not compete with ranking for the same cores)
     role: str = "all"
@@ -149,14 +158,20 @@ class Settings:
             raise ValueError(f"{PREFIX}PIPELINE_DEPTH={settings.pipeline_depth}: must be at least 1")
         if settings.event_loop not in ("auto", "uvloop", "asyncio"):
             raise ValueError(f"{PREFIX}EVENT_LOOP={settings.event_loop!r}: expected auto, uvloop or asyncio")
-        settings.engine_config()  # fail at start-up, not on the first event
+        from models.state import previous_layout
+
+        cfg = settings.engine_config()  # fail at start-up, not on the first event
+        try:
+            previous_layout(cfg)
+        except ValueError as exc:
+            raise ValueError(f"{PREFIX}STATE_MIGRATE_FROM={settings.state_migrate_from!r}: {exc}") from None
         return settings
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(dim=self.dim, history=self.history, scenes=self.scenes, k=self.k,
                             interest_decay=self.interest_decay, mask_types=self.mask_types,
                             item_chunk=self.item_chunk, initial_capacity=self.initial_capacity,
-                            max_batch=self.batch_size, seed=self.seed)
+                            max_batch=self.batch_size, seed=self.seed, previous_layout=self.state_migrate_from)
 
     def train_config(self):
         from models.training import TrainConfig

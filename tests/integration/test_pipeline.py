@@ -324,3 +324,28 @@ def test_a_worker_that_cannot_deliver_exits_and_a_restart_loses_nothing(settings
     feedback = {f["event_id"] for f in read_topic(settings, "feedback", timeout_s=3)}
     assert feedback == {d["event_id"] for d, _, _ in producer.sent}
     assert set(latest_lists(settings)) == set(USERS)
+
+
+def test_a_layout_change_with_the_previous_layout_named_converts_states(settings, redis_store, tmp_path):
+    """HISTORY grows from 8 to 12 between two runs of the worker. With ATTNFLOW_STATE_MIGRATE_FROM,
+    the second worker converts each stored state when it reads it: no dead letters, every event once,
+    the old history kept, the states written back in the new layout."""
+    from dataclasses import replace
+
+    ensure_topics(settings)
+    producer = Producer(settings)
+    for step in range(6):
+        for user in USERS[:4]:
+            producer.event(user, CATALOGUE[(step * 5 + len(user)) % 40], "view", 1_700_000_000.0 + step)
+    run_worker_until(settings, tmp_path / "old.log", len(producer.sent))
+    first = len(producer.sent)
+
+    longer = replace(settings, history=12, state_migrate_from=f"history={settings.history}")
+    for step in range(6, 9):
+        for user in USERS[:4]:
+            producer.event(user, CATALOGUE[(step * 5 + len(user)) % 40], "view", 1_700_000_000.0 + step)
+    producer.close()
+    stats = run_worker_until(longer, tmp_path / "new.log", len(producer.sent) - first)
+    assert stats["migrated"] == 4 and not stats["deadletters"] and stats["replayed"] == 0
+    assert_states_hold_each_event_once(longer, redis_store, producer.sent)  # 9 events each, all kept
+    assert {len(redis_store.read_state(u)) for u in USERS[:4]} == {StateCodec(longer.engine_config()).dtype.itemsize}

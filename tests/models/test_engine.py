@@ -166,3 +166,50 @@ def test_loading_a_snapshot_of_new_shapes_compiles_nothing():
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
     assert compiles == []
+
+
+def test_states_of_the_previous_layout_are_converted_not_rejected():
+    """After HISTORY changes, with ``previous_layout`` naming the old one, users' stored states are
+    read, converted and written back in the new layout; without it they are rejected."""
+    from dataclasses import replace
+
+    store = MemoryStore()
+    old = Engine(CFG, store)
+    run(old, batch([("u", "a", "view", 1.0, "default"), ("u", "b", "view", 2.0, "search"),
+                    ("v", "a", "cart", 1.5, "default")]))
+    old_size = len(store.states["u"])
+    longer = replace(CFG, history=6)
+    refused = Engine(longer, store).process(batch([("u", "c", "view", 3.0, "default")], start=3))
+    assert [r.event.event.user_id for r in refused.rejected] == ["u"]
+
+    engine = Engine(replace(longer, previous_layout="history=4"), store)
+    result = run(engine, batch([("u", "c", "view", 3.0, "default"), ("w", "a", "view", 3.0, "default")], start=3))
+    assert not result.rejected and result.migrated == 1 and result.replayed == 0
+    assert [f.list_age_s is not None for f in result.feedback] == [True, False]  # u's last list survived
+    index = {**old._index, **engine._index}
+    assert len(store.states["u"]) > old_size
+    assert engine.codec.decode([store.states["u"]])["hist_item"][0, -3:].tolist() == [index[i] for i in "abc"]
+    replay = run(engine, batch([("u", "c", "view", 3.0, "default")], start=3))  # the fence came along
+    assert replay.replayed == 1 and replay.migrated == 0
+    assert run(engine, batch([("v", "b", "view", 4.0, "default")], start=4)).migrated == 1
+
+
+def test_a_snapshot_of_other_dimensions_is_refused_once_not_fetched_on_every_batch():
+    from dataclasses import replace
+
+    class CountingStore(MemoryStore):
+        loads = 0
+
+        def load_params(self, version):
+            self.loads += 1
+            return super().load_params(version)
+
+    store = CountingStore()
+    store.publish_params(to_bytes(init_params(replace(CFG, history=6), 8), {"version": 1}))
+    engine = Engine(CFG, store)
+    for start in range(3):
+        run(engine, batch([("u", "a", "view", float(start), "default")], start=start))
+    assert engine.model_version == 0 and store.loads == 1
+    store.publish_params(to_bytes(init_params(CFG, 8), {"version": 2}))
+    run(engine, batch([("u", "b", "view", 9.0, "default")], start=3))
+    assert engine.model_version == 2 and store.loads == 2

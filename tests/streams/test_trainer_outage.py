@@ -75,3 +75,19 @@ def test_messages_learning_fails_on_are_skipped_and_counted_and_learning_goes_on
     worker.trainer.learn = learn
     asyncio.run(worker.handle([message(blob)]))
     assert worker.trainer.steps == 2
+
+
+def test_a_snapshot_of_other_dimensions_is_not_resumed_from():
+    """After HISTORY or DIM changes, the newest snapshot has the old shapes: the trainer starts fresh
+    rather than failing every step on it."""
+    from dataclasses import replace
+
+    from models.params import init_params, to_bytes
+
+    store = MemoryStore()
+    worker, blob = trainer(store, snapshot_interval_s=1e9)
+    cfg = worker.cfg
+    store.publish_params(to_bytes(init_params(replace(cfg, history=cfg.history + 2), 64), {"version": 1}))
+    asyncio.run(worker.handle([message(blob)]))
+    assert worker.trainer.params.pos_emb.shape[0] == cfg.history
+    assert worker.trainer.steps == 2 and worker.metrics.examples == 16
