@@ -251,17 +251,9 @@ class Engine:
             return self.codec.decode(values), {}
         except StateLayoutError:
             pass  # find the bad ones; the rest of the batch goes on
-        broken, good = {}, []
-        migrated = self.codec.migrated  # the good ones are decoded (and counted) once more below
-        for row, value in enumerate(values):
-            try:
-                self.codec.decode([value])
-                good.append(value)
-            except StateLayoutError as exc:
-                broken[row] = f"stored state of user {users[row]!r} is unreadable: {exc}"
-                good.append(None)
-        self.codec.migrated = migrated
-        return self.codec.decode(good), broken
+        reasons = self.codec.unreadable(values)
+        broken = {row: f"stored state of user {users[row]!r} is unreadable: {reason}" for row, reason in reasons.items()}
+        return self.codec.decode([None if row in reasons else v for row, v in enumerate(values)]), broken
 
     def _feedback(self, states, applied, row, item) -> list[Feedback]:
         shown = states["last_list"][row]                       # [n, K] the list each event's user last saw

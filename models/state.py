@@ -77,55 +77,61 @@ class StateCodec:
         configuration's ``previous_layout`` are converted (``migrate``); any other layout raises."""
         states = np.repeat(self.empty[None], len(values))
         present = [i for i, v in enumerate(values) if v is not None]
-        if present:
-            size = self.dtype.itemsize
-            if any(len(values[i]) != size for i in present):
-                return self._decode_mixed(values, states, present)
-            stored = np.frombuffer(b"".join(values[i] for i in present), self.dtype)
-            if not self._current(stored).all():
-                return self._decode_mixed(values, states, present)
-            states[present] = stored
-        return states
-
-    def _current(self, stored: np.ndarray) -> np.ndarray:
-        """Whether each stored record carries this layout's tag."""
-        return (stored["magic"] == MAGIC) & (stored["layout"] == self.layout)
-
-    def _decode_mixed(self, values, states, present) -> np.ndarray:
+        if not present:
+            return states
         size = self.dtype.itemsize
-        current = [i for i in present if len(values[i]) == size]
-        if current:
-            ok = self._current(np.frombuffer(b"".join(values[i] for i in current), self.dtype))
-            current = [i for i, good in zip(current, ok) if good]
-        taken = set(current)
-        old = [i for i in present if i not in taken]
-        if old and self.previous is not None:
-            old_size = self.previous.dtype.itemsize
-            candidates = [i for i in old if len(values[i]) == old_size]
-            if len(candidates) == len(old):
-                stored = np.frombuffer(b"".join(values[i] for i in old), self.previous.dtype)
-                if ((stored["magic"] == MAGIC) & (stored["layout"] == self.previous.layout)).all():
-                    states[old] = migrate(stored, self.previous.cfg, self)
-                    self.migrated += len(old)
-                    old = []
-        if old:
-            value = values[old[0]]
-            hint = ("" if self.previous is None else
-                    f"; it is not in the previous layout either (ATTNFLOW_STATE_MIGRATE_FROM: {describe(self.previous.cfg)})")
-            if len(value) != size:
-                raise StateLayoutError(
-                    f"stored state is {len(value)} bytes, this configuration expects {size} "
-                    f"({describe(self.cfg)}){hint}")
-            raise StateLayoutError(f"stored state was written with a different layout or is not an attnflow state{hint}")
+        if all(len(values[i]) == size for i in present):
+            stored = np.frombuffer(b"".join(values[i] for i in present), self.dtype)
+            if _tagged(stored, self.layout).all():  # the usual case: every state in this layout
+                states[present] = stored
+                return states
+        current, old, bad = self._sort(values, present)
+        if bad:
+            raise StateLayoutError(next(iter(bad.values())))
         if current:
             states[current] = np.frombuffer(b"".join(values[i] for i in current), self.dtype)
+        if old:
+            stored = np.frombuffer(b"".join(values[i] for i in old), self.previous.dtype)
+            states[old] = migrate(stored, self.previous.cfg, self)
+            self.migrated += len(old)
         return states
+
+    def unreadable(self, values: list[bytes | None]) -> dict[int, str]:
+        """Why each value that ``decode`` would refuse cannot be read, by position; converts nothing."""
+        return self._sort(values, [i for i, v in enumerate(values) if v is not None])[2]
+
+    def _sort(self, values, present) -> tuple[list[int], list[int], dict[int, str]]:
+        """``present`` positions split into this layout's, the previous layout's, and the rest with a reason."""
+        current, old, bad = [], [], {}
+        for layout in filter(None, (self, self.previous)):
+            size = layout.dtype.itemsize
+            rows = [i for i in present if len(values[i]) == size]
+            if rows:
+                tagged = _tagged(np.frombuffer(b"".join(values[i] for i in rows), layout.dtype), layout.layout)
+                (current if layout is self else old).extend(i for i, ok in zip(rows, tagged) if ok)
+        taken = set(current) | set(old)
+        hint = ("" if self.previous is None else
+                f"; it is not in the previous layout either (ATTNFLOW_STATE_MIGRATE_FROM: {describe(self.previous.cfg)})")
+        for i in present:
+            if i in taken:
+                continue
+            if len(values[i]) != self.dtype.itemsize:
+                bad[i] = (f"stored state is {len(values[i])} bytes, this configuration expects {self.dtype.itemsize} "
+                          f"({describe(self.cfg)}){hint}")
+            else:
+                bad[i] = f"stored state was written with a different layout or is not an attnflow state{hint}"
+        return current, old, bad
 
     def encode(self, states: np.ndarray) -> list[bytes]:
         """One bytes value per state, ready for the store."""
         raw = np.ascontiguousarray(states, self.dtype).tobytes()
         size = self.dtype.itemsize
         return [raw[i * size:(i + 1) * size] for i in range(len(states))]
+
+
+def _tagged(stored: np.ndarray, layout: int) -> np.ndarray:
+    """Whether each stored record is an attnflow state carrying the layout tag ``layout``."""
+    return (stored["magic"] == MAGIC) & (stored["layout"] == layout)
 
 
 def describe(cfg: EngineConfig) -> str:
@@ -208,8 +214,9 @@ def migrate(old: np.ndarray, old_cfg: EngineConfig, codec: "StateCodec") -> np.n
     if old_cfg.dim == cfg.dim:
         for s_old, scene in enumerate(old_cfg.scenes):
             if scene in cfg.scenes:
-                new["interest"][:, cfg.scenes.index(scene)] = old["interest"][:, s_old]
-                new["interest_weight"][:, cfg.scenes.index(scene)] = old["interest_weight"][:, s_old]
+                s_new = cfg.scenes.index(scene)
+                new["interest"][:, s_new] = old["interest"][:, s_old]
+                new["interest_weight"][:, s_new] = old["interest_weight"][:, s_old]
     return new
 
 
