@@ -416,14 +416,15 @@ class TimeBudget:
     (False, True)
     """
 
-    def __init__(self, share: float, burst_s: float = 10.0):
+    def __init__(self, share: float, burst_s: float = 10.0, clock=time.monotonic):
         self.share = share
+        self.clock = clock
         self.capacity = share * burst_s
         self._tokens = self.capacity
         self._at: float | None = None
 
     def _refill(self, now: float | None) -> None:
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         if self._at is not None:
             self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.share)
         self._at = now
@@ -445,9 +446,11 @@ class TrainWorker:
 
     Every worker runs the agent, but the train topic has one partition, so exactly one worker of the
     group trains at a time; when the partition moves, the new owner resumes from the latest snapshot.
+    ``clock`` (seconds, monotonic) times the snapshot interval, the waits for ranking's gaps and the
+    training budget; tests pass one they control.
     """
 
-    def __init__(self, settings, store=None, activity: RankActivity | None = None):
+    def __init__(self, settings, store=None, activity: RankActivity | None = None, clock=time.monotonic):
         self.settings = settings
         self.cfg = settings.engine_config()
         self.store = store
@@ -458,9 +461,10 @@ class TrainWorker:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnflow-train",
                                            initializer=set_native_name, initargs=("af-train",))
         self._dirty = False
-        self._published_at = time.monotonic()
+        self.clock = clock
+        self._published_at = clock()
         # Beside a rank agent, learning must not starve ranking; a dedicated trainer uses all it has.
-        self.budget = TimeBudget(settings.train_max_share if settings.role == "all" else 1.0)
+        self.budget = TimeBudget(settings.train_max_share if settings.role == "all" else 1.0, clock=clock)
 
     def _resume(self) -> None:
         """Start from the newest snapshot in the store (an offline bootstrap or a previous trainer)."""
@@ -491,10 +495,10 @@ class TrainWorker:
 
     def _wait_for_gap(self) -> None:
         """Before each step: let the batches in the rank path through first, for up to TRAIN_YIELD_S."""
-        started = time.monotonic()
+        started = self.clock()
         if not self.activity.wait_idle(self.settings.train_yield_s):
             self.metrics.steps_without_gap += 1
-        self.waited_s += time.monotonic() - started
+        self.waited_s += self.clock() - started
 
     def learn(self, blobs: list[bytes]) -> None:
         if self.trainer is None or self.store.params_version() > self.metrics.published_version:
@@ -510,7 +514,7 @@ class TrainWorker:
         # Examples only queued (fewer than a training batch) leave the parameters as they are: no new
         # snapshot for them, or every worker would reload identical parameters under a new version.
         self._dirty = self._dirty or self.trainer.steps > steps_before
-        if time.monotonic() - self._published_at >= self.settings.snapshot_interval_s:
+        if self.clock() - self._published_at >= self.settings.snapshot_interval_s:
             self.publish_or_defer()
 
     def publish_or_defer(self) -> None:
@@ -529,7 +533,7 @@ class TrainWorker:
                 "n_items": self.store.n_items(), "created_ts": time.time()}
         version = self.store.publish_params(to_bytes(self.trainer.params, meta))
         self.metrics.published_version, self.metrics.published_ts = version, time.time()
-        self._published_at = time.monotonic()
+        self._published_at = self.clock()
         self._dirty = False
         log.info("published parameter snapshot %d (%d steps, loss %s)", version, self.trainer.steps, self.metrics.loss)
 
@@ -550,7 +554,7 @@ class TrainWorker:
             good.append(event.value)
         if not good:
             return
-        started, waited = time.monotonic(), self.waited_s
+        started, waited = self.clock(), self.waited_s
         try:
             # a store outage before the steps (resume, catalogue size) retries the whole call
             await run_retrying(self.executor, self.metrics, self.learn, good)
@@ -561,10 +565,10 @@ class TrainWorker:
             log.exception("training on %d messages failed; they are skipped", len(good))
             self.metrics.skipped_error += len(good)
         # the budget is for learning: time spent waiting for ranking's gaps is not charged
-        self.budget.spent(time.monotonic() - started - (self.waited_s - waited))
+        self.budget.spent(self.clock() - started - (self.waited_s - waited))
 
     async def tick(self) -> None:
-        if self._dirty and time.monotonic() - self._published_at >= self.settings.snapshot_interval_s:
+        if self._dirty and self.clock() - self._published_at >= self.settings.snapshot_interval_s:
             await asyncio.get_running_loop().run_in_executor(self.executor, self.publish_or_defer)
 
 

@@ -11,7 +11,7 @@ import redis
 
 from models.store import MemoryStore
 from streams.agents import TrainWorker
-from tests.streams.test_trainer_gap import small_settings, trainer_and_blob
+from tests.streams.test_trainer_gap import ManualClock, small_settings, trainer_and_blob
 
 
 class FlakyStore(MemoryStore):
@@ -35,8 +35,8 @@ class FlakyStore(MemoryStore):
         return super().publish_params(blob)
 
 
-def trainer(store, **overrides) -> tuple[TrainWorker, bytes]:
-    return trainer_and_blob(small_settings(**overrides), activity=None, store=store)
+def trainer(store, clock=None, **overrides) -> tuple[TrainWorker, bytes]:
+    return trainer_and_blob(small_settings(**overrides), activity=None, store=store, clock=clock)
 
 
 def message(blob: bytes) -> SimpleNamespace:
@@ -91,3 +91,27 @@ def test_a_snapshot_of_other_dimensions_is_not_resumed_from():
     asyncio.run(worker.handle([message(blob)]))
     assert worker.trainer.params.pos_emb.shape[0] == cfg.history
     assert worker.trainer.steps == 2 and worker.metrics.examples == 16
+
+
+def test_learning_beyond_its_share_of_time_skips_examples_until_the_budget_refills():
+    """Beside a rank agent the trainer gets TRAIN_MAX_SHARE of the time: 20 s of learning in a row puts
+    it in debt, the next messages are skipped (counted), and it learns again once the debt is repaid."""
+    clock = ManualClock()
+    worker, blob = trainer(MemoryStore(), clock=clock, snapshot_interval_s=1e9, train_max_share=0.25)
+    worker._resume()
+    learn = worker.trainer.learn
+
+    def slow(examples, n_items):
+        clock.now += 20.0
+        return learn(examples, n_items)
+
+    worker.trainer.learn = slow
+    asyncio.run(worker.handle([message(blob)]))            # 20 s on the clock: 17.5 s in debt
+    assert worker.trainer.steps == 2 and worker.metrics.skipped_budget == 0
+    clock.now += 60.0                                       # 15 s refilled: still in debt
+    asyncio.run(worker.handle([message(blob), message(blob)]))
+    assert worker.metrics.skipped_budget == 2 and worker.trainer.steps == 2
+    clock.now += 20.0                                       # repaid
+    worker.trainer.learn = learn
+    asyncio.run(worker.handle([message(blob)]))
+    assert worker.trainer.steps == 4 and worker.metrics.skipped_budget == 2
