@@ -40,6 +40,7 @@ def reason_code(reason: str) -> str:
     'wrong_type'
     """
     for prefix, code in (("not valid JSON", "invalid_json"), ("event must be", "not_an_object"),
+                         ("timestamp out of range", "bad_timestamp"),
                          ("missing required", "missing_field"), ("unknown event type", "unknown_type"),
                          ("unknown scene", "unknown_scene"), ("stored state", "state_unreadable"),
                          ("processing error", "processing_error")):
@@ -159,12 +160,14 @@ class RankWorker:
         events = list(events)
         batch, produced = [], []
         dead: list[DeadLetter] = []
-        scenes = self.cfg.scenes
+        scenes, max_future_s = self.cfg.scenes, self.settings.max_future_s
         for event in events:
             message = event.message
             message.incref()
             try:
-                decoded = decode_event(event.value, scenes)
+                # ts is bounded by the record's own timestamp, not by this worker's clock: a replay later
+                # on decides the same
+                decoded = decode_event(event.value, scenes, message.timestamp, max_future_s)
             except BadEvent as exc:
                 dead.append(DeadLetter(event.value, str(exc), message.topic, message.partition, message.offset))
                 continue

@@ -16,6 +16,13 @@ from models.events import DEFAULT_SCENE, EVENT_TYPES, Event
 
 MAX_ID_BYTES = 512
 _TYPES = frozenset(EVENT_TYPES)
+# Event times are Unix seconds in [0, MAX_TS]. 0 stays valid: logs with order only (Amazon Beauty)
+# replay synthetic ts = 0, 1, 2, ..., and MovieLens has 1997. MAX_TS (2100-01-01) catches
+# milliseconds or nanoseconds sent as seconds and values such as 1e300.
+MAX_TS = 4_102_444_800.0
+# How far an event's ts may lie after its Kafka record's own timestamp (ATTNFLOW_MAX_FUTURE_S): one
+# event a year ahead would make every other event in that user's history look a year old.
+MAX_FUTURE_S = 86_400.0
 
 
 class BadEvent(ValueError):
@@ -37,8 +44,31 @@ def _text(doc: dict, name: str, required: bool) -> str | None:
     return value
 
 
-def decode_event(raw: bytes, scenes: tuple[str, ...]) -> Event:
+def ts_limit(sent_ts: float | None, max_future_s: float = MAX_FUTURE_S) -> float:
+    """The latest ``ts`` accepted for an event whose Kafka record carries ``sent_ts`` (seconds).
+
+    A record without a timestamp (None, or Kafka's -1) leaves only the absolute bound.
+
+    >>> ts_limit(1_700_000_000.0), ts_limit(None) == ts_limit(-0.001) == MAX_TS
+    (1700086400.0, True)
+    """
+    if sent_ts is None or not sent_ts > 0:
+        return MAX_TS
+    return min(MAX_TS, sent_ts + max_future_s)
+
+
+def _short(value) -> str:
+    """``repr(value)``, cut to a length that a dead-letter reason can carry."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def decode_event(raw: bytes, scenes: tuple[str, ...], sent_ts: float | None = None,
+                 max_future_s: float = MAX_FUTURE_S) -> Event:
     """Parse and validate one event; unknown fields are ignored.
+
+    ``sent_ts`` is the Kafka record's timestamp (seconds): ``ts`` may be at most ``max_future_s``
+    after it (and never after ``MAX_TS``, nor before 0), see :func:`ts_limit`.
 
     >>> decode_event(b'{"user_id":"u","item_id":"i","type":"cart","ts":1.5,"extra":1}', ("default",))
     Event(user_id='u', item_id='i', type='cart', ts=1.5, scene='default', event_id=None)
@@ -46,6 +76,10 @@ def decode_event(raw: bytes, scenes: tuple[str, ...]) -> Event:
     Traceback (most recent call last):
     ...
     streams.codec.BadEvent: field 'item_id' must be a string, got int
+    >>> decode_event(b'{"user_id":"u","item_id":"i","type":"cart","ts":1e300}', ("default",))
+    Traceback (most recent call last):
+    ...
+    streams.codec.BadEvent: timestamp out of range: ts=1e+300 is after 2100-01-01; milliseconds, not seconds?
     """
     try:
         doc = orjson.loads(raw)
@@ -59,13 +93,33 @@ def decode_event(raw: bytes, scenes: tuple[str, ...]) -> Event:
         if (type(user_id) is str and type(item_id) is str and 0 < len(user_id) <= MAX_ID_BYTES
                 and 0 < len(item_id) <= MAX_ID_BYTES and type(etype) is str and etype in _TYPES
                 and type(ts) in (float, int)
-                and math.isfinite(ts) and scene in scenes
+                and 0 <= ts <= ts_limit(sent_ts, max_future_s) and scene in scenes
                 and (event_id is None or (type(event_id) is str and len(event_id) <= MAX_ID_BYTES))):
             return Event(user_id, item_id, etype, float(ts), scene, event_id)
-    return _checked(doc, scenes)
+    return _checked(doc, scenes, sent_ts, max_future_s)
 
 
-def _checked(doc, scenes: tuple[str, ...]) -> Event:
+def _timestamp(doc: dict, sent_ts: float | None, max_future_s: float) -> float:
+    """``doc["ts"]`` checked against the bounds of :func:`decode_event`; an int of any size is fine."""
+    ts = doc.get("ts")
+    if ts is None:
+        raise BadEvent("missing required field 'ts'")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or ts != ts or ts in (math.inf, -math.inf):
+        raise BadEvent(f"field 'ts' must be a finite number of seconds, got {_short(ts)}")
+    if ts < 0:
+        raise BadEvent(f"timestamp out of range: ts={_short(ts)} is before 1970 (Unix seconds expected)")
+    if ts > MAX_TS:
+        raise BadEvent(f"timestamp out of range: ts={_short(ts)} is after 2100-01-01; "
+                       "milliseconds, not seconds?")
+    limit = ts_limit(sent_ts, max_future_s)
+    if ts > limit:
+        raise BadEvent(f"timestamp out of range: ts={_short(ts)} is {ts - sent_ts:.0f} s after its Kafka "
+                       f"record's timestamp {sent_ts:.3f} (at most {max_future_s:g} s: ATTNFLOW_MAX_FUTURE_S)")
+    return float(ts)
+
+
+def _checked(doc, scenes: tuple[str, ...], sent_ts: float | None = None,
+             max_future_s: float = MAX_FUTURE_S) -> Event:
     """Field by field, so that a bad event gets the reason that fits it."""
     if not isinstance(doc, dict):
         raise BadEvent(f"event must be a JSON object, got {type(doc).__name__}")
@@ -74,15 +128,11 @@ def _checked(doc, scenes: tuple[str, ...]) -> Event:
     etype = _text(doc, "type", True)
     if etype not in EVENT_TYPES:
         raise BadEvent(f"unknown event type {etype!r}; expected one of {', '.join(EVENT_TYPES)}")
-    ts = doc.get("ts")
-    if ts is None:
-        raise BadEvent("missing required field 'ts'")
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
-        raise BadEvent(f"field 'ts' must be a finite number of seconds, got {ts!r}")
+    ts = _timestamp(doc, sent_ts, max_future_s)
     scene = _text(doc, "scene", False) or DEFAULT_SCENE
     if scene not in scenes:
         raise BadEvent(f"unknown scene {scene!r}; configured scenes: {', '.join(scenes)} (ATTNFLOW_SCENES)")
-    return Event(user_id=user_id, item_id=item_id, type=etype, ts=float(ts), scene=scene,
+    return Event(user_id=user_id, item_id=item_id, type=etype, ts=ts, scene=scene,
                  event_id=_text(doc, "event_id", False))
 
 
@@ -112,6 +162,10 @@ def encode_feedback(fb: Feedback) -> bytes:
 
 
 DEADLETTER_VALUE_MAX_BYTES = 64 * 1024
+DEADLETTER_REASON_MAX_CHARS = 1000
+# What a dead-letter record can grow to: JSON escapes a character to at most six bytes, and a topic name
+# has at most 249 characters; well inside the broker's default message limit of 1 MiB.
+DEADLETTER_RECORD_MAX_BYTES = 512 * 1024
 
 
 def _as_text(value: bytes, cut: bool) -> str | None:
@@ -134,7 +188,9 @@ def encode_deadletter(raw: bytes | None, reason: str, topic: str, partition: int
     A value is carried up to ``DEADLETTER_VALUE_MAX_BYTES``; a longer one is cut to a prefix
     (``value_truncated``), since whole it may not fit in a Kafka message once encoded: base64 grows it
     by a third and JSON escapes a control byte to six. ``value_bytes`` is its full length, and
-    ``topic``/``partition``/``offset`` say where the whole value still is.
+    ``topic``/``partition``/``offset`` say where the whole value still is. A reason (which may quote
+    an exception) is cut to ``DEADLETTER_REASON_MAX_CHARS``, so a record stays within
+    ``DEADLETTER_RECORD_MAX_BYTES`` whatever it is given.
 
     >>> orjson.loads(encode_deadletter(b'{bad', "not valid JSON", "events", 2, 41))["value"]
     '{bad'
@@ -144,6 +200,8 @@ def encode_deadletter(raw: bytes | None, reason: str, topic: str, partition: int
     """
     raw = raw or b""
     kept = raw[:DEADLETTER_VALUE_MAX_BYTES]
+    if len(reason) > DEADLETTER_REASON_MAX_CHARS:
+        reason = reason[:DEADLETTER_REASON_MAX_CHARS - 3] + "..."
     doc = {"reason": reason, "topic": topic, "partition": partition, "offset": offset, "failed_ts": time.time(),
            "value_bytes": len(raw), "value_truncated": len(kept) < len(raw)}
     text = _as_text(kept, cut=doc["value_truncated"])

@@ -84,6 +84,9 @@ class Settings:
     # States stored in it are converted as users are read (models.state.migrate); "" = states of
     # any other layout are refused (their events go to the dead-letter topic)
     state_migrate_from: str = ""
+    # Event validation: an event's ts may be at most this many seconds after its Kafka record's own
+    # timestamp (later ones go to the dead-letter topic, see streams.codec.ts_limit)
+    max_future_s: float = 86400.0
     # What this process runs: "all" (rank + train agents), "rank", or "train" (a dedicated trainer, so
     # optax steps do not compete with ranking for the same cores)
     role: str = "all"
@@ -154,6 +157,8 @@ class Settings:
             raise ValueError(f"{PREFIX}TRAIN_YIELD_S={settings.train_yield_s}: must be 0 or more")
         if not 0 <= settings.train_nice <= 19:
             raise ValueError(f"{PREFIX}TRAIN_NICE={settings.train_nice}: must be 0 (unchanged) to 19")
+        if not settings.max_future_s >= 0:
+            raise ValueError(f"{PREFIX}MAX_FUTURE_S={settings.max_future_s}: must be 0 or more")
         if settings.pipeline_depth < 1:
             raise ValueError(f"{PREFIX}PIPELINE_DEPTH={settings.pipeline_depth}: must be at least 1")
         if settings.event_loop not in ("auto", "uvloop", "asyncio"):
