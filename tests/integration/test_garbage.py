@@ -265,8 +265,8 @@ def test_malformed_messages_at_volume_are_dead_lettered_and_change_nothing(setti
     from models.store import RedisStore
 
     settings = replace(settings, train_enabled=False)
-    clean = replace(settings, topic_prefix=settings.topic_prefix + "clean.", redis_prefix=settings.redis_prefix
-                    + "-clean", app_id=settings.app_id + "-clean")
+    clean = replace(settings, topic_prefix=settings.topic_prefix + "clean.",
+                    redis_prefix=settings.redis_prefix + "-clean", app_id=settings.app_id + "-clean")
     clean_store = RedisStore(clean.redis_url, clean.redis_prefix)
     ref = float(int(time.time()))  # the records' timestamp; every outcome is relative to it
     rounds, garbage = valid_rounds(21, ref), malformed(21, MALFORMED, ref)
@@ -279,7 +279,8 @@ def test_malformed_messages_at_volume_are_dead_lettered_and_change_nothing(setti
         valid, dead, stats, alive = run(settings, tmp_path / "garbage.log", rounds, garbage, ref)
 
         assert alive, "the worker stopped while taking malformed messages"
-        assert len(dead) == MALFORMED and sum(stats["deadletters"].values()) == MALFORMED, stats["deadletters"]
+        assert len(dead) == MALFORMED, "every malformed message was produced"
+        assert sum(stats["deadletters"].values()) == MALFORMED, stats["deadletters"]
         topic = TopicNames.of(settings).events
         records = list(read_topic(settings, "deadletter", timeout_s=30, max_messages=MALFORMED + 1))
         by_source = {(r["partition"], r["offset"]): r for r in records}

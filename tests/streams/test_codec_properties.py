@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.events import EVENT_TYPES, Event
-from streams.codec import (DEADLETTER_REASON_MAX_CHARS, DEADLETTER_RECORD_MAX_BYTES, DEADLETTER_VALUE_MAX_BYTES,
-                           MAX_ID_BYTES, MAX_TS, BadEvent, _checked, decode_event, encode_deadletter,
-                           encode_event, ts_limit)
+from streams.codec import (DEADLETTER_REASON_MAX_CHARS, DEADLETTER_RECORD_MAX_BYTES,
+                           DEADLETTER_VALUE_MAX_BYTES, MAX_ID_BYTES, MAX_TS, BadEvent, _checked, decode_event,
+                           encode_deadletter, encode_event, ts_limit)
 
 SCENES = ("default", "search", "product")
 PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=300,
@@ -43,8 +43,9 @@ def field_value(valid):
 def documents(draw):
     """Dicts close to events: each field valid, wrong, or missing, plus unknown fields."""
     doc = draw(st.dictionaries(st.text(max_size=6), json_values, max_size=3))
-    for name, valid in (("user_id", ids), ("item_id", ids), ("type", st.sampled_from(EVENT_TYPES + ("VIEW", ""))),
-                        ("ts", stamps), ("scene", st.sampled_from(SCENES + ("home", "", None))),
+    for name, valid in (("user_id", ids), ("item_id", ids),
+                        ("type", st.sampled_from(EVENT_TYPES + ("VIEW", ""))), ("ts", stamps),
+                        ("scene", st.sampled_from(SCENES + ("home", "", None))),
                         ("event_id", st.none() | ids)):
         value = draw(field_value(valid))
         if value is not KeyError:
@@ -132,8 +133,9 @@ long_texts = st.tuples(st.text(min_size=1, max_size=4), st.integers(1, 3_000)).m
 
 
 @PROPERTY
-@given(raw=st.none() | st.binary(max_size=200) | long_bytes, reason=st.text(min_size=1, max_size=50) | long_texts,
-       topic=topics, partition=st.integers(0, 2**31 - 1), offset=st.integers(0, 2**63 - 1))
+@given(raw=st.none() | st.binary(max_size=200) | long_bytes,
+       reason=st.text(min_size=1, max_size=50) | long_texts, topic=topics,
+       partition=st.integers(0, 2**31 - 1), offset=st.integers(0, 2**63 - 1))
 def test_deadletter_records_are_json_with_where_and_why_within_the_cap(raw, reason, topic, partition, offset):
     record = encode_deadletter(raw, reason, topic, partition, offset)
     assert len(record) <= DEADLETTER_RECORD_MAX_BYTES
