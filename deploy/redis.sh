@@ -2,6 +2,13 @@
 # Local Redis for attnflow dev/CI (AOF, appendfsync always; see deploy/redis.conf).
 #
 # Usage: deploy/redis.sh install | start | stop [--wipe] | status | logs [LINES]
+#        deploy/redis.sh cluster start | stop [--wipe] | status | url | kill PORT | restart PORT
+#
+# `cluster` runs a Redis Cluster on loopback: ATTNFLOW_REDIS_CLUSTER_MASTERS masters (default 3) with
+# ATTNFLOW_REDIS_CLUSTER_REPLICAS replicas each (default 1) on ports from ATTNFLOW_REDIS_CLUSTER_PORT
+# (default 7001), every node with the same AOF settings as the single server. `url` prints the
+# ATTNFLOW_REDIS_URL that names it; `kill PORT` SIGKILLs one node (fault tests), `restart PORT`
+# starts it again (it rejoins as a replica if it was failed over).
 #
 # Environment (all optional):
 #   ATTNFLOW_STATE_DIR            state root (default <repo>/.attnflow); Redis uses ./redis
@@ -163,6 +170,126 @@ cmd_logs() {
   tail -n "$lines" "$LOGFILE"
 }
 
+
+# --------------------------------------------------------------------------- cluster
+
+CLUSTER_PORT="${ATTNFLOW_REDIS_CLUSTER_PORT:-7001}"
+CLUSTER_MASTERS="${ATTNFLOW_REDIS_CLUSTER_MASTERS:-3}"
+CLUSTER_REPLICAS="${ATTNFLOW_REDIS_CLUSTER_REPLICAS:-1}"
+# How long a master may be unreachable before its replica takes over; short so that fault tests
+# see a failover within seconds (Redis's default is 15 s).
+CLUSTER_NODE_TIMEOUT_MS="${ATTNFLOW_REDIS_CLUSTER_NODE_TIMEOUT_MS:-2000}"
+CDIR="$ATTNFLOW_STATE_DIR/redis-cluster"
+
+cluster_ports() {
+  local n=$((CLUSTER_MASTERS * (1 + CLUSTER_REPLICAS))) i
+  for ((i = 0; i < n; i++)); do echo $((CLUSTER_PORT + i)); done
+}
+
+node_pid() {
+  local port="$1" pid
+  pid="$(read_pidfile "$CDIR/$port/redis.pid")"
+  if [[ -n "$pid" ]] && pid_alive "$pid" && pid_cmdline_has "$pid" ":$port"; then
+    echo "$pid"
+    return 0
+  fi
+  return 1
+}
+
+node_cli() { timeout 5 redis-cli -h "$HOST" -p "$1" "${@:2}" 2>/dev/null; }
+
+start_node() {
+  local port="$1" dir="$CDIR/$1"
+  node_pid "$port" >/dev/null && return 0
+  port_open "$HOST" "$port" && die "port $HOST:$port is already in use by another process"
+  mkdir -p "$dir"
+  redis-server "$CONF" --port "$port" --bind "$HOST" --dir "$dir" --pidfile "$dir/redis.pid" \
+    --logfile "$dir/redis.log" --daemonize yes --cluster-enabled yes --cluster-config-file nodes.conf \
+    --cluster-node-timeout "$CLUSTER_NODE_TIMEOUT_MS" >>"$dir/redis.log" 2>&1 ||
+    { tail_file "$dir/redis.log" 20; die "redis-server on port $port failed to start"; }
+}
+
+cluster_ok() {
+  local port
+  for port in $(cluster_ports); do
+    node_cli "$port" cluster info | grep -q '^cluster_state:ok' || return 1
+  done
+}
+
+cluster_url() {
+  local urls=() port
+  for port in $(cluster_ports | head -n "$CLUSTER_MASTERS"); do urls+=("$HOST:$port"); done
+  (IFS=,; echo "redis+cluster://${urls[*]}")
+}
+
+cmd_cluster_start() {
+  local port t0 nodes=()
+  command -v redis-server >/dev/null 2>&1 || cmd_install
+  for port in $(cluster_ports); do
+    start_node "$port"
+    nodes+=("$HOST:$port")
+  done
+  t0=$SECONDS
+  for port in $(cluster_ports); do
+    until [[ "$(node_cli "$port" ping)" == PONG ]]; do
+      ((SECONDS - t0 < START_TIMEOUT)) || die "node $port not answering PING within ${START_TIMEOUT}s"
+      sleep 0.2
+    done
+  done
+  # A node that knows only itself has never joined a cluster: create it once.
+  if [[ "$(node_cli "$CLUSTER_PORT" cluster info | awk -F: '/^cluster_known_nodes/ {print $2}' | tr -d '\r')" == 1 ]]; then
+    log "creating cluster: $CLUSTER_MASTERS masters, $CLUSTER_REPLICAS replica(s) each"
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas "$CLUSTER_REPLICAS" --cluster-yes >>"$CDIR/create.log" 2>&1 ||
+      { tail_file "$CDIR/create.log" 30; die "redis-cli --cluster create failed"; }
+  fi
+  until cluster_ok; do
+    ((SECONDS - t0 < START_TIMEOUT)) || die "cluster not in state ok within ${START_TIMEOUT}s"
+    sleep 0.2
+  done
+  log "cluster ready after $((SECONDS - t0))s: ATTNFLOW_REDIS_URL=$(cluster_url)"
+}
+
+cmd_cluster_stop() {
+  local wipe=0 port pid
+  [[ "${1:-}" == --wipe ]] && wipe=1
+  for port in $(cluster_ports); do
+    if pid="$(node_pid "$port")"; then kill_and_wait "$pid" "$STOP_TIMEOUT"; fi
+    rm -f "$CDIR/$port/redis.pid"
+  done
+  log "cluster stopped"
+  if ((wipe)); then rm -rf "$CDIR"; log "wiped $CDIR"; fi
+}
+
+cmd_cluster_status() {
+  local port role up=0
+  for port in $(cluster_ports); do
+    if node_pid "$port" >/dev/null; then
+      role="$(node_cli "$port" role | head -1)"
+      log "node $port: running ($role)"
+      up=$((up + 1))
+    else
+      log "node $port: not running"
+    fi
+  done
+  cluster_ok && log "cluster_state ok ($(cluster_url))" || log "cluster_state not ok"
+  ((up > 0))
+}
+
+cmd_cluster() {
+  local cmd="${1:-}"
+  [[ $# -gt 0 ]] && shift
+  case "$cmd" in
+    start) cmd_cluster_start ;;
+    stop) cmd_cluster_stop "$@" ;;
+    status) cmd_cluster_status ;;
+    url) cluster_url ;;
+    kill) local pid; pid="$(node_pid "${1:?port}")" || die "node ${1} is not running"; kill -KILL "$pid"
+          wait_pid_exit "$pid" 10; rm -f "$CDIR/$1/redis.pid"; log "killed node $1 (pid $pid)" ;;
+    restart) start_node "${1:?port}"; log "node $1 started" ;;
+    *) usage >&2; exit 2 ;;
+  esac
+}
+
 usage() {
   awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"
 }
@@ -176,6 +303,7 @@ main() {
     stop) cmd_stop "$@" ;;
     status) cmd_status "$@" ;;
     logs) cmd_logs "$@" ;;
+    cluster) cmd_cluster "$@" ;;
     -h|--help|help) usage ;;
     *) usage >&2; exit 2 ;;
   esac

@@ -1,22 +1,83 @@
-"""Where attention states, the item catalogue and parameter snapshots live: Redis, or memory for tests.
+"""Where attention states, the item catalogue and parameter snapshots live: Redis (one server or a
+Redis Cluster), or memory for tests.
 
-This module is the only place that knows Redis key names and Lua scripts. Every batch costs one
-round trip to read (states + new item ids + the parameter version, pipelined) and one to write
-(a fenced compare-and-set script). Both stores keep the same semantics so the engine cannot tell
-them apart.
+This module is the only place that knows Redis key names, Lua scripts and how to connect. Every batch
+costs one round trip to read (states + new item ids + the parameter version, pipelined) and one to
+write (a fenced compare-and-set script); on a cluster, one round trip per node that holds the batch's
+keys. Both stores keep the same semantics so the engine cannot tell them apart.
 """
 from __future__ import annotations
 
+import logging
 import struct
 import threading
+from collections import defaultdict
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlparse
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster, key_slot
 
 from models.state import FENCE_SLICE
 
-# Store outages a caller should wait out and retry: every store call here is idempotent.
-TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+log = logging.getLogger(__name__)
+
+# Store outages a caller should wait out and retry: every store call here is idempotent. On a cluster
+# a failover shows as these too (the slot's master is gone until a replica is promoted).
+TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+                    redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
+                    redis.exceptions.MasterDownError, redis.exceptions.ReadOnlyError)
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
+
+
+class ReplicationLag(redis.ConnectionError):
+    """A write was not confirmed by ``wait_replicas`` replicas in time: retried like an outage, so a
+    batch is acknowledged to Kafka only once its states would survive the loss of their master."""
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for logs and errors.
+
+    >>> redacted("redis://worker:s3cret@10.0.0.1:6379/0")
+    'redis://worker:***@10.0.0.1:6379/0'
+    >>> redacted("redis+cluster://127.0.0.1:7001,127.0.0.1:7002")
+    'redis+cluster://127.0.0.1:7001,127.0.0.1:7002'
+    """
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    user = parsed.username or ""
+    return url.replace(f"{parsed.netloc.split('@')[0]}@", f"{user}:***@", 1)
+
+
+def connect(url: str, **options) -> redis.Redis | RedisCluster:
+    """A client for ``url``: ``redis://`` / ``rediss://`` (TLS) for one server, or
+    ``redis+cluster://[user:password@]host:port[,host:port...]`` (``rediss+cluster://`` with TLS) for
+    a Redis Cluster, given any of its nodes. Query parameters (``?ssl_ca_certs=/ca.pem``) pass to
+    redis-py as for ``redis.Redis.from_url``; ``options`` are client keyword arguments.
+
+    >>> type(connect("redis+cluster://127.0.0.1:1", _probe=False)).__name__
+    'RedisCluster'
+    """
+    scheme = url.split("://", 1)[0]
+    if scheme not in CLUSTER_SCHEMES:
+        return redis.Redis.from_url(url, **options)
+    probe = options.pop("_probe", True)
+    parsed = urlparse(url)
+    query = dict(part.split("=", 1) for part in parsed.query.split("&") if "=" in part)
+    credentials, _, hosts = parsed.netloc.rpartition("@")
+    nodes = []
+    for host_port in hosts.split(","):
+        host, _, port = host_port.rpartition(":")
+        nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
+    if credentials:
+        username, _, password = credentials.partition(":")
+        options.update(username=unquote(username) or None, password=unquote(password) or None)
+    if CLUSTER_SCHEMES[scheme]:
+        options.update(ssl=True, **{k: v for k, v in query.items() if k.startswith("ssl_")})
+    if not probe:  # a client object only (doctests): connecting is deferred
+        return RedisCluster.__new__(RedisCluster)
+    return RedisCluster(startup_nodes=nodes, **options)
 
 # Compare-and-set of a batch of states. The fence (partition <i4, offset <i8) sits at bytes 5..16
 # (Lua is 1-based) of every value; a write is skipped when the stored state is from the same
@@ -53,6 +114,8 @@ end
 return out
 """
 
+# Version counter and snapshots share the {params} hash tag: one script bumps the version and stores
+# the snapshot under it atomically, on one server or on the cluster node that holds the tag's slot.
 _PUBLISH_PARAMS = """
 local version = redis.call('INCR', KEYS[1])
 redis.call('SET', KEYS[2] .. version, ARGV[1])
@@ -75,27 +138,54 @@ class BatchRead:
 
 
 class RedisStore:
-    """Attention states, item catalogue and parameter snapshots in one Redis database.
+    """Attention states, item catalogue and parameter snapshots in one Redis database or a Redis Cluster.
 
-    ``prefix`` namespaces every key so several pipelines (or test runs) can share a server.
+    ``prefix`` namespaces every key so several pipelines (or test runs) can share a server. A user's
+    state is one key, so its fenced write is atomic on a cluster too; a batch's writes run as one
+    script per hash slot, pipelined per node. ``wait_replicas`` > 0 makes every write wait (Redis
+    ``WAIT``) until that many replicas hold it, and fail as a transient error otherwise.
     """
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "attnflow", keep_snapshots: int = 3):
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "attnflow", keep_snapshots: int = 3,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 2000):
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 
         # Every command here is idempotent (reads, fenced writes, get-or-assign), so retrying is safe.
-        self.redis = redis.Redis.from_url(
+        self.url = redacted(url)
+        self.redis = connect(
             url, socket_timeout=10, socket_connect_timeout=5,
             retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+        self.cluster = isinstance(self.redis, RedisCluster)
         self.prefix = prefix
         self.keep_snapshots = keep_snapshots
+        self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
         self._write_states = self.redis.register_script(_WRITE_STATES)
         self._item_index = self.redis.register_script(_ITEM_INDEX)
         self._publish = self.redis.register_script(_PUBLISH_PARAMS)
         self._catalog = (f"{prefix}:{{catalog}}:index", f"{prefix}:{{catalog}}:ids")
-        self._params = (f"{prefix}:params:version", f"{prefix}:params:snapshot:")
+        self._params = (f"{prefix}:{{params}}:version", f"{prefix}:{{params}}:snapshot:")
+        if not self.cluster:
+            self._adopt_untagged_params()
+
+    def _adopt_untagged_params(self) -> None:
+        """Snapshots stored before the keys had the {params} hash tag move to the tagged names once, so
+        an upgraded deployment keeps its learned parameters."""
+        old = f"{self.prefix}:params:version"
+        try:
+            version = self.redis.get(old)
+            if version is None or self.redis.exists(self._params[0]):
+                return
+            pipe = self.redis.pipeline(transaction=True)
+            for v in range(max(1, int(version) - self.keep_snapshots + 1), int(version) + 1):
+                if self.redis.exists(f"{self.prefix}:params:snapshot:{v}"):
+                    pipe.rename(f"{self.prefix}:params:snapshot:{v}", f"{self._params[1]}{v}")
+            pipe.rename(old, self._params[0])
+            pipe.execute()
+            log.info("moved parameter snapshots up to version %s to the {params} hash-tagged keys", version)
+        except TRANSIENT_ERRORS:
+            pass  # the store is down: nothing can be read from it either, and the next start retries
 
     def state_key(self, user_id: str) -> str:
         return f"{self.prefix}:state:{user_id}"
@@ -103,18 +193,49 @@ class RedisStore:
     def ping(self) -> bool:
         return bool(self.redis.ping())
 
+    def _script(self, pipe, script, keys: list, args: list) -> None:
+        """Queue ``script`` on ``pipe``; a cluster pipeline refuses ``evalsha`` by name, not the command."""
+        if self.cluster:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        else:
+            script(keys=keys, args=args, client=pipe)
+
+    def _execute(self, build, scripts: list) -> list:
+        """A pipeline that ``build(pipe)`` fills, run; on a cluster, a node that lost its script cache (a
+        replica promoted since the scripts were loaded) gets them again and the commands run once more:
+        every command here is idempotent. A pipeline forgets its commands when it runs, hence ``build``."""
+        pipe = self.redis.pipeline(transaction=False)
+        build(pipe)
+        if not self.cluster:
+            return pipe.execute()
+        try:
+            return pipe.execute()
+        except redis.exceptions.NoScriptError:
+            for script in scripts:
+                self.redis.script_load(script.script)
+            pipe = self.redis.pipeline(transaction=False)
+            build(pipe)
+            return pipe.execute()
+
     def read_batch(self, users: list[str], new_item_ids: list[str]) -> BatchRead:
         """States of ``users``, indices of ``new_item_ids`` (assigned if new), catalogue size and snapshot
-        version, in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        if users:
-            pipe.mget([self.state_key(u) for u in users])
-        if new_item_ids:
-            self._item_index(keys=self._catalog, args=new_item_ids, client=pipe)
-        pipe.llen(self._catalog[1])
-        pipe.get(self._params[0])
-        replies = pipe.execute()
-        states = replies.pop(0) if users else []
+        version, in one round trip (per cluster node)."""
+        def build(pipe):
+            if self.cluster:
+                for user in users:
+                    pipe.get(self.state_key(user))
+            elif users:
+                pipe.mget([self.state_key(u) for u in users])
+            if new_item_ids:
+                self._script(pipe, self._item_index, list(self._catalog), new_item_ids)
+            pipe.llen(self._catalog[1])
+            pipe.get(self._params[0])
+
+        replies = self._execute(build, [self._item_index])
+        if self.cluster:
+            states, replies = replies[:len(users)], replies[len(users):]
+        else:
+            states = replies.pop(0) if users else []
         index = [int(i) for i in replies.pop(0)] if new_item_ids else []
         return BatchRead(states=states, item_index=index, n_items=int(replies[0]),
                          params_version=int(replies[1] or 0))
@@ -123,8 +244,38 @@ class RedisStore:
         """Fenced compare-and-set of a batch; ``False`` where a newer state was already stored."""
         if not users:
             return []
-        written = self._write_states(keys=[self.state_key(u) for u in users], args=values)
-        return [bool(w) for w in written]
+        keys = [self.state_key(u) for u in users]
+        if not self.cluster:
+            written = [bool(w) for w in self._write_states(keys=keys, args=values)]
+            if self.wait_replicas:
+                self._wait(self.redis)
+            return written
+        by_slot = defaultdict(list)
+        for i, key in enumerate(keys):
+            by_slot[key_slot(key.encode())].append(i)
+        groups = list(by_slot.values())
+
+        def build(pipe):
+            for group in groups:
+                self._script(pipe, self._write_states, [keys[i] for i in group], [values[i] for i in group])
+
+        replies = self._execute(build, [self._write_states])
+        written = [False] * len(users)
+        for group, reply in zip(groups, replies):
+            for i, ok in zip(group, reply):
+                written[i] = bool(ok)
+        if self.wait_replicas:
+            for node in {self.redis.get_node_from_key(keys[group[0]]).name for group in groups}:
+                self._wait(self.redis, self.redis.get_node(node_name=node))
+        return written
+
+    def _wait(self, client, node=None) -> None:
+        """Redis ``WAIT``: block until ``wait_replicas`` replicas have this connection's writes."""
+        command = ("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        acked = client.execute_command(*command, target_nodes=node) if node else client.execute_command(*command)
+        if int(acked) < self.wait_replicas:
+            raise ReplicationLag(f"{acked} of {self.wait_replicas} replicas confirmed the write within "
+                                 f"{self.wait_timeout_ms} ms")
 
     def item_index(self, item_ids: list[str]) -> list[int]:
         return self.read_batch([], item_ids).item_index
@@ -150,9 +301,11 @@ class RedisStore:
         return self.redis.get(self.state_key(user_id))
 
     def clear(self) -> int:
-        """Delete every key under this prefix (tests and ``attnflow reset``)."""
+        """Delete every key under this prefix (tests and ``attnflow reset``), on every cluster node."""
         keys = list(self.redis.scan_iter(match=f"{self.prefix}:*", count=1000))
-        for start in range(0, len(keys), 1000):
+        for key in keys if self.cluster else ():
+            self.redis.delete(key)  # one slot per call
+        for start in range(0, len(keys) if not self.cluster else 0, 1000):
             self.redis.delete(*keys[start:start + 1000])
         return len(keys)
 

@@ -2,7 +2,9 @@
 
 If the configured services (``ATTNFLOW_KAFKA_BOOTSTRAP``, ``ATTNFLOW_REDIS_URL``) are not
 reachable, the session starts them with the project's own ``deploy/`` scripts and stops them at
-the end. Tests never share topics or Redis keys: each gets its own prefix.
+the end. ``--redis-cluster`` runs the same tests against a Redis Cluster instead
+(``deploy/redis.sh cluster start``; ``ATTNFLOW_REDIS_URL`` is then the cluster's). Tests never
+share topics or Redis keys: each gets its own prefix.
 """
 from __future__ import annotations
 
@@ -34,21 +36,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--redis-cluster", action="store_true",
+                     help="run against a Redis Cluster (deploy/redis.sh cluster) instead of one Redis server")
+
+
+def _cluster_url() -> str:
+    url = subprocess.run(["bash", str(REPO / "deploy" / "redis.sh"), "cluster", "url"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    return url
+
+
 @pytest.fixture(scope="session")
-def services():
+def services(request):
     """(kafka_bootstrap, redis_url) of running services; started from deploy/ when down."""
-    base = Settings.from_env()
+    cluster = request.config.getoption("--redis-cluster")
+    base = Settings.from_env(**({"redis_url": _cluster_url()} if cluster else {}))
     host, port = base.kafka_bootstrap.split(",")[0].rsplit(":", 1)
-    redis = urlparse(base.redis_url)
+    redis = urlparse(base.redis_url.split(",")[0])
     started = []
     env = {**os.environ, "ATTNFLOW_KAFKA_PORT": port, "ATTNFLOW_REDIS_PORT": str(redis.port or 6379)}
-    for script, (h, p) in (("redis.sh", (redis.hostname, redis.port or 6379)), ("kafka.sh", (host, int(port)))):
+    redis_start = ["cluster", "start"] if cluster else ["start"]
+    for script, args, (h, p) in (("redis.sh", redis_start, (redis.hostname, redis.port or 6379)),
+                                 ("kafka.sh", ["start"], (host, int(port)))):
         if not _reachable(h, p):
-            subprocess.run(["bash", str(REPO / "deploy" / script), "start"], check=True, env=env)
-            started.append(script)
+            subprocess.run(["bash", str(REPO / "deploy" / script), *args], check=True, env=env)
+            started.append((script, args))
+    if cluster:
+        os.environ["ATTNFLOW_REDIS_URL"] = base.redis_url  # for every Settings.from_env() in the session
     yield base.kafka_bootstrap, base.redis_url
-    for script in reversed(started):
-        subprocess.run(["bash", str(REPO / "deploy" / script), "stop"], env=env)
+    for script, args in reversed(started):
+        subprocess.run(["bash", str(REPO / "deploy" / script), *args[:-1], "stop"], env=env)
 
 
 @pytest.fixture

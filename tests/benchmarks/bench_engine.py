@@ -78,10 +78,12 @@ def main(argv=None) -> dict:
                        batch_size=max(sizes), initial_capacity=max(16384, 1 << (args.items - 1).bit_length()))
     import redis
 
+    from models.store import connect, redacted
+
     try:
-        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
+        connect(settings.redis_url, socket_connect_timeout=3).ping()
     except redis.exceptions.ConnectionError as exc:
-        raise SystemExit(f"Redis is not reachable at {settings.redis_url} ({exc}); start it with "
+        raise SystemExit(f"Redis is not reachable at {redacted(settings.redis_url)} ({exc}); start it with "
                          "`bash deploy/redis.sh start` or set ATTNFLOW_REDIS_URL") from None
     dataset = Dataset(n_items=args.items, n_users=8000, seed=0)
     warm = 20

@@ -8,6 +8,7 @@ import pytest
 
 from models.config import EngineConfig
 from models.params import capacity_for
+from models.store import connect
 from tests.benchmarks import bench_kernel
 
 pytestmark = pytest.mark.integration
@@ -51,8 +52,6 @@ def test_benchmarked_kernel_top_k_equals_reference(chunk):
 
 
 def test_engine_benchmark_runs_on_real_redis_and_cleans_up(services, tmp_path):
-    import redis
-
     from tests.benchmarks import bench_engine
 
     out = tmp_path / "engine_bench.json"
@@ -62,5 +61,5 @@ def test_engine_benchmark_runs_on_real_redis_and_cleans_up(services, tmp_path):
     for row in report["results"]:
         assert row["reps"] == 2 and row["wall_ms_median"] > 0 and row["cpu_ms_median"] > 0
     assert set(report["fit"]) >= {"cpu_ms_fixed_per_batch", "cpu_us_per_event"}
-    client = redis.Redis.from_url(services[1])
+    client = connect(services[1])
     assert not list(client.scan_iter(f"{report['parameters']['redis_prefix']}*", count=1000)), "left keys behind"

@@ -66,6 +66,15 @@ def wait_for(port, events, timeout_s=120):
     raise AssertionError(f"worker processed {stats['events']} of {events} events in {timeout_s}s: {stats}")
 
 
+def pause_writes(store, *pause):
+    """``CLIENT PAUSE *pause`` on every master (``CLIENT UNPAUSE`` without arguments)."""
+    command = ("CLIENT", "PAUSE", *pause) if pause else ("CLIENT", "UNPAUSE")
+    if store.cluster:
+        store.redis.execute_command(*command, target_nodes=store.redis.PRIMARIES)
+    else:
+        store.redis.execute_command(*command)
+
+
 def wait_for_stage(port, stage, events, timeout_s=120):
     """Wait until ``events`` events have passed ``stage`` of the worker (``/stats`` stages)."""
     deadline = time.time() + timeout_s
@@ -241,7 +250,7 @@ def test_killed_worker_loses_nothing_and_applies_each_event_once(settings, redis
         wait_ready(settings.web_port, worker)
         wait_for(settings.web_port, len(sent))
         # Writes stay paused until the worker is dead (the pause's own limit is only a safety net).
-        redis_store.redis.execute_command("CLIENT", "PAUSE", "300000", "WRITE")
+        pause_writes(redis_store, "300000", "WRITE")
         try:
             first_half = len(sent)
             sent += produce(range(10, 20))
@@ -250,7 +259,7 @@ def test_killed_worker_loses_nothing_and_applies_each_event_once(settings, redis
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
         finally:
-            redis_store.redis.execute_command("CLIENT", "UNPAUSE")
+            pause_writes(redis_store)
     finally:
         stop_worker(worker)
 
