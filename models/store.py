@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
                     redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
                     redis.exceptions.MasterDownError, redis.exceptions.ReadOnlyError)
+# The store refusing us (wrong password, an ACL without a needed command or key): no event is to blame
+# and none would fare better, so a worker stops with the error instead of dead-lettering its traffic.
+FATAL_STORE_ERRORS = (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError,
+                      redis.exceptions.AuthenticationWrongNumberOfArgsError)
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
 
 
@@ -48,6 +52,25 @@ def redacted(url: str) -> str:
         return url
     user = parsed.username or ""
     return url.replace(f"{parsed.netloc.split('@')[0]}@", f"{user}:***@", 1)
+
+
+# Every command the store (and redis-py's connection and cluster discovery) sends, scripts' own calls
+# included: the least a worker's Redis ACL user needs. (redis-py sends CLIENT SETINFO too, and
+# goes on without it when refused; Redis 7.0 does not know it, so an ACL naming it would fail there.)
+WORKER_COMMANDS = (
+    "get", "mget", "set", "getrange", "exists", "del", "rename", "scan", "llen", "lrange", "rpush", "hget", "hset",
+    "incr", "evalsha", "eval", "script|load", "script|exists", "wait", "ping", "info", "command", "readonly",
+    "client|setname", "cluster|slots", "cluster|shards", "cluster|nodes", "cluster|info", "cluster|myid")
+
+
+def worker_acl(user: str, password: str, prefix: str) -> list[str]:
+    """``ACL SETUSER`` arguments for a worker: its own key prefix and the commands above, nothing else.
+
+    >>> " ".join(worker_acl("w", "pw", "attnflow")[:6])
+    'w reset on >pw ~attnflow:* resetchannels'
+    """
+    return [user, "reset", "on", f">{password}", f"~{prefix}:*", "resetchannels", "-@all",
+            *(f"+{command}" for command in WORKER_COMMANDS)]
 
 
 def connect(url: str, **options) -> redis.Redis | RedisCluster:

@@ -22,7 +22,7 @@ from models.engine import BatchResult, Engine, SourcedEvent
 from models.kernels import enable_compile_cache
 from models.params import from_bytes, mismatch, to_bytes
 from models.training import Trainer, examples_from_bytes, examples_to_messages
-from models.store import TRANSIENT_ERRORS, RedisStore
+from models.store import FATAL_STORE_ERRORS, TRANSIENT_ERRORS
 from streams.codec import (BadEvent, decode_event, encode_deadletter, encode_event, encode_feedback,
                            encode_recommendation)
 from streams.metrics import PipelineMetrics, TrainerMetrics
@@ -133,7 +133,7 @@ class RankWorker:
             return
         loop = asyncio.get_running_loop()
         enable_compile_cache(self.settings.compile_cache_dir)
-        self.store = self.store or RedisStore(self.settings.redis_url, self.settings.redis_prefix)
+        self.store = self.store or self.settings.store()
         self.engine = Engine(self.cfg, self.store, emit_examples=self.train_topic is not None)
         seconds = await loop.run_in_executor(self.executor, self.engine.warmup)
         outputs = [t.get_topic_name() for t in self.outputs] + ([self.train_topic.get_topic_name()]
@@ -290,6 +290,8 @@ class RankWorker:
             return [], []
         try:
             return [await self._run(self.engine.process, batch)], []
+        except FATAL_STORE_ERRORS:
+            raise
         except Exception as exc:  # noqa: BLE001 -- anything but a store outage is a per-event problem
             if len(batch) == 1:
                 s = batch[0]
@@ -471,7 +473,7 @@ class TrainWorker:
 
     def _resume(self) -> None:
         """Start from the newest snapshot in the store (an offline bootstrap or a previous trainer)."""
-        self.store = self.store or RedisStore(self.settings.redis_url, self.settings.redis_prefix)
+        self.store = self.store or self.settings.store()
         version = self.store.params_version()
         if self.trainer is not None and version <= self.metrics.published_version:
             return

@@ -139,12 +139,22 @@ def cmd_tail(args, settings):
         print(format_message(args.topic, doc) if not args.json else orjson.dumps(doc).decode(), flush=True)
 
 
+def cmd_redis_acl(args, settings):
+    """Print the ``ACL SETUSER`` line for a worker user (pipe it to redis-cli as an admin), password
+    read from the environment so that it never lands in shell history."""
+    from models.store import worker_acl
+
+    password = os.environ.get(args.password_env)
+    if not password:
+        raise SystemExit(f"set {args.password_env} to the password the worker user gets")
+    print("ACL SETUSER " + " ".join(worker_acl(args.user, password, settings.redis_prefix)))
+
+
 def cmd_reset(args, settings):
-    from models.store import RedisStore
     from streams.topics import delete_topics
 
     delete_topics(settings)
-    n = RedisStore(settings.redis_url, settings.redis_prefix).clear()
+    n = settings.store().clear()
     print(f"deleted topics with prefix {settings.topic_prefix!r} and {n} Redis keys under {settings.redis_prefix!r}")
 
 
@@ -243,7 +253,6 @@ def cmd_demo(args, settings):
 def cmd_bootstrap(args, settings):
     """Train initial parameters offline on a historical log and publish them as a snapshot."""
     from models.attention import AttentionRecommender, publish_bootstrap
-    from models.store import RedisStore
 
     events_log = _load_log(args)
     if args.limit:
@@ -256,7 +265,7 @@ def cmd_bootstrap(args, settings):
     print(f"training on {len(events_log)} events of {events_log.name} for {args.epochs} epochs ...")
     started = time.time()
     model.fit(events_log, progress=True)
-    store = RedisStore(settings.redis_url, settings.redis_prefix)
+    store = settings.store()
     version = publish_bootstrap(model, events_log, store)
     print(f"published snapshot {version} (loss {model.trainer.last_loss:.3f}, {model.trainer.steps} steps, "
           f"{time.time() - started:.0f}s); running workers load it with their next batch")
@@ -324,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_eval)
     sub.add_parser("report", help="rewrite the README results from docs/results").set_defaults(fn=cmd_report)
     sub.add_parser("reset", help="delete topics and Redis keys of this pipeline").set_defaults(fn=cmd_reset)
+    p = sub.add_parser("redis-acl", help="print the ACL SETUSER line of a least-privilege worker user")
+    p.add_argument("--user", default="attnflow-worker")
+    p.add_argument("--password-env", default="ATTNFLOW_REDIS_WORKER_PASSWORD",
+                   help="environment variable holding the user's password")
+    p.set_defaults(fn=cmd_redis_acl)
     return parser
 
 

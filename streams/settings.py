@@ -36,7 +36,13 @@ class Settings:
 
     # Services
     kafka_bootstrap: str = "127.0.0.1:9092"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # redis://[user:password@]host:port/db, rediss:// for TLS (?ssl_ca_certs=/path/ca.pem), or
+    # redis+cluster://host:port,host:port for a Redis Cluster. Kept out of repr: it may hold a password
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    # Replicas that must confirm each batch's state writes (Redis WAIT) before its events are acked to
+    # Kafka, so that a master's loss cannot drop writes whose offsets are committed; 0 = don't wait
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 2000
     # Names: the consumer group, a prefix for every topic, and one for every Redis key
     app_id: str = "attnflow"
     topic_prefix: str = ""
@@ -171,6 +177,13 @@ class Settings:
         except ValueError as exc:
             raise ValueError(f"{PREFIX}STATE_MIGRATE_FROM={settings.state_migrate_from!r}: {exc}") from None
         return settings
+
+    def store(self):
+        """The Redis store these settings name (``models.store.RedisStore``)."""
+        from models.store import RedisStore
+
+        return RedisStore(self.redis_url, self.redis_prefix, wait_replicas=self.redis_wait_replicas,
+                          wait_timeout_ms=self.redis_wait_timeout_ms)
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(dim=self.dim, history=self.history, scenes=self.scenes, k=self.k,

@@ -52,3 +52,35 @@ def test_the_rank_worker_bounds_ts_by_each_records_own_timestamp():
     assert dict(worker.metrics.deadletters) == {"bad_timestamp": 2}
     assert worker.engine.store.read_state("u") is not None and worker.metrics.recommendations == 1
     assert all(e.acked for e in events) and all(e.message.refs == 1 for e in events)
+
+
+def test_a_store_that_refuses_the_worker_stops_it_instead_of_dead_lettering_its_traffic():
+    """A wrong password or an ACL without a needed command is no event's fault: the batch fails (the
+    worker's supervisor then stops it with the error), nothing is dead-lettered and nothing is acked."""
+    import pytest
+    import redis
+
+    class RefusingStore(MemoryStore):
+        def read_batch(self, users, new_item_ids):
+            raise redis.exceptions.NoPermissionError("this user has no permissions to run the 'mget' command")
+
+    settings = Settings(compile_cache_dir="", dim=8, history=4, k=3, initial_capacity=8, batch_size=16,
+                        scenes=("default",), train_enabled=False, pipeline_depth=1)
+    producer = Producer(partitions=1)
+    topics = [SimpleNamespace(get_topic_name=lambda name=name: name) for name in ("recs", "feedback", "dead")]
+    worker = RankWorker(settings, *topics)
+    worker.outbox = Outbox(lambda: producer)
+    worker.engine = Engine(worker.cfg, RefusingStore())
+    worker.metrics.batches = 1
+    value = orjson.dumps({"user_id": "u", "item_id": "i", "type": "view", "ts": 1_700_000_000.0})
+    events = [FaustEvent(value=value, message=Message(topic="events", partition=0, offset=n, timestamp=None))
+              for n in range(3)]
+
+    async def take():
+        await worker.handle(events)
+        await worker.drain()
+
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        asyncio.run(take())
+    assert not [topic for topic, _, _ in producer.shipped if topic == "dead"]
+    assert not any(getattr(e, "acked", False) for e in events)
