@@ -12,6 +12,7 @@ import faust
 from faust.sensors.monitor import Monitor
 
 from streams import eager, fetch
+from streams.kafka_clients import faust_credentials
 from streams.sensors import LeanMonitor
 from streams.settings import Settings, use_event_loop
 
@@ -26,7 +27,8 @@ def make_faust_app(settings: Settings, datadir_name: str = "{conf.name}-data",
     os.makedirs(faust_dir, exist_ok=True)
     return faust.App(
         settings.app_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         # Faust keeps a small data folder per app id; keep it out of the working directory.
         datadir=os.path.join(faust_dir, datadir_name),

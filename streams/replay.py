@@ -13,6 +13,7 @@ import orjson
 
 from models.events import EVENT_TYPES, Event, EventLog
 from streams.codec import encode_event
+from streams.kafka_clients import connect
 from streams.settings import Settings
 from streams.topics import TopicNames
 
@@ -39,8 +40,8 @@ def replay(settings: Settings, events, total: int | None = None, rate: float = 0
     from tqdm import tqdm
 
     topic = TopicNames.of(settings).events
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=10,
-                             batch_size=256 * 1024, retries=5, client_id=f"{settings.app_id}-replay")
+    producer = connect(KafkaProducer, settings, acks="all", linger_ms=10, batch_size=256 * 1024, retries=5,
+                       client_id=f"{settings.app_id}-replay")
     failures: list[Exception] = []
     sent = 0
     started = time.perf_counter()
@@ -79,9 +80,9 @@ def read_topic(settings: Settings, which: str, from_beginning: bool = True, time
     from kafka import KafkaConsumer
 
     topic = getattr(TopicNames.of(settings), which)
-    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                             auto_offset_reset="earliest" if from_beginning else "latest",
-                             enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000))
+    consumer = connect(KafkaConsumer, settings, topic, group_id=None,
+                       auto_offset_reset="earliest" if from_beginning else "latest",
+                       enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000))
     seen = 0
     try:
         for message in consumer:

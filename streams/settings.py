@@ -36,6 +36,14 @@ class Settings:
 
     # Services
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # Kafka client security (streams/kafka_clients.py builds every client from these): PLAINTEXT,
+    # SASL_PLAINTEXT, SASL_SSL or SSL; SASL logs in with SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN; TLS
+    # trusts the CA in ``kafka_ssl_cafile`` ("" = the system's). The password is kept out of repr
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ssl_cafile: str = ""
     # redis://[user:password@]host:port/db, rediss:// for TLS (?ssl_ca_certs=/path/ca.pem), or
     # redis+cluster://host:port,host:port for a Redis Cluster. Kept out of repr: it may hold a password
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
@@ -49,6 +57,9 @@ class Settings:
     redis_prefix: str = "attnflow"
     partitions: int = 4
     replication_factor: int = 1
+    # Replicas that must hold a write before acks=all succeeds, set on the topics ensure_topics creates
+    # when replication_factor > 1; 0 = min(2, replication_factor), so one broker may be down
+    min_insync_replicas: int = 0
     # Micro-batching: up to ``batch_size`` events, waiting at most ``batch_within_s`` for them. The
     # window is short because takes that arrive while the engine is busy merge (``batch_merge``):
     # under load, batches grow while the engine works, not while the window runs
@@ -167,6 +178,18 @@ class Settings:
             raise ValueError(f"{PREFIX}MAX_FUTURE_S={settings.max_future_s}: must be 0 or more")
         if settings.pipeline_depth < 1:
             raise ValueError(f"{PREFIX}PIPELINE_DEPTH={settings.pipeline_depth}: must be at least 1")
+        if settings.kafka_security_protocol not in ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"):
+            raise ValueError(f"{PREFIX}KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol!r}: "
+                             "expected PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL")
+        if settings.kafka_sasl_mechanism not in ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"):
+            raise ValueError(f"{PREFIX}KAFKA_SASL_MECHANISM={settings.kafka_sasl_mechanism!r}: expected "
+                             "SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN")
+        if settings.kafka_security_protocol.startswith("SASL") and not settings.kafka_sasl_username:
+            raise ValueError(f"{PREFIX}KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} needs "
+                             f"{PREFIX}KAFKA_SASL_USERNAME and {PREFIX}KAFKA_SASL_PASSWORD")
+        if not 0 <= settings.min_insync_replicas <= max(settings.replication_factor, 1):
+            raise ValueError(f"{PREFIX}MIN_INSYNC_REPLICAS={settings.min_insync_replicas}: must be 0 "
+                             f"(automatic) to the replication factor ({settings.replication_factor})")
         if settings.event_loop not in ("auto", "uvloop", "asyncio"):
             raise ValueError(f"{PREFIX}EVENT_LOOP={settings.event_loop!r}: expected auto, uvloop or asyncio")
         from models.state import previous_layout
@@ -184,6 +207,14 @@ class Settings:
 
         return RedisStore(self.redis_url, self.redis_prefix, wait_replicas=self.redis_wait_replicas,
                           wait_timeout_ms=self.redis_wait_timeout_ms)
+
+    def topic_min_insync_replicas(self) -> int:
+        """``min.insync.replicas`` for new topics: the setting, or min(2, replication factor).
+
+        >>> Settings(replication_factor=3).topic_min_insync_replicas(), Settings().topic_min_insync_replicas()
+        (2, 1)
+        """
+        return self.min_insync_replicas or min(2, self.replication_factor)
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(dim=self.dim, history=self.history, scenes=self.scenes, k=self.k,

@@ -56,18 +56,33 @@ class TopicNames:
         return {self.events: n, self.recommendations: n, self.feedback: n, self.deadletter: 1, self.train: 1}
 
 
+def topic_configs(settings: Settings) -> dict[str, str]:
+    """Configs of the topics ``ensure_topics`` creates: on replicated topics, ``min.insync.replicas``, so
+    that a write acked with acks=all is on that many brokers.
+
+    >>> topic_configs(Settings(replication_factor=3)), topic_configs(Settings())
+    ({'min.insync.replicas': '2'}, {})
+    """
+    if settings.replication_factor > 1:
+        return {"min.insync.replicas": str(settings.topic_min_insync_replicas())}
+    return {}
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
-    """Create missing topics with their partition counts; returns {name: partitions} as they exist."""
-    from kafka.admin import KafkaAdminClient, NewTopic
+    """Create missing topics with their partition counts, the replication factor and ``topic_configs``;
+    returns {name: partitions} as they exist."""
+    from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     names = TopicNames.of(settings)
     wanted = names.partitions(settings)
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id=f"{settings.app_id}-admin",
-                             request_timeout_ms=int(timeout_s * 1000))
+    admin = admin_client(settings, client_id=f"{settings.app_id}-admin",
+                         request_timeout_ms=int(timeout_s * 1000))
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(name, n, settings.replication_factor) for name, n in wanted.items() if name not in existing]
+        configs = topic_configs(settings)
+        missing = [NewTopic(name, n, settings.replication_factor, topic_configs=configs)
+                   for name, n in wanted.items() if name not in existing]
         if missing:
             try:
                 admin.create_topics(missing, timeout_ms=int(timeout_s * 1000))
@@ -84,10 +99,17 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
     return have
 
 
-def delete_topics(settings: Settings) -> None:
+def admin_client(settings: Settings, **extra):
+    """A ``KafkaAdminClient`` for ``settings`` (``streams.kafka_clients.connect``)."""
     from kafka.admin import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    from streams.kafka_clients import connect
+
+    return connect(KafkaAdminClient, settings, **extra)
+
+
+def delete_topics(settings: Settings) -> None:
+    admin = admin_client(settings)
     try:
         existing = set(admin.list_topics())
         doomed = [name for name in TopicNames.of(settings).partitions(settings) if name in existing]

@@ -164,9 +164,10 @@ class Dataset:
 def producer(settings: Settings, linger_ms: int):
     from kafka import KafkaProducer
 
-    return KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks=1, linger_ms=linger_ms,
-                         batch_size=512 * 1024, max_request_size=8 * 1024 * 1024, retries=5,
-                         client_id=f"{settings.app_id}-bench")
+    from streams.kafka_clients import connect
+
+    return connect(KafkaProducer, settings, acks="all", linger_ms=linger_ms, batch_size=512 * 1024,
+                   max_request_size=8 * 1024 * 1024, retries=5, client_id=f"{settings.app_id}-bench")
 
 
 def produce_backlog(settings: Settings, pairs) -> dict:
@@ -206,12 +207,13 @@ async def _produce_at_rate(settings: Settings, dataset: Dataset, rate: float, se
     from aiokafka import AIOKafkaProducer
     from tqdm import tqdm
 
+    from streams.kafka_clients import aiokafka_kwargs
     from streams.outbox import Outbox
 
     topic = TopicNames.of(settings).events
     columns = dataset.live(int(rate * seconds) + 1)
-    kafka = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks=1, linger_ms=0,
-                             client_id=f"{settings.app_id}-bench")
+    kafka = AIOKafkaProducer(**aiokafka_kwargs(settings, acks="all", linger_ms=0,
+                                               client_id=f"{settings.app_id}-bench"))
     await kafka.start()
     outbox = Outbox(lambda: kafka)
     deliveries, sent = [], 0
@@ -337,11 +339,13 @@ def stop_workers(workers: list[Worker]) -> None:
 class Kafka:
     """Admin views the benchmark needs: group state, committed offsets, end offsets."""
 
-    def __init__(self, bootstrap: str):
+    def __init__(self, settings: Settings):
         from kafka.admin import KafkaAdminClient
 
-        self.admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="attnflow-bench-admin")
-        self.bootstrap = bootstrap
+        from streams.kafka_clients import connect
+
+        self.admin = connect(KafkaAdminClient, settings, client_id="attnflow-bench-admin")
+        self.settings = settings
 
     def group_members(self, group: str) -> tuple[str | None, int]:
         try:
@@ -377,8 +381,10 @@ class Kafka:
         """Messages of ``topic`` between two offset maps (end exclusive)."""
         from kafka import KafkaConsumer, TopicPartition
 
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                 consumer_timeout_ms=3000, fetch_max_bytes=32 * 1024 * 1024)
+        from streams.kafka_clients import connect
+
+        consumer = connect(KafkaConsumer, self.settings, group_id=None, enable_auto_commit=False,
+                           consumer_timeout_ms=3000, fetch_max_bytes=32 * 1024 * 1024)
         parts = [TopicPartition(topic, p) for p in end if end[p] > start.get(p, 0)]
         out = []
         if parts:
@@ -494,11 +500,14 @@ def consume_backlog(workers: list[Worker], target: int, cap_s: float, kafka: Kaf
     }
 
 
-async def _raw_consume(bootstrap: str, topic: str, group: str, target: int, cap_s: float) -> dict:
+async def _raw_consume(settings: Settings, topic: str, group: str, target: int, cap_s: float) -> dict:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
-                                enable_auto_commit=True, max_partition_fetch_bytes=4 * 1024 * 1024)
+    from streams.kafka_clients import aiokafka_kwargs
+
+    consumer = AIOKafkaConsumer(topic, **aiokafka_kwargs(settings, group_id=group, enable_auto_commit=True,
+                                                         auto_offset_reset="earliest",
+                                                         max_partition_fetch_bytes=4 * 1024 * 1024))
     await consumer.start()
     count, t_first, c_first = 0, None, 0
     started = time.perf_counter()
@@ -719,7 +728,8 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
             out["trainer_memory"] = [t.status() for t in trainers]
         if kind == "pipeline":
             out["compiles_after_ready"] = [w.compiles_since_ready() for w in workers]
-        out["settings"] = {k: v for k, v in settings.as_env().items() if "URL" not in k and "BOOTSTRAP" not in k}
+        out["settings"] = {k: v for k, v in settings.as_env().items()
+                           if not any(secret in k for secret in ("URL", "BOOTSTRAP", "PASSWORD"))}
         rate = out["throughput"].get("events_per_s")
         fractions = fractions_for(args, name, dataset.n_items, profile)
         latency_wanted = name in LATENCY_VARIANTS or (profile and kind == "pipeline")
@@ -855,7 +865,7 @@ def run_once(ctx: Context, run: int, n_items: int, variants: list[str], first_ca
         if name in FIRST_CATALOGUE_ONLY and not first_catalogue and not args.every_variant_everywhere:
             continue
         if name == "raw_aiokafka":
-            result[name] = asyncio.run(_raw_consume(ds_settings.kafka_bootstrap, TopicNames.of(ds_settings).events,
+            result[name] = asyncio.run(_raw_consume(ds_settings, TopicNames.of(ds_settings).events,
                                                     f"bench-{ctx.tag}-raw-{n_items}-r{run}", args.events, args.cap_s))
         else:
             result[name] = run_worker_variant(ctx, name, ds_settings, dataset, run, max_rates)
@@ -1083,7 +1093,7 @@ def main(argv=None) -> dict:
     tag = uuid.uuid4().hex[:6]
     args.log_dir.mkdir(parents=True, exist_ok=True)
     client = redis.Redis.from_url(base.redis_url)
-    kafka = Kafka(base.kafka_bootstrap)
+    kafka = Kafka(base)
     ctx = Context(args, base, kafka, client, args.log_dir, tag, service_pids(base, client))
     log(f"CPU accounting: {', '.join(f'{k} pid {v}' for k, v in ctx.services.items()) or 'no local services found'}")
     report = header()

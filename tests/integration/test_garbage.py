@@ -28,6 +28,7 @@ from models.state import StateCodec
 from streams.agents import reason_code
 from streams.cli import start_worker, stop_worker, wait_ready, worker_stats
 from streams.codec import MAX_ID_BYTES, MAX_TS, BadEvent, decode_event
+from streams.kafka_clients import connect
 from streams.replay import read_topic
 from streams.topics import TopicNames, ensure_topics
 from tests.integration.test_pipeline import CATALOGUE, wait_for
@@ -201,8 +202,7 @@ def run(settings, log_path, rounds, garbage, ref):
     ensure_topics(settings)
     topic = TopicNames.of(settings).events
     rng = random.Random(7)
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5,
-                             max_request_size=1_048_576)
+    producer = connect(KafkaProducer, settings, acks="all", linger_ms=5, max_request_size=1_048_576)
     valid, dead, sent = [], {}, 0
     worker = start_worker(settings, log_path)
     try:

@@ -20,7 +20,8 @@ from models.events import EVENT_TYPES
 from models.state import StateCodec
 from streams.cli import start_worker, stop_worker, wait_ready, worker_stats
 from streams.replay import read_topic
-from streams.topics import TopicNames, ensure_topics
+from streams.kafka_clients import connect
+from streams.topics import TopicNames, admin_client, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ class Producer:
 
     def __init__(self, settings):
         self.topic = TopicNames.of(settings).events
-        self.kafka = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        self.kafka = connect(KafkaProducer, settings, acks="all")
         self.sent = []  # (event dict, partition, offset)
 
     def event(self, user, item, etype, ts, scene="default"):
@@ -174,8 +175,8 @@ def assert_outputs_keyed_like_events(settings, sent):
 
     event_partition = {doc["user_id"]: partition for doc, partition, _ in sent}
     names = TopicNames.of(settings)
-    consumer = KafkaConsumer(names.recommendations, names.feedback, bootstrap_servers=settings.kafka_bootstrap,
-                             group_id=None, auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    consumer = connect(KafkaConsumer, settings, names.recommendations, names.feedback, group_id=None,
+                       auto_offset_reset="earliest", consumer_timeout_ms=3000)
     try:
         seen = [(m.topic, m.partition, m.key, orjson.loads(m.value)["user_id"]) for m in consumer]
     finally:
@@ -319,12 +320,13 @@ def test_a_worker_that_cannot_deliver_exits_and_a_restart_loses_nothing(settings
     any batch of recommendations) must not leave the worker alive but stuck on events it can never
     ack: it exits with an error, so that its supervisor restarts it. The events are not committed,
     so once the topic is fixed, a restarted worker ranks every one of them."""
-    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
+    from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
     names = TopicNames.of(settings)
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = admin_client(settings)
     limit = {"max.message.bytes": "200"}
-    admin.create_topics([NewTopic(names.recommendations, settings.partitions, 1, topic_configs=limit)])
+    admin.create_topics([NewTopic(names.recommendations, settings.partitions, settings.replication_factor,
+                                  topic_configs=limit)])
     ensure_topics(settings)
     producer = Producer(settings)
     for step in range(2):
