@@ -39,8 +39,8 @@ def test_sasl_plaintext_maps_to_each_client(mechanism):
     assert (credentials.username, credentials.password) == ("attnflow", SECRET)
     assert credentials.ssl_context is None
     aio = aiokafka_kwargs(settings, client_id="x")
-    wanted = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": mechanism, "sasl_plain_password": SECRET,
-              "client_id": "x"}
+    wanted = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": mechanism,
+              "sasl_plain_password": SECRET, "client_id": "x"}
     assert {key: aio[key] for key in wanted} == wanted
 
 
