@@ -39,6 +39,10 @@ def _free_port() -> int:
 def pytest_addoption(parser):
     parser.addoption("--redis-cluster", action="store_true",
                      help="run against a Redis Cluster (deploy/redis.sh cluster) instead of one Redis server")
+    parser.addoption("--kafka-cluster", action="store_true",
+                     help="start the 3-broker Kafka cluster (deploy/kafka.sh cluster start) for its tests")
+    parser.addoption("--faults", action="store_true",
+                     help="run the fault suite (tests/faults: 3 workers on the Redis and Kafka clusters)")
 
 
 def _cluster_url() -> str:

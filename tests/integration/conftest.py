@@ -1,10 +1,8 @@
 """Fixtures for the replicated Kafka: ``--kafka-cluster`` starts the 3-broker cluster
 (``deploy/kafka.sh cluster start``) for the tests that need it and stops it at the end if it
 started it; without the option those tests run against a cluster already up, or are skipped.
-
-The option is registered here, so pass it with a path under tests/integration (pytest reads
-this file's options only when it is among the conftests of the paths it was given); from anywhere,
-``ATTNFLOW_TEST_KAFKA_CLUSTER=1`` does the same.
+``ATTNFLOW_TEST_KAFKA_CLUSTER=1`` does the same. (The option is registered in tests/conftest.py,
+which pytest reads for every path under tests/.)
 """
 from __future__ import annotations
 
@@ -17,11 +15,6 @@ import pytest
 from tests.conftest import REPO, _reachable
 
 KAFKA_SH = REPO / "deploy" / "kafka.sh"
-
-
-def pytest_addoption(parser):
-    parser.addoption("--kafka-cluster", action="store_true",
-                     help="start the 3-broker Kafka cluster (deploy/kafka.sh cluster start) for its tests")
 
 
 def _cluster_bootstrap() -> str:
