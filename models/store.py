@@ -326,10 +326,9 @@ class RedisStore:
     def clear(self) -> int:
         """Delete every key under this prefix (tests and ``attnflow reset``), on every cluster node."""
         keys = list(self.redis.scan_iter(match=f"{self.prefix}:*", count=1000))
-        for key in keys if self.cluster else ():
-            self.redis.delete(key)  # one slot per call
-        for start in range(0, len(keys) if not self.cluster else 0, 1000):
-            self.redis.delete(*keys[start:start + 1000])
+        step = 1 if self.cluster else 1000  # a cluster's DEL takes keys of one slot
+        for start in range(0, len(keys), step):
+            self.redis.delete(*keys[start:start + step])
         return len(keys)
 
     def close(self) -> None:
