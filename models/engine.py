@@ -186,7 +186,10 @@ class Engine:
     # ---- the batch -------------------------------------------------------------------------
 
     def process(self, batch: Sequence[SourcedEvent]) -> BatchResult:
-        """Read states, skip replays, emit feedback, fold and rank. Call :meth:`commit` after sending."""
+        """Read states, skip replays, emit feedback, fold and rank. Call :meth:`commit` after sending.
+
+        A call that raises (the store went away mid-batch) leaves no uncommitted state behind, so the
+        caller may simply call it again with the same batch."""
         result = BatchResult()
         if not batch:
             return result
@@ -315,12 +318,11 @@ class Engine:
 
         users = [last_source[b].event.user_id for b in range(B)]
         result._users, result._values = users, self.codec.encode(sub)
-        with self._pending_lock:
-            self._pending.update(zip(result._users, result._values))
         ids, valid = self._item_ids(), top_items >= 0
         shown_any = top_items[valid]
-        if len(shown_any) and np.equal(ids[shown_any], None).any():
-            self.item_id(int(shown_any.max()))  # ids assigned by other workers: fetch them once
+        unknown = shown_any[np.equal(ids[shown_any], None)]
+        if len(unknown):
+            self.item_id(int(unknown[0]))  # ids assigned by other workers: fetch the catalogue's tail once
             ids = self._item_ids()
         names = ids[np.where(valid, top_items, 0)].tolist()
         scores = np.round(top_scores.astype(np.float64), 6).tolist()
@@ -335,6 +337,11 @@ class Engine:
             result.recommendations.append(Recommendation(
                 user_id=users[b], scene=cfg.scenes[scene[b]], items=items, scores=row_scores,
                 model_version=self.model_version, event_ts=now[b]))
+        # Last: the next batch builds on these states. Registered before a step that can still fail (the
+        # id fetch above reads the store), a retried batch would find its own events already applied
+        # and skip them as replays, their outputs never sent.
+        with self._pending_lock:
+            self._pending.update(zip(result._users, result._values))
 
     def prime(self) -> None:
         """Load what the first batch would otherwise fetch: the catalogue's ids, the newest parameter

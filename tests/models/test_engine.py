@@ -213,3 +213,35 @@ def test_a_snapshot_of_other_dimensions_is_refused_once_not_fetched_on_every_bat
     store.publish_params(to_bytes(init_params(CFG, 8), {"version": 2}))
     run(engine, batch([("u", "b", "view", 9.0, "default")], start=3))
     assert engine.model_version == 2 and store.loads == 2
+
+
+def test_a_batch_retried_after_a_store_error_mid_process_loses_no_output():
+    """The id fetch for items another worker assigned runs after the fold; a store error there used
+    to leave the batch's states behind as pending, so the retry skipped its own events as replays."""
+    import redis
+
+    class FlakyIds(MemoryStore):
+        fail = 0
+
+        def item_ids(self, start=0):
+            if self.fail:
+                self.fail -= 1
+                raise redis.ConnectionError("failing over")
+            return super().item_ids(start)
+
+    store = FlakyIds()
+    engine = Engine(CFG, store)
+    other = Engine(CFG, store)   # another worker assigns ids this engine has not seen
+    run(other, batch([("w", f"x{j}", "purchase", float(j), "default") for j in range(4)], partition=1))
+    events = batch([("u", "a", "view", 10.0, "default"), ("u", "x0", "click", 11.0, "default")])
+    store.fail = 1
+    try:
+        engine.process(events)
+    except redis.ConnectionError:
+        pass
+    else:
+        raise AssertionError("the id fetch did not run: the test no longer covers the failing step")
+    retried = run(engine, events)
+    assert retried.replayed == 0
+    assert [f.item_id for f in retried.feedback] == ["a", "x0"] and len(retried.recommendations) == 1
+    assert None not in retried.recommendations[0].items   # the other worker's items by their ids
