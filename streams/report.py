@@ -293,6 +293,33 @@ def kernel_tables(data: dict) -> list[str]:
     return out + _provenance(data, "Machine (NumPy runs on its CPU)")
 
 
+FAULT_LABELS = {"worker_kill": "worker SIGKILLed", "redis_master_kill": "Redis master SIGKILLed (replica promoted)",
+                "broker_kill": "Kafka broker SIGKILLed, restarted", "redis_outage": "every Redis node stopped, restarted"}
+
+
+def fault_tables(data: dict) -> list[str]:
+    """``tests.faults.run``: one fault per run on the clusters, every user's state recounted from the log."""
+    runs = data.get("scenarios") or []
+    if not runs:
+        return []
+    out = ["### Faults: nothing lost, nothing applied twice", "",
+           f"{data.get('events_per_scenario', 0):,} events per run, 3 workers, 6 partitions, Redis Cluster "
+           "(3 masters + 3 replicas, `WAIT 1`) and 3 Kafka brokers (replication 3, `min.insync.replicas` 2); "
+           "after the run every user's state is recomputed from the events topic.", "",
+           "| fault | down (s) | resumed after (s) | lost | applied twice | wrong state | feedback missing "
+           "| replays skipped by fence | store retries | passed |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        wrong = r["users_missing"] + r["users_wrong_fence"] + r["users_wrong_history"]
+        out.append(f"| {FAULT_LABELS.get(r['scenario'], r['scenario'])} | {_fmt(r['fault_duration_s'], 1)} "
+                   f"| {_fmt(r['recovery_s'], 1)} | {r['events_lost']} | {r['events_applied_twice']} | {wrong} "
+                   f"| {r['feedback_missing']} | {_fmt(r['replayed_skipped_by_fence'])} | {_fmt(r['retries'])} "
+                   f"| {'yes' if r.get('passed') else '**no**'} |")
+    out += ["", "*Resumed after*: from the fault until every partition that still had events committed past "
+            "where it stood."]
+    return out + _provenance(data)
+
+
 def render(folder: Path = REPO / "docs" / "results") -> str:
     lines: list[str] = []
     evaluation = _load(folder / "eval.json")
@@ -308,6 +335,9 @@ def render(folder: Path = REPO / "docs" / "results") -> str:
         kernel = _load(folder / name)
         if kernel:
             lines += kernel_tables(kernel) or generic_table("Kernel microbenchmark", kernel)
+    faults = _load(folder / "faults.json")
+    if faults:
+        lines += fault_tables(faults)
     if not lines:
         lines = ["No measured results yet."]
     return "\n".join(lines).rstrip() + "\n"

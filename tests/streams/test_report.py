@@ -59,3 +59,16 @@ def test_latency_table_shows_the_slo_share_and_a_new_workers_first_second():
     assert "| 10,000 | pipeline | 50% (4,000/s) | 21 | 41 | 70 | 97.2% | 133 |" in lines
     assert "| 10,000 | naive | 50% (400/s) | 5 | 79 | 91 | – | – |" in lines
     assert any("runs 3 s before it is measured" in line for line in lines)
+
+
+def test_fault_table_shows_each_run_and_marks_a_failed_one():
+    run = {"scenario": "worker_kill", "fault_duration_s": 0.0, "recovery_s": 8.09, "events_lost": 0,
+           "events_applied_twice": 0, "users_missing": 0, "users_wrong_fence": 0, "users_wrong_history": 0,
+           "feedback_missing": 0, "replayed_skipped_by_fence": 468, "retries": 0, "passed": True}
+    lost = {**run, "scenario": "redis_outage", "fault_duration_s": 14.7, "recovery_s": 19.8, "events_lost": 3,
+            "users_wrong_fence": 1, "passed": False}
+    lines = report.fault_tables({"events_per_scenario": 20000, "scenarios": [run, lost], "command": ["x"]})
+    rows = [line for line in lines if line.startswith("| ") and "fault |" not in line]
+    assert rows == ["| worker SIGKILLed | 0.0 | 8.1 | 0 | 0 | 0 | 0 | 468 | 0 | yes |",
+                    "| every Redis node stopped, restarted | 14.7 | 19.8 | 3 | 0 | 1 | 0 | 468 | 0 | **no** |"]
+    assert report.fault_tables({"scenarios": []}) == []
