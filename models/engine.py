@@ -136,7 +136,8 @@ class Engine:
         if self._ids[index] is None:  # assigned by another worker: fetch the tail of the catalogue once
             self._id_array = None
             missing = min(i for i, v in enumerate(self._ids) if v is None)
-            for offset, item in enumerate(self.store.item_ids(missing)):
+            # items assigned since this batch's read stay unknown until the next read counts them
+            for offset, item in enumerate(self.store.item_ids(missing)[:len(self._ids) - missing]):
                 self._ids[missing + offset] = item
                 self._index[item] = missing + offset
         return self._ids[index]

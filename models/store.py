@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 # a failover shows as these too (the slot's master is gone until a replica is promoted).
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
                     redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
-                    redis.exceptions.MasterDownError, redis.exceptions.ReadOnlyError)
+                    redis.exceptions.MasterDownError, redis.exceptions.ReadOnlyError,
+                    # what the cluster client raises while it cannot reach any node to refresh its slot map
+                    redis.exceptions.RedisClusterException)
 # The store refusing us (wrong password, an ACL without a needed command or key): no event is to blame
 # and none would fare better, so a worker stops with the error instead of dead-lettering its traffic.
 FATAL_STORE_ERRORS = (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError,

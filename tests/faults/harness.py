@@ -226,29 +226,9 @@ def _cluster_ports() -> list[int]:
     return [int(hp.rsplit(":", 1)[1]) for hp in url.split("://", 1)[1].split(",")]
 
 
-def read_events(settings: Settings) -> list[tuple[dict, int, int]]:
-    """Every record of the events topic as (document, partition, offset), in log order per partition."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    topic = TopicNames.of(settings).events
-    consumer = connect(KafkaConsumer, settings, group_id=None, enable_auto_commit=False,
-                       max_poll_records=5000, fetch_max_bytes=64 * 2**20)
-    try:
-        parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        end = consumer.end_offsets(parts)
-        out = []
-        while any(consumer.position(tp) < end[tp] for tp in parts):
-            for tp, records in consumer.poll(timeout_ms=2000).items():
-                out += [(orjson.loads(r.value), r.partition, r.offset) for r in records]
-        return out
-    finally:
-        consumer.close()
-
-
-def read_event_ids(settings: Settings, which: str) -> list[str]:
-    """``event_id`` of every message of an output topic, read to its end."""
+def read_events(settings: Settings, which: str = "events") -> list[tuple[dict, int, int]]:
+    """Every record of a topic (``TopicNames`` field) as (document, partition, offset), read to its end
+    (not until a quiet spell: a slow broker cannot cut it short)."""
     from kafka import KafkaConsumer, TopicPartition
 
     topic = getattr(TopicNames.of(settings), which)
@@ -262,10 +242,15 @@ def read_event_ids(settings: Settings, which: str) -> list[str]:
         out = []
         while any(consumer.position(tp) < end[tp] for tp in parts):
             for records in consumer.poll(timeout_ms=2000).values():
-                out += [orjson.loads(r.value)["event_id"] for r in records]
+                out += [(orjson.loads(r.value), r.partition, r.offset) for r in records]
         return out
     finally:
         consumer.close()
+
+
+def read_event_ids(settings: Settings, which: str) -> list[str]:
+    """``event_id`` of every message of an output topic."""
+    return [doc["event_id"] for doc, _, _ in read_events(settings, which)]
 
 
 def recount(settings: Settings, store, log: list[tuple[dict, int, int]]) -> dict:

@@ -13,6 +13,7 @@ import redis
 
 from models.engine import Engine
 from models.store import RedisStore
+from tests.conftest import _free_port
 from tests.models.test_engine import CFG, batch, run
 
 pytestmark = [pytest.mark.integration,
@@ -35,12 +36,6 @@ def _certificates(folder, name: str) -> None:
     (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
     _openssl("x509", "-req", "-in", "server.csr", "-CA", f"{name}-ca.pem", "-CAkey", f"{name}-ca.key",
              "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=folder)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -245,3 +245,17 @@ def test_a_batch_retried_after_a_store_error_mid_process_loses_no_output():
     assert retried.replayed == 0
     assert [f.item_id for f in retried.feedback] == ["a", "x0"] and len(retried.recommendations) == 1
     assert None not in retried.recommendations[0].items   # the other worker's items by their ids
+
+
+def test_items_assigned_after_the_batch_read_do_not_break_the_id_fetch():
+    """The catalogue may grow between a batch's read and its id fetch (other workers keep assigning)."""
+    class Growing(MemoryStore):
+        def item_ids(self, start=0):
+            return super().item_ids(start) + ["assigned-meanwhile"]
+
+    store = Growing()
+    engine = Engine(CFG, store)
+    run(Engine(CFG, store), batch([("w", f"x{j}", "purchase", float(j), "default") for j in range(4)], partition=1))
+    result = run(engine, batch([("u", "a", "view", 10.0, "default")]))
+    assert len(result.feedback) == 1 and None not in result.recommendations[0].items
+    assert engine.n_items == 5   # the late item waits for the next read
