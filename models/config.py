@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from models.events import DEFAULT_SCENE, EVENT_TYPES
 
 
+MAX_SCENES = 32
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Dimensions and policies of the attention engine.
@@ -48,8 +51,8 @@ class EngineConfig:
         unknown = set(self.mask_types) - set(EVENT_TYPES)
         if unknown:
             raise ValueError(f"mask_types has unknown event types {sorted(unknown)}; known: {EVENT_TYPES}")
-        if len(self.scenes) > 127:
-            raise ValueError("at most 127 scenes are supported")
+        if len(self.scenes) > MAX_SCENES:
+            raise ValueError(f"at most {MAX_SCENES} scenes are supported (an item's scenes are one 32-bit mask)")
         if self.max_batch > self.buckets[-1]:
             raise ValueError(f"max_batch {self.max_batch} exceeds the largest bucket {self.buckets[-1]}")
         for name, value in (("dim", self.dim), ("history", self.history), ("k", self.k)):

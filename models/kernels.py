@@ -157,14 +157,24 @@ def exact_matmuls(fn):
     return wrapped
 
 
-def _chunk_scores(user, params: Params, hist_item, n_items, exclude, start, done, size: int) -> jax.Array:
+def in_scene(item_scenes: jax.Array, scene: jax.Array) -> jax.Array:
+    """[B, N] bool: item ``i`` is in the catalogue of row ``b``'s scene (bit ``scene[b]`` of ``item_scenes[i]``)."""
+    return ((item_scenes[None, :] >> scene.astype(jnp.uint32)[:, None]) & 1) == 1
+
+
+def _chunk_scores(user, params: Params, hist_item, n_items, exclude, start, done, size: int,
+                  item_scenes=None, scene=None) -> jax.Array:
     """``user . e_i + b_i`` (+ repeat score) for items ``start .. start+size``; -inf for items past the
-    catalogue (``n_items``: [] or [B]), for items before ``done`` (already scored) and for excluded ones."""
+    catalogue (``n_items``: [] or [B]), for items before ``done`` (already scored), for excluded ones and,
+    given ``item_scenes`` ([C] uint32 scene bitmask per item) and ``scene`` ([B]), for items outside the
+    row's scene catalogue (a hidden item has no bit set)."""
     B = user.shape[0]
     emb = jax.lax.dynamic_slice_in_dim(params.item_emb, start, size)
     bias = jax.lax.dynamic_slice_in_dim(params.item_bias, start, size)
     index = start + jnp.arange(size)
     live = (index >= done)[None, :] & (index[None, :] < jnp.reshape(n_items, (-1, 1)))           # [1 or B, size]
+    if item_scenes is not None:
+        live = live & in_scene(jax.lax.dynamic_slice_in_dim(item_scenes, start, size), scene)    # [B, size]
     scores = copy_scores(user @ emb.T + jnp.where(live, bias[None, :], NEG_INF), start, hist_item, params)
     local = exclude - start
     local = jnp.where((exclude >= 0) & (local >= 0) & (local < size), local, size)              # size: dropped
@@ -212,7 +222,8 @@ def items_scored(n_items: int, rows: int, k: int, chunk: int, tail: int | None =
 
 
 def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: Params, n_items: jax.Array,
-                exclude: jax.Array, k: int, chunk: int, tail: int | None = None) -> tuple[jax.Array, jax.Array]:
+                exclude: jax.Array, k: int, chunk: int, tail: int | None = None, item_scenes=None,
+                scene=None) -> tuple[jax.Array, jax.Array]:
     """Exact top-``k`` of ``user . e_i + b_i`` (+ repeat score) over the catalogue, ``chunk`` items at a time.
 
     A running *block* top-k: each chunk's scores are cut into blocks of ``TOPK_BLOCK`` items, and the
@@ -229,12 +240,15 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
     whole blocks, at most ``chunk``; ``chunk_plan`` says when): the whole chunks run in one loop and
     the rest of the catalogue in a second one of smaller steps. At 10k items with 4096-item chunks,
     that scores 10,240 items, not 12,288.
+
+    ``item_scenes`` / ``scene`` (optional): rank each row only over its scene's catalogue (``_chunk_scores``).
     """
     C, d = params.item_emb.shape
     B = user.shape[0]
     chunk = resolve_chunk(chunk)
     if C < k * TOPK_BLOCK:  # a table smaller than k blocks: one matmul, one plain top-k
-        top, items = jax.lax.top_k(_chunk_scores(user, params, hist_item, n_items, exclude, 0, 0, C), k)
+        top, items = jax.lax.top_k(_chunk_scores(user, params, hist_item, n_items, exclude, 0, 0, C,
+                                                           item_scenes, scene), k)
         return jnp.where(top > NEG_INF / 2, items.astype(jnp.int32), -1), top
     size, tail = step_sizes(C, k, chunk, tail)
 
@@ -244,7 +258,7 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
             best_max, best_blocks, best_first = best   # [B, k] maxima, [B, k, blk] scores, [B, k] first item
             at = first_item + c * width
             start = jnp.minimum(at, C - width)  # the last chunk may overlap its predecessor: ``done`` masks that
-            blocks = _chunk_scores(user, params, hist_item, n_items, exclude, start, at, width)
+            blocks = _chunk_scores(user, params, hist_item, n_items, exclude, start, at, width, item_scenes, scene)
             blocks = blocks.reshape(B, width // TOPK_BLOCK, TOPK_BLOCK)
             top, pos = jax.lax.top_k(jnp.concatenate([best_max, blocks.max(axis=2)], axis=1), k)
             kept = pos < k                                                              # an earlier block stays
@@ -272,15 +286,18 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
 @partial(jax.jit, static_argnames=("k", "chunk", "gamma", "tail"), donate_argnums=(1, 2))
 @exact_matmuls
 def step(params: Params, interest: jax.Array, weight: jax.Array, events: FoldInputs, ranks: RankInputs,
-         n_items: jax.Array, *, k: int, chunk: int, gamma: float, tail: int | None = None):
+         n_items: jax.Array, item_scenes: jax.Array | None = None, *, k: int, chunk: int, gamma: float,
+         tail: int | None = None):
     """One micro-batch: fold new events into scene interests, then rank the catalogue for each user.
 
     Returns ``(interest, weight, top_items [B, k], top_scores [B, k])``; items are -1 where fewer
-    than ``k`` may be shown. ``tail``: see ``top_k_items`` (None: the backend's default).
+    than ``k`` may be shown. ``tail``: see ``top_k_items`` (None: the backend's default). ``item_scenes``
+    ([C] uint32, optional): each item's scene bitmask; a row ranks only items in its scene's catalogue.
     """
     interest, weight = fold_interests(params, interest, weight, events, gamma)
     user, attn = user_vectors(params, interest, weight, ranks)
-    items, scores = top_k_items(user, attn, ranks.hist_item, params, n_items, ranks.exclude, k, chunk, tail)
+    items, scores = top_k_items(user, attn, ranks.hist_item, params, n_items, ranks.exclude, k, chunk, tail,
+                                item_scenes, ranks.scene)
     return interest, weight, items, scores
 
 
@@ -290,7 +307,8 @@ fold = jax.jit(exact_matmuls(fold_interests), static_argnames=("gamma",))
 @partial(jax.jit, static_argnames=("k", "chunk", "tail"))
 @exact_matmuls
 def rank(params: Params, interest: jax.Array, weight: jax.Array, ranks: RankInputs, n_items: jax.Array,
-         *, k: int, chunk: int, tail: int | None = None):
-    """Rank without folding (evaluation asks for a list before it applies the event)."""
+         item_scenes: jax.Array | None = None, *, k: int, chunk: int, tail: int | None = None):
+    """Rank without folding (evaluation asks for a list before it applies the event; requests at serve time)."""
     user, attn = user_vectors(params, interest, weight, ranks)
-    return top_k_items(user, attn, ranks.hist_item, params, n_items, ranks.exclude, k, chunk, tail)
+    return top_k_items(user, attn, ranks.hist_item, params, n_items, ranks.exclude, k, chunk, tail,
+                       item_scenes, ranks.scene)

@@ -128,3 +128,28 @@ def test_catalogue_padding_and_empty_users_never_leak():
     assert sorted(items[0][items[0] >= 0].tolist()) == [1, 2]    # 3 items, item 0 excluded
     assert sorted(items[1][items[1] >= 0].tolist()) == [0, 1, 2]
     assert (items[:, 3:] == -1).all() and np.isfinite(np.asarray(scores)).all()
+
+
+@pytest.mark.parametrize("capacity, n_items, chunk", [(64, 50, 64), (1024, 900, 256)])
+def test_scene_catalogues_rank_only_their_items(capacity, n_items, chunk):
+    """With an item scene bitmask, each row's list equals the unmasked ranking with every item outside
+    its scene's catalogue excluded: hidden items (no bit) never come back, nor do other scenes' items."""
+    rng = np.random.default_rng(3)
+    params = random_params(CFG, capacity)
+    B, S = 9, CFG.n_scenes
+    ranks = make_batch(rng, B, CFG.history, n_items, S)._replace(exclude=np.full((B, 1), -1, np.int32))
+    interest = rng.normal(size=(B, S, CFG.dim)).astype(np.float32)
+    weight = np.ones((B, S), np.float32)
+    item_scenes = rng.integers(0, 1 << S, capacity).astype(np.uint32)   # 0: hidden everywhere
+    items, scores = kernels.rank(params, interest, weight, ranks, jnp.int32(n_items), item_scenes, k=CFG.k,
+                                 chunk=chunk)
+    items = np.asarray(items)
+    for b in range(B):
+        outside = np.flatnonzero((item_scenes[:n_items] >> ranks.scene[b]) & 1 == 0).astype(np.int32)
+        row = ranks._replace(**{f: getattr(ranks, f)[b:b + 1] for f in ("hist_item", "hist_type", "hist_age",
+                                                                        "scene")}, exclude=outside[None])
+        want, _ = kernels.rank(params, interest[b:b + 1], weight[b:b + 1], row, jnp.int32(n_items), k=CFG.k,
+                               chunk=chunk)
+        assert items[b].tolist() == np.asarray(want)[0].tolist()
+        shown = items[b][items[b] >= 0]
+        assert ((item_scenes[shown] >> ranks.scene[b]) & 1 == 1).all()
