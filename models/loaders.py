@@ -321,6 +321,59 @@ def load_beauty(root: Path, scene: str | None = None, synthetic_ts: str = "posit
     return log
 
 
+MOVIE_BOOK = "amazon-movie-book-2scene"
+MOVIE_BOOK_FIRST_BOOK = 36845  # item indices below this are movies (the line count of items_a.txt)
+MOVIE_BOOK_SPLITS = {"test": "test_new.txt", "val": "val_new.txt"}
+
+
+def load_movie_book(root: Path, scene: str | None = None, split: str = "test") -> EventLog:
+    """Amazon movies + books (C2DSR): one log, two scenes (``movie`` = 0, ``book`` = 1), each item's
+    scene its domain. ``split``: ``"test"`` (``test_new.txt``, the default) or ``"val"`` (``val_new.txt``;
+    disjoint users, for choosing hyperparameters).
+
+    Every review is a ``view``. Timestamps are days; within a user the file order is kept, so an event
+    dated before its predecessor (a few per cent) takes the predecessor's date (running maximum); users
+    are merged by a stable sort (ties: file order). ``extra["item_scene"]`` is each item code's scene and
+    ``extra["exclude_seen"]`` says the evaluator excludes the user's seen items (no user reviews twice).
+    """
+    _check_scene("amazon-movie-book", scene, ())  # the scene is always the item's domain
+    if split not in MOVIE_BOOK_SPLITS:
+        raise ValueError(f"split must be one of {sorted(MOVIE_BOOK_SPLITS)}, got {split!r}")
+    path = root / MOVIE_BOOK / MOVIE_BOOK_SPLITS[split]
+    users, items, ts = [], [], []
+    lifted = 0
+    for lineno, line in _lines(path):
+        fields = line.split("\t")
+        if len(fields) < 3:
+            raise _malformed(path, lineno, line, "expected 'user_index<TAB>x<TAB>item|ts|date ...'")
+        latest = -np.inf
+        for event in fields[2:]:
+            parts = event.split("|")
+            if len(parts) < 2 or not parts[0].isdigit():
+                raise _malformed(path, lineno, line, f"event {event[:60]!r} is not 'item|unix_seconds|date'")
+            try:
+                stamp = float(int(parts[1]))
+            except ValueError:
+                raise _malformed(path, lineno, line, f"event {event[:60]!r} has no integer timestamp") from None
+            if stamp < latest:
+                lifted += 1
+            latest = max(latest, stamp)
+            users.append(fields[0])
+            items.append(parts[0])
+            ts.append(latest)
+    notes = (f"amazon-movie-book: {MOVIE_BOOK_SPLITS[split]}; every review -> view; scene = item domain "
+             f"(index < {MOVIE_BOOK_FIRST_BOOK}: movie, else book); ts day resolution, file order kept within "
+             f"a user ({lifted} events dated before their predecessor take its date), users merged by a stable "
+             "sort; no repeats, seen items excluded from candidates")
+    scenes = [int(int(item) >= MOVIE_BOOK_FIRST_BOOK) for item in items]
+    log = EventLog.from_columns(MOVIE_BOOK, users, items, np.full(len(ts), TYPE_CODE["view"]), ts,
+                                scenes=scenes, scene_names=("movie", "book"), notes=notes)
+    log.extra["item_scene"] = np.array([int(int(i) >= MOVIE_BOOK_FIRST_BOOK) for i in log.item_ids], np.int8)
+    log.extra["exclude_seen"] = True
+    log.extra["split"] = split
+    return log
+
+
 DATASETS: dict[str, Callable[..., EventLog]] = {
     "tmall2014-brand-behavior": load_tmall,
     "taobao-userbehavior-43users": load_taobao,
@@ -328,15 +381,17 @@ DATASETS: dict[str, Callable[..., EventLog]] = {
     "yoochoose-clicks-100k": load_yoochoose,
     "ml-100k": load_movielens,
     "amazon-beauty": load_beauty,
+    MOVIE_BOOK: load_movie_book,
 }
 ALIASES = {"tmall": "tmall2014-brand-behavior", "taobao": "taobao-userbehavior-43users", "otto": "otto-sample",
-           "yoochoose": "yoochoose-clicks-100k", "movielens": "ml-100k", "beauty": "amazon-beauty"}
+           "yoochoose": "yoochoose-clicks-100k", "movielens": "ml-100k", "beauty": "amazon-beauty",
+           "moviebook": MOVIE_BOOK}
 
 
 def load(name: str, data_dir: str | Path | None = None, **opts) -> EventLog:
     """Load dataset ``name`` (a :data:`DATASETS` key or an :data:`ALIASES` key) as a time-ordered log.
 
-    >>> sorted(ALIASES) == sorted(["tmall", "taobao", "otto", "yoochoose", "movielens", "beauty"])
+    >>> sorted(ALIASES) == sorted(["tmall", "taobao", "otto", "yoochoose", "movielens", "beauty", "moviebook"])
     True
     """
     key = ALIASES.get(name, name)

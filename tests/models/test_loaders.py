@@ -112,3 +112,65 @@ def test_leave_one_out_split():
     assert names(train) == ["i1", "i2", "i3", "j1", "j2", "k1"]  # b has < 3 events: train only
     assert len(train) + len(valid) + len(test) == len(log)
     assert np.all(np.diff(train.ts) >= 0) and train.n_items == log.n_items
+
+
+def _movie_book_file(root, name="test_new.txt"):
+    folder = root / loaders.MOVIE_BOOK
+    folder.mkdir(exist_ok=True)
+    book = loaders.MOVIE_BOOK_FIRST_BOOK
+    day = 86400
+    (folder / name).write_text(
+        f"7\t3\t5|{2 * day}|d|\t{book + 1}|{day}|d|\t9|{3 * day}|d|\t\n"   # 2nd event dated before the 1st
+        f"8\t4\t{book + 1}|{2 * day}|d|\t6|{2 * day}|d|\t\n")
+    return folder
+
+
+def test_movie_book_parser_keeps_user_order_and_item_scenes(tmp_path):
+    _movie_book_file(tmp_path)
+    log = loaders.load("moviebook", data_dir=tmp_path)
+    book = str(loaders.MOVIE_BOOK_FIRST_BOOK + 1)
+    # user 7's inverted event takes its predecessor's date (day 2); ties at day 2 keep file order: 7 then 8
+    assert [(log.user_ids[u], log.item_ids[i]) for u, i in zip(log.user, log.item)] == [
+        ("7", "5"), ("7", book), ("8", book), ("8", "6"), ("7", "9")]
+    assert log.ts.tolist() == [2 * 86400.0] * 4 + [3 * 86400.0]
+    assert log.scene_names == ("movie", "book")
+    assert [log.scene_names[s] for s in log.scene] == ["movie", "book", "book", "movie", "movie"]
+    assert {log.item_ids[i]: int(s) for i, s in enumerate(log.extra["item_scene"])} == {
+        "5": 0, book: 1, "6": 0, "9": 0}
+    assert (log.type == TYPE_CODE["view"]).all() and log.extra["exclude_seen"]
+    assert "1 events dated before their predecessor" in log.notes and "test_new.txt" in log.notes
+
+
+def test_movie_book_split_option(tmp_path):
+    _movie_book_file(tmp_path, "val_new.txt")
+    assert "val_new.txt" in loaders.load("moviebook", data_dir=tmp_path, split="val").notes
+    with pytest.raises(ValueError, match="split"):
+        loaders.load("moviebook", data_dir=tmp_path, split="train")
+    with pytest.raises(FileNotFoundError):
+        loaders.load("moviebook", data_dir=tmp_path)  # no test_new.txt here
+
+
+def test_movie_book_malformed_event(tmp_path):
+    folder = tmp_path / loaders.MOVIE_BOOK
+    folder.mkdir()
+    (folder / "test_new.txt").write_text("1\t2\t5|100|d|\n2\t3\t5;100\n")
+    with pytest.raises(loaders.MalformedLineError, match=r"test_new\.txt:2:"):
+        loaders.load("moviebook", data_dir=tmp_path)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("split, users, events, switches", [("val", 7644, 73476, 26930),
+                                                             ("test", 7708, 74729, 27137)])
+def test_movie_book_files_match_source_statistics(split, users, events, switches):
+    root = _data_root()
+    if not (root / loaders.MOVIE_BOOK).is_dir():
+        pytest.skip(f"{root / loaders.MOVIE_BOOK} absent")
+    log = loaders.load("moviebook", data_dir=root, split=split)
+    assert (len(log), log.n_users) == (events, users)  # SOURCE.md statistics
+    assert np.all(np.diff(log.ts) >= 0)
+    pairs = log.user.astype(np.int64) * log.n_items + log.item
+    assert np.unique(pairs).size == len(log)  # no user reviews an item twice: excluding seen items is safe
+    assert (log.scene == log.extra["item_scene"][log.item]).all()
+    order = np.lexsort((np.arange(len(log)), log.user))
+    same_user = log.user[order][1:] == log.user[order][:-1]
+    assert int((same_user & (log.scene[order][1:] != log.scene[order][:-1])).sum()) == switches
