@@ -354,7 +354,8 @@ def load_movie_book(root: Path, scene: str | None = None, split: str = "test") -
             try:
                 stamp = float(int(parts[1]))
             except ValueError:
-                raise _malformed(path, lineno, line, f"event {event[:60]!r} has no integer timestamp") from None
+                why = f"event {event[:60]!r} has no integer timestamp"
+                raise _malformed(path, lineno, line, why) from None
             if stamp < latest:
                 lifted += 1
             latest = max(latest, stamp)
@@ -362,9 +363,9 @@ def load_movie_book(root: Path, scene: str | None = None, split: str = "test") -
             items.append(parts[0])
             ts.append(latest)
     notes = (f"amazon-movie-book: {MOVIE_BOOK_SPLITS[split]}; every review -> view; scene = item domain "
-             f"(index < {MOVIE_BOOK_FIRST_BOOK}: movie, else book); ts day resolution, file order kept within "
-             f"a user ({lifted} events dated before their predecessor take its date), users merged by a stable "
-             "sort; no repeats, seen items excluded from candidates")
+             f"(index < {MOVIE_BOOK_FIRST_BOOK}: movie, else book); ts day resolution, file order kept "
+             f"within a user ({lifted} events dated before their predecessor take its date), users merged "
+             "by a stable sort; no repeats, seen items excluded from candidates")
     scenes = [int(int(item) >= MOVIE_BOOK_FIRST_BOOK) for item in items]
     log = EventLog.from_columns(MOVIE_BOOK, users, items, np.full(len(ts), TYPE_CODE["view"]), ts,
                                 scenes=scenes, scene_names=("movie", "book"), notes=notes)
@@ -383,7 +384,8 @@ DATASETS: dict[str, Callable[..., EventLog]] = {
     "amazon-beauty": load_beauty,
     MOVIE_BOOK: load_movie_book,
 }
-ALIASES = {"tmall": "tmall2014-brand-behavior", "taobao": "taobao-userbehavior-43users", "otto": "otto-sample",
+ALIASES = {"tmall": "tmall2014-brand-behavior", "taobao": "taobao-userbehavior-43users",
+           "otto": "otto-sample",
            "yoochoose": "yoochoose-clicks-100k", "movielens": "ml-100k", "beauty": "amazon-beauty",
            "moviebook": MOVIE_BOOK}
 
@@ -391,7 +393,8 @@ ALIASES = {"tmall": "tmall2014-brand-behavior", "taobao": "taobao-userbehavior-4
 def load(name: str, data_dir: str | Path | None = None, **opts) -> EventLog:
     """Load dataset ``name`` (a :data:`DATASETS` key or an :data:`ALIASES` key) as a time-ordered log.
 
-    >>> sorted(ALIASES) == sorted(["tmall", "taobao", "otto", "yoochoose", "movielens", "beauty", "moviebook"])
+    >>> sorted(ALIASES) == sorted(["tmall", "taobao", "otto", "yoochoose", "movielens", "beauty",
+    ...                            "moviebook"])
     True
     """
     key = ALIASES.get(name, name)
