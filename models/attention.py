@@ -69,19 +69,30 @@ class AttentionRecommender:
             grown[: len(self.states)] = self.states
             self.states = grown
 
-    def recommend(self, users, scenes, ts, k, exclude=None) -> np.ndarray:
+    def recommend(self, users, scenes, ts, k, exclude=None, *, item_scenes=None) -> np.ndarray:
         users = np.asarray(users, np.int64)
         self._ensure_users(users)
         states = self.states[users]
         unseen = np.flatnonzero(~self.seen[: self.n_items])  # below the index bound, never learned
-        if len(unseen):
+        if item_scenes is not None:  # never-learned items leave every scene's catalogue: no exclusion lists
+            item_scenes = self._catalogues(item_scenes, self.n_items)
+        elif len(unseen):
             exclude = [np.r_[e, unseen] for e in exclude] if exclude is not None else [unseen] * len(users)
         ranks = batching.rank_inputs(states, np.asarray(ts, np.float64), np.asarray(scenes), self._mask_codes,
                                      exclude)
-        return self._rank(ranks, states["interest"], states["interest_weight"], k)
+        return self._rank(ranks, states["interest"], states["interest_weight"], k, item_scenes=item_scenes)
 
-    def _rank(self, ranks: kernels.RankInputs, interest, weight, k: int, n_items=None) -> np.ndarray:
-        """Top-k for each row; ``n_items`` (per row) bounds the catalogue each row may see."""
+    def _catalogues(self, item_scenes: np.ndarray, n_items: int) -> np.ndarray:
+        """``item_scenes`` over the first ``n_items`` indices with the never-learned items in no scene."""
+        out = np.zeros(n_items, np.uint32)
+        known = min(n_items, len(item_scenes))
+        out[:known] = np.asarray(item_scenes, np.uint32)[:known]
+        return np.where(self.seen[:n_items], out, np.uint32(0))
+
+    def _rank(self, ranks: kernels.RankInputs, interest, weight, k: int, n_items=None,
+              item_scenes=None) -> np.ndarray:
+        """Top-k for each row; ``n_items`` (per row) bounds the catalogue each row may see and
+        ``item_scenes`` (uint32 scene bitmask per item index) restricts each row to its scene's items."""
         n = len(ranks.scene)
         out = np.full((n, k), -1, np.int32)
         if n_items is None:
@@ -90,6 +101,11 @@ class AttentionRecommender:
             return out
         self.trainer.ensure_capacity(int(n_items.max()))
         params = self.params
+        if item_scenes is not None:  # the kernel takes one bitmask per row of the item table
+            capacity = params.item_emb.shape[0]
+            table = np.zeros(capacity, np.uint32)
+            table[:min(capacity, len(item_scenes))] = np.asarray(item_scenes, np.uint32)[:capacity]
+            item_scenes = table
         step = self.cfg.buckets[-1]
         for start in range(0, n, step):
             stop = min(start + step, n)
@@ -102,7 +118,8 @@ class AttentionRecommender:
                                               constant_values=-1))
             items, _ = kernels.rank(params, batching.pad(interest[start:stop].astype(np.float32), Bp, 0.0),
                                     batching.pad(weight[start:stop], Bp, 0.0), batching.pad_ranks(sub, Bp),
-                                    batching.pad(n_items[start:stop], Bp, 0), k=k, chunk=self.cfg.item_chunk)
+                                    batching.pad(n_items[start:stop], Bp, 0), item_scenes, k=k,
+                                    chunk=self.cfg.item_chunk)
             out[start:stop] = np.asarray(items)[:B]
         return out
 
@@ -110,12 +127,14 @@ class AttentionRecommender:
         """Train on the history before each event, then fold the events into the users' states."""
         self.recommend_then_learn(users, items, types, scenes, ts, k=0)
 
-    def recommend_then_learn(self, users, items, types, scenes, ts, k: int) -> np.ndarray | None:
+    def recommend_then_learn(self, users, items, types, scenes, ts, k: int, exclude=None, *,
+                             item_scenes=None) -> np.ndarray | None:
         """For each event, the top-``k`` list from the user's history just before it; then learn them all.
 
         Users may repeat within the batch: each event is ranked from its exact pre-event history
         (parameters and scene interests are those at the start of the batch, as between two
-        snapshot reloads in the streaming workers). ``k=0`` only learns.
+        snapshot reloads in the streaming workers). ``k=0`` only learns. ``exclude[j]`` / ``item_scenes``
+        restrict event j's list as in :meth:`recommend`.
         """
         users = np.asarray(users, np.int64)
         if len(users) == 0:
@@ -131,13 +150,20 @@ class AttentionRecommender:
         if k:
             masked = (np.where(np.isin(ex.hist_type, self._mask_codes), ex.hist_item, -1) if len(self._mask_codes)
                       else np.full((len(users), 1), -1, np.int32))
+            if exclude is not None:
+                extra = np.full((len(users), max(1, max((len(e) for e in exclude), default=1))), -1, np.int32)
+                for row, banned in enumerate(exclude):
+                    extra[row, :len(banned)] = banned
+                masked = np.concatenate([masked, extra], axis=1)
             ranks = kernels.RankInputs(hist_item=ex.hist_item, hist_type=ex.hist_type.astype(np.int32),
                                        hist_age=ex.hist_age, scene=ex.scene.astype(np.int32),
                                        exclude=masked.astype(np.int32))
             # The catalogue each event may see: every item that appeared before it (dense ids are
             # assigned in order of first appearance, so that is a prefix of the index range).
             seen_before = np.maximum.accumulate(np.r_[self.n_items - 1, items[:-1]]) + 1
-            recs = self._rank(ranks, ex.interest, ex.weight, k, seen_before.astype(np.int32))
+            if item_scenes is not None:
+                item_scenes = np.asarray(item_scenes, np.uint32)[:int(seen_before.max())]
+            recs = self._rank(ranks, ex.interest, ex.weight, k, seen_before.astype(np.int32), item_scenes)
         self.n_items = max(self.n_items, int(items.max()) + 1)
         if self.n_items > len(self.seen):
             self.seen = np.r_[self.seen, np.zeros(max(self.n_items, 2 * len(self.seen)) - len(self.seen), bool)]

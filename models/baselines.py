@@ -20,6 +20,9 @@ class Recommender(Protocol):
 
     ``recommend`` returns int32 [B, k] dense item indices, best first, padded with -1 when fewer than k
     items are eligible; ``exclude[b]`` lists items that must not appear in row b (top-k among the rest).
+    ``item_scenes`` (keyword, given only for logs with per-scene catalogues): a uint32 array over item
+    indices with bit s set when the item is in scene s's catalogue; row b may then only return items in
+    the catalogue of ``scenes[b]`` (items past the array's end are in none).
     ``learn`` consumes one micro-batch of events in time order. Optional: ``fit(log)`` for an offline
     bootstrap (leave-one-out calls it on the train part instead of replaying it through ``learn``).
     """
@@ -27,7 +30,8 @@ class Recommender(Protocol):
     name: str
 
     def recommend(self, users: np.ndarray, scenes: np.ndarray, ts: np.ndarray, k: int,
-                  exclude: list[np.ndarray] | None = None) -> np.ndarray: ...
+                  exclude: list[np.ndarray] | None = None, *,
+                  item_scenes: np.ndarray | None = None) -> np.ndarray: ...
 
     def learn(self, users, items, types, scenes, ts) -> None: ...
 
@@ -47,6 +51,51 @@ def grow(array: np.ndarray, size: int, fill=0) -> np.ndarray:
     return out
 
 
+def scene_mask(item_scenes: np.ndarray, scene: int, n_items: int) -> np.ndarray:
+    """[n_items] bool: item i is in scene ``scene``'s catalogue (bit ``scene`` of ``item_scenes[i]``).
+
+    >>> scene_mask(np.array([1, 2, 3], np.uint32), 1, 4).tolist()  # item 3 is past the array: in no scene
+    [False, True, True, False]
+    """
+    bits = np.zeros(n_items, np.uint32)
+    known = min(n_items, len(item_scenes))
+    bits[:known] = np.asarray(item_scenes, np.uint32)[:known]
+    return (bits >> np.uint32(scene)) & 1 == 1
+
+
+def in_scene(item_scenes: np.ndarray, scenes: np.ndarray, n_items: int) -> np.ndarray:
+    """[B, n_items] bool: item i is in the catalogue of row b's scene.
+
+    >>> in_scene(np.array([1, 2, 3], np.uint32), np.array([0, 1]), 3).astype(int).tolist()
+    [[1, 0, 1], [0, 1, 1]]
+    """
+    masks = {int(s): scene_mask(item_scenes, int(s), n_items) for s in np.unique(scenes)}
+    if not len(scenes):
+        return np.zeros((0, n_items), bool)
+    return np.stack([masks[int(s)] for s in np.asarray(scenes)])
+
+
+def rank_shared(scores: np.ndarray, scenes: np.ndarray, k: int, exclude: list[np.ndarray] | None = None,
+                item_scenes: np.ndarray | None = None) -> np.ndarray:
+    """Top-``k`` of one score vector shared by every row, each row restricted to its scene's catalogue
+    when ``item_scenes`` is given (one masked vector per distinct scene in the batch).
+
+    >>> rank_shared(np.array([3.0, 2.0, 1.0]), np.array([0, 1]), 2, item_scenes=np.array([1, 2, 1])).tolist()
+    [[0, 2], [1, -1]]
+    """
+    scenes = np.asarray(scenes)
+    if item_scenes is None:
+        if exclude is not None:
+            return top_k(scores, k, exclude)
+        return np.repeat(top_k(scores, k), len(scenes), axis=0)
+    out = np.full((len(scenes), k), PAD, np.int32)
+    for scene in np.unique(scenes):
+        rows = np.flatnonzero(scenes == scene)
+        masked = np.where(scene_mask(item_scenes, int(scene), len(scores)), scores, -np.inf)
+        out[rows] = top_k(masked, k, [exclude[r] for r in rows] if exclude is not None else [()] * len(rows))
+    return out
+
+
 def top_k(scores: np.ndarray, k: int, exclude: list[np.ndarray] | None = None) -> np.ndarray:
     """Row-wise top-``k`` item indices of ``scores`` [B, N] (or [N], shared by every row), best first.
 
@@ -59,10 +108,18 @@ def top_k(scores: np.ndarray, k: int, exclude: list[np.ndarray] | None = None) -
     [[2, 0, -1], [1, 2, 0]]
     """
     scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim == 1 and exclude is not None:
+        # One ranking for every row: its top (k + longest exclusion) holds each row's top k after exclusion.
+        longest = max((len(items) for items in exclude), default=0)
+        ranked = top_k(scores, k + longest)[0]
+        ranked = ranked[ranked >= 0]
+        out = np.full((len(exclude), k), PAD, np.int32)
+        for row, items in enumerate(exclude):
+            kept = ranked[~np.isin(ranked, np.asarray(items, np.int64))][:k] if len(items) else ranked[:k]
+            out[row, :len(kept)] = kept
+        return out
     if scores.ndim == 1:
         scores = scores[None, :]
-        if exclude is not None:
-            scores = np.repeat(scores, len(exclude), axis=0)
     n_rows, n_items = scores.shape
     cost = -scores  # ascending cost = descending score; +inf marks ineligible entries
     if exclude is not None:
@@ -140,16 +197,61 @@ class DecayedPopularity:
         np.add.at(self.scores, items, weight)
         self.seen[items] = True
 
-    def recommend(self, users, scenes, ts, k, exclude=None) -> np.ndarray:
-        n_rows = len(users)
-        scores = self.item_scores()
-        if exclude is None:
-            return np.repeat(top_k(scores, k), n_rows, axis=0)
-        return top_k(scores, k, exclude)
+    def recommend(self, users, scenes, ts, k, exclude=None, *, item_scenes=None) -> np.ndarray:
+        scenes = np.zeros(len(users), int) if item_scenes is None else scenes
+        return rank_shared(self.item_scores(), scenes, k, exclude, item_scenes)
 
     def item_scores(self) -> np.ndarray:
         """Current decayed popularity of every item index; ``-inf`` for items never learned."""
         return np.where(self.seen[:self.size], self.scores[:self.size], -np.inf)
+
+
+class ScenePopularity:
+    """Decayed popularity counted per scene: a row in scene s gets the items most popular in s, then
+    (when fewer than k) the most popular items overall.
+
+    >>> model = ScenePopularity(half_life_s=1e9)
+    >>> z = np.zeros(3, int)
+    >>> model.learn(np.array([0, 1, 2]), np.array([5, 5, 3]), z, np.array([0, 0, 1]), np.zeros(3))
+    >>> model.recommend(np.array([9, 9]), np.array([0, 1]), np.zeros(2), k=2).tolist()
+    [[5, 3], [3, 5]]
+    """
+
+    def __init__(self, half_life_s: float = 86400.0, name: str = "scene_popularity"):
+        self.name = name
+        self.half_life_s = float(half_life_s)
+        self.by_scene: dict[int, DecayedPopularity] = {}
+        self.overall = DecayedPopularity(half_life_s)
+
+    def learn(self, users, items, types, scenes, ts) -> None:
+        users, items, types, scenes, ts = (np.asarray(x) for x in (users, items, types, scenes, ts))
+        for scene in np.unique(scenes):
+            rows = np.flatnonzero(scenes == scene)
+            model = self.by_scene.setdefault(int(scene), DecayedPopularity(self.half_life_s))
+            model.learn(users[rows], items[rows], types[rows], scenes[rows], ts[rows])
+        self.overall.learn(users, items, types, scenes, ts)
+
+    def recommend(self, users, scenes, ts, k, exclude=None, *, item_scenes=None) -> np.ndarray:
+        scenes = np.asarray(scenes)
+        overall = self.overall.item_scores()
+        out = np.full((len(users), k), PAD, np.int32)
+        for scene in np.unique(scenes):
+            rows = np.flatnonzero(scenes == scene)
+            scores = np.full(overall.shape, -np.inf)
+            if int(scene) in self.by_scene:
+                own = self.by_scene[int(scene)].item_scores()
+                scores[:own.size] = own
+            none = np.zeros(0, np.int64)
+            banned = [exclude[r] for r in rows] if exclude is not None else [none] * len(rows)
+            scene_rows = np.full(rows.size, scene)
+            first = rank_shared(scores, scene_rows, k, banned, item_scenes)
+            # fill from overall popularity, never repeating an item of the scene's own list
+            taken = [np.r_[b, f] for b, f in zip(banned, first)]
+            fill = rank_shared(overall, scene_rows, k, taken, item_scenes)
+            for index, row in enumerate(rows):
+                chosen = np.r_[first[index][first[index] >= 0], fill[index][fill[index] >= 0]][:k]
+                out[row, :chosen.size] = chosen
+        return out
 
 
 class TransitionKNN:
@@ -158,6 +260,8 @@ class TransitionKNN:
     Learning event (u, i) adds ``1 / d`` to ``T[j][i]`` for the item j that u touched d steps earlier
     (d = 1..window). A user's score for item i is ``sum_d decay**(d-1) * T[j_d][i] / |T[j_d]|`` over
     the user's last ``window`` items; remaining slots are filled by :class:`DecayedPopularity`.
+    With ``scene_history=True`` a user's history is kept per scene: transitions are learned within
+    each scene's sequence and a request in scene s looks only at the user's last items in s.
 
     >>> model = TransitionKNN(window=2)
     >>> z = np.zeros(4, int)
@@ -169,22 +273,23 @@ class TransitionKNN:
     """
 
     def __init__(self, window: int = 3, decay: float = 0.6, half_life_s: float = 86400.0,
-                 self_transitions: bool = True, name: str = "transition_knn"):
+                 self_transitions: bool = True, scene_history: bool = False, name: str = "transition_knn"):
         self.name = name
         self.window = window
         self.decay = decay
         self.self_transitions = self_transitions
+        self.scene_history = scene_history
         self.transitions: dict[int, Counter] = defaultdict(Counter)
         self.row_totals: Counter = Counter()
-        self.recent: dict[int, deque] = {}
+        self.recent: dict = {}  # user (or (user, scene) with scene_history) -> last ``window`` items
         self.popularity = DecayedPopularity(half_life_s, name="popularity")
 
     def learn(self, users, items, types, scenes, ts) -> None:
         window, transitions, row_totals = self.window, self.transitions, self.row_totals
-        for user, item in zip(np.asarray(users).tolist(), np.asarray(items).tolist()):
-            history = self.recent.get(user)
+        for key, item in zip(self._keys(users, scenes), np.asarray(items).tolist()):
+            history = self.recent.get(key)
             if history is None:
-                history = self.recent[user] = deque(maxlen=window)
+                history = self.recent[key] = deque(maxlen=window)
             for distance, previous in enumerate(reversed(history), start=1):
                 if previous == item and not self.self_transitions:
                     continue
@@ -194,19 +299,28 @@ class TransitionKNN:
             history.append(item)
         self.popularity.learn(users, items, types, scenes, ts)
 
-    def recommend(self, users, scenes, ts, k, exclude=None) -> np.ndarray:
+    def _keys(self, users, scenes) -> list:
+        users = np.asarray(users).tolist()
+        return list(zip(users, np.asarray(scenes).tolist())) if self.scene_history else users
+
+    def recommend(self, users, scenes, ts, k, exclude=None, *, item_scenes=None) -> np.ndarray:
         popularity = self.popularity.item_scores()
         n_seen = int(np.isfinite(popularity).sum())
         longest_exclude = max((len(e) for e in exclude), default=0) if exclude is not None else 0
         # Enough popular items to fill any row after dropping its neighbours and its excluded items.
-        popular = top_k(popularity, min(n_seen, 2 * k + longest_exclude))[0]
-        popular = popular[popular >= 0].tolist()
+        length = min(n_seen, 2 * k + longest_exclude)
+        row_scenes = np.asarray(scenes) if item_scenes is not None else np.zeros(len(users), int)
+        popular, allowed = {}, {}
+        for scene in np.unique(row_scenes).tolist():
+            listed = rank_shared(popularity, np.array([scene]), length, None, item_scenes)[0]
+            popular[scene] = listed[listed >= 0].tolist()
+            allowed[scene] = None if item_scenes is None else scene_mask(item_scenes, scene, popularity.size)
         out = np.full((len(users), k), PAD, np.int32)
-        for row, user in enumerate(np.asarray(users).tolist()):
+        for row, (key, scene) in enumerate(zip(self._keys(users, scenes), row_scenes.tolist())):
             banned = set() if exclude is None else set(np.asarray(exclude[row]).tolist())
-            chosen = self._neighbours(user, k, banned, popularity)
+            chosen = self._neighbours(key, k, banned, popularity, allowed[scene])
             taken = set(chosen)
-            for item in popular:
+            for item in popular[scene]:
                 if len(chosen) >= k:
                     break
                 if item not in taken and item not in banned:
@@ -214,8 +328,9 @@ class TransitionKNN:
             out[row, :len(chosen)] = chosen
         return out
 
-    def _neighbours(self, user: int, k: int, banned: set, popularity: np.ndarray) -> list[int]:
-        history = self.recent.get(user)
+    def _neighbours(self, key, k: int, banned: set, popularity: np.ndarray,
+                    allowed: np.ndarray | None = None) -> list[int]:
+        history = self.recent.get(key)
         if not history:
             return []
         keys, weights = [], []
@@ -232,6 +347,9 @@ class TransitionKNN:
         keys, weights = np.concatenate(keys), np.concatenate(weights)
         if banned:
             keep = ~np.isin(keys, np.fromiter(banned, np.int64, len(banned)))
+            keys, weights = keys[keep], weights[keep]
+        if allowed is not None:  # the request's scene catalogue (items learned so far are inside the mask)
+            keep = allowed[keys]
             keys, weights = keys[keep], weights[keep]
         if keys.size == 0:
             return []
@@ -311,7 +429,7 @@ class RiverMF:
             self.item_factors[item] = latents[item]
             self.item_bias[item] = biases[item]
 
-    def recommend(self, users, scenes, ts, k, exclude=None) -> np.ndarray:
+    def recommend(self, users, scenes, ts, k, exclude=None, *, item_scenes=None) -> np.ndarray:
         if self.size == 0:
             return np.full((len(users), k), PAD, np.int32)
         user_factors = np.zeros((len(users), self.item_factors.shape[1]))
@@ -320,4 +438,6 @@ class RiverMF:
             if latent is not None:
                 user_factors[row] = latent
         scores = user_factors @ self.item_factors[:self.size].T + self.item_bias[:self.size]
+        if item_scenes is not None:
+            scores = np.where(in_scene(item_scenes, scenes, self.size), scores, -np.inf)
         return top_k(scores, k, exclude)

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from models import loaders
-from models.baselines import DecayedPopularity, Recommender, RiverMF, TransitionKNN
+from models.baselines import DecayedPopularity, Recommender, RiverMF, ScenePopularity, TransitionKNN
 from models.events import EVENT_TYPES, EventLog
-from models.metrics import MetricAccumulator, rank_of, summarize
+from models.metrics import MetricAccumulator, rank_of, scene_stays, scene_switches, summarize
 
 DEFAULT_OUT = "docs/results/eval.json"
 PROTOCOLS = ("prequential", "loo")
@@ -58,7 +58,10 @@ MODELS: dict[str, Callable[[EventLog], Recommender]] = {
     "attention_no_transfer": lambda log: _attention(log, transfer=False),
     "attention_full_softmax": lambda log: _attention(log, negatives=0),
     "popularity": lambda log: DecayedPopularity(half_life_s=_half_life(log)),
+    "scene_popularity": lambda log: ScenePopularity(half_life_s=_half_life(log)),
     "transition_knn": lambda log: TransitionKNN(window=3, half_life_s=_half_life(log)),
+    "scene_history_knn": lambda log: TransitionKNN(window=3, half_life_s=_half_life(log), scene_history=True,
+                                                   name="scene_history_knn"),
     "river_mf": lambda log: RiverMF(n_factors=32, n_negatives=4, lr=0.05, l2=1e-4, seed=0),
 }
 
@@ -96,6 +99,46 @@ def _check_recommendations(model: Recommender, recs: np.ndarray, n_rows: int, k:
         raise ValueError(f"{model.name}.recommend returned items it was never shown in learn/fit")
 
 
+def scene_catalogues(log: EventLog) -> np.ndarray | None:
+    """The per-scene catalogues of a log that has them (``extra["item_scene"]``: each item code's scene) as
+    a uint32 bitmask over item codes (bit s: in scene s's catalogue); None for logs without.
+
+    >>> log = EventLog.from_columns("toy", ["a", "b"], ["x", "y"], [0, 0], [0.0, 1.0], scenes=[0, 1],
+    ...                             scene_names=("movie", "book"))
+    >>> log.extra["item_scene"] = np.array([0, 1])
+    >>> scene_catalogues(log).tolist()
+    [1, 2]
+    """
+    item_scene = log.extra.get("item_scene")
+    if item_scene is None:
+        return None
+    return np.left_shift(np.uint32(1), np.asarray(item_scene, np.uint32)).astype(np.uint32)
+
+
+def _seen_before(users: np.ndarray, items: np.ndarray, seen: dict[int, list[int]]) -> list[np.ndarray]:
+    """Each event's user's items before it (``seen`` is updated with the events, in order)."""
+    out = []
+    for user, item in zip(users.tolist(), items.tolist()):
+        history = seen.setdefault(user, [])
+        out.append(np.array(history, np.int64))
+        history.append(item)
+    return out
+
+
+def _check_restrictions(model: Recommender, recs: np.ndarray, scenes: np.ndarray, item_scenes,
+                        exclude) -> None:
+    """Enforce the candidate restriction: only items of the row's scene catalogue, none of ``exclude[b]``."""
+    if item_scenes is not None:
+        bits = np.asarray(item_scenes, np.uint32)[np.clip(recs, 0, len(item_scenes) - 1)]
+        inside = (bits >> np.asarray(scenes, np.uint32)[:, None]) & 1 == 1
+        if not np.all(inside | (recs < 0)):
+            raise ValueError(f"{model.name}.recommend returned an item outside the request's scene catalogue")
+    if exclude is not None:
+        for row, banned in enumerate(exclude):
+            if len(banned) and np.isin(recs[row], banned).any():
+                raise ValueError(f"{model.name}.recommend returned an excluded item")
+
+
 def _learn_in_batches(log: EventLog, model: Recommender, batch: int) -> None:
     bounds = user_unique_batches(log.user, batch)
     for start, stop in zip(bounds[:-1], bounds[1:]):
@@ -104,13 +147,19 @@ def _learn_in_batches(log: EventLog, model: Recommender, batch: int) -> None:
 
 
 def prequential(log: EventLog, model: Recommender, k: int = 10, batch: int = 256, n_windows: int = 10,
-                progress: bool = False) -> dict:
+                progress: bool = False, exclude_seen: bool | None = None) -> dict:
     """Test-then-train replay in time order with full-catalogue ranking.
 
     Micro-batches hold each user at most once. For every event, before its batch is learned, the model
     returns a top-``2k`` list; HR and NDCG at ``k`` and ``2k`` and MRR within the ``2k`` list are recorded,
     overall, by event type and over ``n_windows`` equal-count windows. Events whose item the model had
     not been shown yet are misses by construction; their share is ``cold_share``.
+
+    A log with several scenes is also reported per scene, on scene-switch events (the user's previous
+    event was in another scene) and on scene-stay events. A log with per-scene catalogues
+    (:func:`scene_catalogues`) restricts every list to the event's scene catalogue; with ``exclude_seen``
+    (default: the log's ``extra["exclude_seen"]``) the user's earlier items are excluded too. The
+    evaluator checks both restrictions on every list.
 
     >>> log = EventLog.from_columns("toy", ["a", "b", "c", "d"], ["x", "x", "x", "y"], [1, 1, 3, 1], [0, 1, 2, 3.0])
     >>> result = prequential(log, DecayedPopularity(half_life_s=10.0), k=1, batch=2)
@@ -119,7 +168,15 @@ def prequential(log: EventLog, model: Recommender, k: int = 10, batch: int = 256
     """
     ks = (k, 2 * k)
     list_length = max(ks)
-    accumulator = MetricAccumulator(ks=ks, n_windows=n_windows, type_names=EVENT_TYPES)
+    by_scene = len(log.scene_names) > 1
+    accumulator = MetricAccumulator(ks=ks, n_windows=n_windows, type_names=EVENT_TYPES,
+                                    scene_names=log.scene_names if by_scene else None)
+    switch, stay = ((scene_switches(log.user, log.scene), scene_stays(log.user, log.scene)) if by_scene
+                    else (None, None))
+    item_scenes = scene_catalogues(log)
+    restrict = {} if item_scenes is None else {"item_scenes": item_scenes}
+    exclude_seen = bool(log.extra.get("exclude_seen", False)) if exclude_seen is None else exclude_seen
+    seen: dict[int, list[int]] = {}
     known = np.zeros(max(log.n_items, 1), bool)
     # A model that can rank each event from its exact pre-event history inside one call
     # (``recommend_then_learn``) takes plain batches, where users may repeat; others get user-unique ones.
@@ -131,27 +188,34 @@ def prequential(log: EventLog, model: Recommender, k: int = 10, batch: int = 256
     started = time.perf_counter()
     with _progress(len(log), f"{log.name}/{model.name}/prequential", progress) as bar:
         for start, stop in zip(bounds[:-1], bounds[1:]):
-            if fused:
-                users, items, types = log.user[start:stop], log.item[start:stop], log.type[start:stop]
-                recs = np.asarray(model.recommend_then_learn(users, items, types, log.scene[start:stop],
-                                                             log.ts[start:stop], list_length))
-                known[items] = True
-                _check_recommendations(model, recs, stop - start, list_length, known)
-                cold = first_seen[items] >= np.arange(start, stop)  # not seen before this very event
-                accumulator.add(rank_of(items, recs), types, log.ts[start:stop], cold=cold)
-                bar.update(stop - start)
-                continue
             users, items, types = log.user[start:stop], log.item[start:stop], log.type[start:stop]
             scenes, ts = log.scene[start:stop], log.ts[start:stop]
-            recs = np.asarray(model.recommend(users, scenes, ts, list_length, None))
+            exclude = _seen_before(users, items, seen) if exclude_seen else None
+            groups = ({"scenes": scenes, "switch": switch[start:stop], "stay": stay[start:stop]} if by_scene
+                      else {})
+            if fused:
+                extra = {"exclude": exclude} if exclude is not None else {}
+                recs = np.asarray(model.recommend_then_learn(users, items, types, scenes, ts, list_length,
+                                                             **extra, **restrict))
+                known[items] = True
+                _check_recommendations(model, recs, stop - start, list_length, known)
+                _check_restrictions(model, recs, scenes, item_scenes, exclude)
+                cold = first_seen[items] >= np.arange(start, stop)  # not seen before this very event
+                accumulator.add(rank_of(items, recs), types, ts, cold=cold, **groups)
+                bar.update(stop - start)
+                continue
+            recs = np.asarray(model.recommend(users, scenes, ts, list_length, exclude, **restrict))
             _check_recommendations(model, recs, stop - start, list_length, known)
-            accumulator.add(rank_of(items, recs), types, ts, cold=~known[items])
+            _check_restrictions(model, recs, scenes, item_scenes, exclude)
+            accumulator.add(rank_of(items, recs), types, ts, cold=~known[items], **groups)
             model.learn(users, items, types, scenes, ts)
             known[items] = True
             bar.update(stop - start)
+    candidates = "scene catalogue of the event's scene" if item_scenes is not None else "full catalogue"
     return {"protocol": "prequential", "n_events": len(log), "n_batches": len(bounds) - 1, "batch": batch,
             "batching": "fused (users may repeat; each event ranked from its pre-event history)" if fused
             else "user-unique",
+            "candidates": candidates + (", the user's seen items excluded" if exclude_seen else ""),
             "seconds": round(time.perf_counter() - started, 3), "metrics": accumulator.result()}
 
 
@@ -165,16 +229,16 @@ def _rank_held_out(held_out: EventLog, model: Recommender, history: dict[int, np
                    list_length: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     ranks = np.empty(len(held_out), np.int64)
     empty = np.zeros(0, np.int64)
+    item_scenes = scene_catalogues(held_out)
+    restrict = {} if item_scenes is None else {"item_scenes": item_scenes}
     for start in range(0, len(held_out), chunk):
         stop = min(start + chunk, len(held_out))
-        users = held_out.user[start:stop]
+        users, scenes = held_out.user[start:stop], held_out.scene[start:stop]
         exclude = [history.get(int(u), empty) for u in users]
-        recs = np.asarray(model.recommend(users, held_out.scene[start:stop], held_out.ts[start:stop],
-                                          list_length, exclude))
+        recs = np.asarray(model.recommend(users, scenes, held_out.ts[start:stop], list_length, exclude,
+                                          **restrict))
         _check_recommendations(model, recs, stop - start, list_length, known)
-        for row, banned in enumerate(exclude):
-            if np.isin(recs[row], banned).any():
-                raise ValueError(f"{model.name}.recommend returned an excluded item")
+        _check_restrictions(model, recs, scenes, item_scenes, exclude)
         ranks[start:stop] = rank_of(held_out.item[start:stop], recs)
     return ranks, ~known[held_out.item]
 
@@ -389,7 +453,55 @@ def plot_results(entries: list[dict], folder: Path, k: int = 10) -> list[Path]:
         figure.savefig(path, dpi=110)
         plt.close(figure)
         paths.append(path)
-    return paths
+    return paths + plot_scene_results(entries, folder, k)
+
+
+def plot_scene_results(entries: list[dict], folder: Path, k: int = 10) -> list[Path]:
+    """Bars of HR@k per model: overall, per scene, on scene-switch and on scene-stay events, one panel per
+    dataset whose prequential entries report scenes (full runs preferred over ``--limit`` runs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen: dict[tuple, dict] = {}
+    for entry in entries:
+        if entry["protocol"] != "prequential" or "scene_switch" not in entry["result"]["metrics"]:
+            continue
+        key = entry["dataset"], entry["model"]
+        rank = (entry.get("limit") is None, entry["n_events"])
+        current = chosen.get(key)
+        if current is None or rank > (current.get("limit") is None, current["n_events"]):
+            chosen[key] = entry
+    datasets = sorted({d for d, _ in chosen})
+    if not datasets:
+        return []
+    metric = f"HR@{k}"
+    all_models = sorted({m for _, m in chosen})
+    colour = {m: f"C{i % 10}" for i, m in enumerate(all_models)}
+    figure, axes = plt.subplots(len(datasets), 1, figsize=(11, 3.8 * len(datasets)), squeeze=False)
+    for axis, dataset in zip(axes.flat, datasets):
+        models = sorted(m for d, m in chosen if d == dataset)
+        first = chosen[dataset, models[0]]["result"]["metrics"]
+        groups = ["overall"] + [f"scene {s}" for s in first["by_scene"]] + ["scene switch", "scene stay"]
+        width = 0.8 / len(models)
+        for offset, model in enumerate(models):
+            metrics = chosen[dataset, model]["result"]["metrics"]
+            values = ([metrics["overall"][metric]]
+                      + [metrics["by_scene"][s][metric] for s in first["by_scene"]]
+                      + [metrics["scene_switch"][metric], metrics["scene_stay"][metric]])
+            axis.bar(np.arange(len(groups)) + offset * width, values, width, label=model, color=colour[model])
+        axis.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups)
+        axis.set_title(dataset, fontsize=10)
+        axis.set_ylabel(metric)
+        axis.legend(fontsize=7, ncol=2)
+    figure.suptitle(f"prequential {metric}: per scene and on scene-switch events")
+    figure.tight_layout()
+    path = folder / f"prequential_{metric.replace('@', '')}_by_scene.png"
+    folder.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return [path]
 
 
 def _csv(text: str) -> list[str]:
@@ -412,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help=f"dataset folder (default ${loaders.DATA_ENV} or shared)")
     parser.add_argument("--scene", type=_csv, default=[],
                         help="derive scenes, per dataset: e.g. tmall=type,taobao=category (see models.loaders)")
+    parser.add_argument("--options", type=_csv, default=[],
+                        help="loader options, per dataset: e.g. moviebook:split=val (see models.loaders)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -422,6 +536,13 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.scene:
         name, _, scene = spec.partition("=")
         options[loaders.ALIASES.get(name, name)] = {"scene": scene}
+    for spec in args.options:
+        name, _, setting = spec.partition(":")
+        key, _, value = setting.partition("=")
+        if not key or not value:
+            parser.error(f"--options takes dataset:key=value, got {spec!r}")
+        value = int(value) if value.isdigit() else value
+        options.setdefault(loaders.ALIASES.get(name, name), {})[key] = value
     datasets = [loaders.ALIASES.get(d, d) for d in args.datasets]
     run(datasets, args.models, args.protocols, out=args.out, limit=args.limit, k=args.k, batch=args.batch,
         data_dir=args.data_dir, progress=not args.quiet, plots=not args.no_plots, dataset_options=options)

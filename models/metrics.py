@@ -81,11 +81,44 @@ def _mean(values: np.ndarray) -> float:
     return round(float(values.mean()), 6) if values.size else 0.0
 
 
+def scene_switches(users, scenes) -> np.ndarray:
+    """True for a *scene-switch* event: the user's previous event (in stream order) was in another scene.
+
+    A user's first event is no switch; rows must be in stream order.
+
+    >>> scene_switches(np.array([0, 1, 0, 0, 1, 0]), np.array([0, 1, 1, 1, 1, 0])).tolist()
+    [False, False, True, False, False, True]
+    """
+    users, scenes = np.asarray(users), np.asarray(scenes)
+    order = np.lexsort((np.arange(users.size), users))  # by user, stream order within a user
+    previous_same_user = np.r_[False, users[order][1:] == users[order][:-1]]
+    changed = np.r_[False, scenes[order][1:] != scenes[order][:-1]]
+    out = np.zeros(users.size, bool)
+    out[order] = previous_same_user & changed
+    return out
+
+
+def scene_stays(users, scenes) -> np.ndarray:
+    """True where the user's previous event was in the same scene (neither first event nor switch).
+
+    >>> scene_stays(np.array([0, 1, 0, 0, 1, 0]), np.array([0, 1, 1, 1, 1, 0])).tolist()
+    [False, False, False, True, True, False]
+    """
+    users = np.asarray(users)
+    order = np.lexsort((np.arange(users.size), users))
+    first = np.ones(users.size, bool)
+    first[order[1:]] = users[order][1:] != users[order][:-1]
+    return ~first & ~scene_switches(users, scenes)
+
+
 class MetricAccumulator:
     """Collects per-event ranks and reports metrics overall, by event type and over equal-count time windows.
 
     ``cold`` flags events whose item the model had never been shown; their share is reported as
-    ``cold_share`` (they are misses for every model that only recommends seen items).
+    ``cold_share`` (they are misses for every model that only recommends seen items). Given ``scene_names``
+    and per-event ``scenes`` / ``switch`` flags (see :func:`scene_switches`), it also reports ``by_scene``,
+    ``scene_switch`` (switch events), ``scene_switch_by_scene`` (by the scene switched into) and
+    ``scene_stay`` (events whose user's previous event was in the same scene; pass ``stay``).
 
     >>> acc = MetricAccumulator(ks=(1, 2), n_windows=2)
     >>> acc.add(ranks=np.array([0, -1]), types=np.array([1, 3]), ts=np.array([10.0, 11.0]))
@@ -95,30 +128,45 @@ class MetricAccumulator:
     (0.5, 0.75, 1)
     >>> [w["HR@1"] for w in result["windows"]], result["windows"][1]["ts_start"]
     ([0.5, 0.5], 12.0)
+    >>> acc = MetricAccumulator(ks=(1,), n_windows=1, scene_names=("movie", "book"))
+    >>> acc.add(np.array([0, -1, 0]), np.zeros(3), np.zeros(3), scenes=np.array([0, 1, 1]),
+    ...         switch=np.array([0, 1, 0]), stay=np.array([0, 0, 1]))
+    >>> out = acc.result()
+    >>> out["by_scene"]["book"]["HR@1"], out["scene_switch"]["n"], out["scene_stay"]["HR@1"]
+    (0.5, 1, 1.0)
     """
 
-    def __init__(self, ks=(10, 20), n_windows: int = 10, type_names=EVENT_TYPES):
+    def __init__(self, ks=(10, 20), n_windows: int = 10, type_names=EVENT_TYPES, scene_names=None):
         self.ks = tuple(ks)
         self.n_windows = n_windows
         self.type_names = tuple(type_names)
+        self.scene_names = None if scene_names is None else tuple(scene_names)
         self._ranks: list[np.ndarray] = []
         self._types: list[np.ndarray] = []
         self._ts: list[np.ndarray] = []
         self._cold: list[np.ndarray] = []
+        self._scenes: list[np.ndarray] = []
+        self._switch: list[np.ndarray] = []
+        self._stay: list[np.ndarray] = []
 
-    def add(self, ranks, types, ts, cold=None) -> None:
-        """Record one batch of events (in stream order)."""
+    def add(self, ranks, types, ts, cold=None, scenes=None, switch=None, stay=None) -> None:
+        """Record one batch of events (in stream order); ``scenes``/``switch``/``stay`` need scene names."""
         ranks = np.asarray(ranks, np.int64)
         self._ranks.append(ranks)
         self._types.append(np.asarray(types, np.int64))
         self._ts.append(np.asarray(ts, np.float64))
         self._cold.append(np.zeros(ranks.shape, bool) if cold is None else np.asarray(cold, bool))
+        if self.scene_names is not None:
+            for parts, values, dtype in ((self._scenes, scenes, np.int64), (self._switch, switch, bool),
+                                         (self._stay, stay, bool)):
+                parts.append(np.zeros(ranks.shape, dtype) if values is None else np.asarray(values, dtype))
 
     def __len__(self) -> int:
         return sum(r.size for r in self._ranks)
 
     def result(self) -> dict:
-        """JSON-ready dict: ``overall``, ``by_type`` (only types that occur) and ``windows``."""
+        """JSON-ready dict: ``overall``, ``by_type`` (only types that occur) and ``windows``; with scene names
+        also ``by_scene``, ``scene_switch``, ``scene_switch_by_scene`` and ``scene_stay``."""
         ranks, types, ts, cold = (np.concatenate(parts) if parts else np.zeros(0)
                                   for parts in (self._ranks, self._types, self._ts, self._cold))
         ranks, types, cold = ranks.astype(np.int64), types.astype(np.int64), cold.astype(bool)
@@ -139,4 +187,16 @@ class MetricAccumulator:
             mask = np.zeros(ranks.shape, bool)
             mask[start:stop] = True
             windows.append({"ts_start": float(ts[start]), "ts_end": float(ts[stop - 1]), **block(mask)})
-        return {"overall": block(everything), "by_type": by_type, "windows": windows}
+        out = {"overall": block(everything), "by_type": by_type, "windows": windows}
+        if self.scene_names is not None:
+            scenes, switch, stay = (np.concatenate(parts) if parts else np.zeros(0, dtype)
+                                    for parts, dtype in ((self._scenes, np.int64), (self._switch, bool),
+                                                         (self._stay, bool)))
+            out["by_scene"] = {name: block(scenes == code) for code, name in enumerate(self.scene_names)
+                               if np.any(scenes == code)}
+            out["scene_switch"] = block(switch)
+            out["scene_switch_by_scene"] = {name: block(switch & (scenes == code))
+                                            for code, name in enumerate(self.scene_names)
+                                            if np.any(switch & (scenes == code))}
+            out["scene_stay"] = block(stay)
+        return out

@@ -111,3 +111,94 @@ def test_main_quick_run_writes_plots(tmp_path, monkeypatch):
     entries = json.loads(out.read_text())["entries"]
     assert {e["model"] for e in entries} == {"popularity", "transition_knn"} and entries[0]["n_events"] == 5
     assert (out.parent / "prequential_HR10_over_time.png").exists()
+
+
+def two_scene_log(n_users=6, n_events=60, seed=0):
+    """Items 0-9 movies (scene 0), 10-19 books (scene 1); no user repeats an item."""
+    rng = np.random.default_rng(seed)
+    users, items, scenes = [], [], []
+    seen = {u: set() for u in range(n_users)}
+    while len(users) < n_events:
+        user, item = int(rng.integers(n_users)), int(rng.integers(20))
+        if item in seen[user]:
+            continue
+        seen[user].add(item)
+        users.append(f"u{user}")
+        items.append(f"i{item}")
+        scenes.append(int(item >= 10))
+    log = EventLog.from_columns("two-scene", users, items, [0] * n_events, np.arange(float(n_events)),
+                                scenes=scenes, scene_names=("movie", "book"))
+    log.extra["item_scene"] = np.array([int(int(name[1:]) >= 10) for name in log.item_ids], np.int8)
+    log.extra["exclude_seen"] = True
+    return log
+
+
+@pytest.mark.parametrize("name", ["popularity", "scene_popularity", "transition_knn", "scene_history_knn",
+                                  "river_mf"])
+def test_scene_catalogues_restrict_every_list(name):
+    log = two_scene_log()
+    model = evaluate.MODELS[name](log)
+    original = model.recommend
+    lists = []
+
+    def recording(users, scenes, ts, k, exclude=None, **restrict):
+        recs = original(users, scenes, ts, k, exclude, **restrict)
+        lists.append((np.asarray(scenes), recs, exclude))
+        return recs
+
+    model.recommend = recording
+    result = evaluate.prequential(log, model, k=2, batch=4)
+    assert "scene catalogue" in result["candidates"] and "seen items excluded" in result["candidates"]
+    scene_of = log.extra["item_scene"]
+    for scenes, recs, exclude in lists:
+        for row, scene in enumerate(scenes):
+            shown = recs[row][recs[row] >= 0]
+            assert (scene_of[shown] == scene).all() and not np.isin(shown, exclude[row]).any()
+    metrics = result["metrics"]
+    assert set(metrics["by_scene"]) == {"movie", "book"}
+    n_switch = int(evaluate.scene_switches(log.user, log.scene).sum())
+    assert metrics["scene_switch"]["n"] == n_switch > 0
+    assert metrics["scene_switch"]["n"] + metrics["scene_stay"]["n"] + log.n_users == len(log)
+
+
+def test_evaluator_rejects_lists_outside_the_scene_or_with_seen_items():
+    log = two_scene_log()
+
+    class Unrestricted(DecayedPopularity):
+        def recommend(self, users, scenes, ts, k, exclude=None, *, item_scenes=None):
+            return super().recommend(users, scenes, ts, k, exclude)  # ignores the scene catalogue
+
+    with pytest.raises(ValueError, match="outside the request's scene catalogue"):
+        evaluate.prequential(log, Unrestricted(half_life_s=1e9), k=5, batch=4)
+
+    class Forgetful(DecayedPopularity):
+        def recommend(self, users, scenes, ts, k, exclude=None, *, item_scenes=None):
+            return super().recommend(users, scenes, ts, k, None, item_scenes=item_scenes)
+
+    with pytest.raises(ValueError, match="excluded item"):
+        evaluate.prequential(log, Forgetful(half_life_s=1e9), k=5, batch=4)
+
+
+def test_seen_before_lists_each_events_earlier_items():
+    seen = {}
+    assert [e.tolist() for e in evaluate._seen_before(np.array([1, 2, 1]), np.array([5, 6, 7]), seen)] == [
+        [], [], [5]]
+    assert [e.tolist() for e in evaluate._seen_before(np.array([1]), np.array([8]), seen)] == [[5, 7]]
+
+
+def test_main_options_pick_a_loader_option(tmp_path, monkeypatch):
+    log = two_scene_log()
+    calls = []
+
+    def load(name, data_dir=None, **opts):
+        calls.append(opts)
+        return log
+
+    monkeypatch.setattr(evaluate.loaders, "load", load)
+    out = tmp_path / "eval.json"
+    assert evaluate.main(["--datasets", "moviebook", "--models", "popularity",
+                          "--options", "moviebook:split=val", "--out", str(out), "--quiet"]) == 0
+    assert calls == [{"split": "val"}]
+    [entry] = json.loads(out.read_text())["entries"]
+    assert entry["dataset"] == "two-scene[split=val]" and "scene_switch" in entry["result"]["metrics"]
+    assert (tmp_path / "prequential_HR10_by_scene.png").exists()

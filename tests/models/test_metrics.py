@@ -38,3 +38,25 @@ def test_accumulator_by_type_and_windows():
     assert out["by_type"]["purchase"] == {"n": 2, "HR@1": 0.5, "NDCG@1": 0.5, "MRR@1": 0.5, "cold_share": 0.5}
     assert set(out["by_type"]) == {"view", "purchase"}
     assert [w["n"] for w in out["windows"]] == [2, 2] and [w["HR@1"] for w in out["windows"]] == [1.0, 0.0]
+
+
+def test_scene_switches_and_stays_follow_each_user():
+    # stream: u0 movie, u1 book, u0 book (switch), u0 book (stay), u1 movie (switch), u2 book (first)
+    users = np.array([0, 1, 0, 0, 1, 2])
+    scenes = np.array([0, 1, 1, 1, 0, 1])
+    from models.metrics import scene_stays, scene_switches
+
+    assert scene_switches(users, scenes).tolist() == [False, False, True, False, True, False]
+    assert scene_stays(users, scenes).tolist() == [False, False, False, True, False, False]
+
+
+def test_accumulator_scene_groups():
+    acc = MetricAccumulator(ks=(1,), n_windows=1, scene_names=("movie", "book"))
+    acc.add(np.array([0, -1, 0, -1]), np.zeros(4), np.arange(4.0), scenes=np.array([0, 1, 1, 0]),
+            switch=np.array([0, 1, 0, 1]), stay=np.array([0, 0, 1, 0]))
+    out = acc.result()
+    assert out["by_scene"]["movie"]["HR@1"] == 0.5 and out["by_scene"]["book"]["n"] == 2
+    assert out["scene_switch"]["n"] == 2 and out["scene_switch"]["HR@1"] == 0.0
+    assert set(out["scene_switch_by_scene"]) == {"movie", "book"}
+    assert out["scene_stay"] == {"n": 1, "HR@1": 1.0, "NDCG@1": 1.0, "MRR@1": 1.0, "cold_share": 0.0}
+    assert "by_scene" not in MetricAccumulator(ks=(1,)).result()
