@@ -494,7 +494,7 @@ def plot_scene_results(entries: list[dict], folder: Path, k: int = 10) -> list[P
         axis.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups)
         axis.set_title(dataset, fontsize=10)
         axis.set_ylabel(metric)
-        axis.legend(fontsize=7, ncol=2)
+        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.suptitle(f"prequential {metric}: per scene and on scene-switch events")
     figure.tight_layout()
     path = folder / f"prequential_{metric.replace('@', '')}_by_scene.png"

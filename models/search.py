@@ -66,6 +66,25 @@ def headline(metrics: dict, k: int = 10) -> dict:
     return out
 
 
+def best(runs: list[dict], metric: str = "NDCG@10") -> list[dict]:
+    """Per dataset and limit, the attention run and the baseline with the highest overall ``metric``.
+
+    >>> best([{"dataset": "d", "limit": None, "model": m, "options": {}, "overall": {"NDCG@10": v}}
+    ...       for m, v in (("attention", 0.1), ("popularity", 0.3), ("transition_knn", 0.2))])[1]["model"]
+    'popularity'
+    """
+    chosen: dict[tuple, dict] = {}
+    for row in runs:
+        family = "attention" if row["model"].startswith("attention") else "baseline"
+        key = row["dataset"], str(row["limit"]), family
+        if key not in chosen or row["overall"][metric] > chosen[key]["overall"][metric]:
+            chosen[key] = row
+    return [{"dataset": row["dataset"], "limit": row["limit"], "family": key[2], "model": row["model"],
+             "options": row["options"], "by": f"overall {metric}",
+             **{group: row[group] for group in GROUPS if group in row}}
+            for key, row in sorted(chosen.items())]
+
+
 def _key(row: dict) -> tuple:
     return row["dataset"], row["limit"], row["model"], json.dumps(row["options"], sort_keys=True)
 
@@ -77,7 +96,8 @@ def merge(path: Path, rows: list[dict], context: dict) -> dict:
     runs = [r for r in existing["runs"] if _key(r) not in fresh] + rows
     runs.sort(key=lambda r: (r["dataset"], str(r["limit"]), r["model"],
                              json.dumps(r["options"], sort_keys=True)))
-    data = {"protocol": "prequential, scene-restricted (models.evaluate.prequential)", "runs": runs,
+    data = {"protocol": "prequential, scene-restricted (models.evaluate.prequential)", "best": best(runs),
+            "runs": runs,
             "commands": sorted(set(existing.get("commands", [])) | {" ".join(context["command"])}),
             "machine": context["machine"]}
     path.parent.mkdir(parents=True, exist_ok=True)

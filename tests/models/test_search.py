@@ -20,4 +20,5 @@ def test_search_runs_grid_and_baselines_and_merges(tmp_path, monkeypatch):
     row = data["runs"][0]
     assert row["dataset"] == "two-scene[split=val]" and {"overall", "scene_switch", "scene movie"} <= set(row)
     assert search.main(argv[:-6] + ["--baselines", "popularity", "--out", str(out)]) == 0  # reruns replace
-    assert len(json.loads(out.read_text())["runs"]) == 3
+    data = json.loads(out.read_text())
+    assert len(data["runs"]) == 3 and {b["family"] for b in data["best"]} == {"attention", "baseline"}
