@@ -20,6 +20,7 @@ import numpy as np
 
 from models import batching, kernels
 from models.batching import Examples
+from models.catalogue import SceneCatalogue
 from models.config import EngineConfig
 from models.events import TYPE_CODE, Event
 from models.params import Params, capacity_for, from_bytes, grow, init_params, mismatch
@@ -114,6 +115,7 @@ class Engine:
         self._ids: list[str] = []
         self._id_array: np.ndarray | None = None  # _ids as an array for vectorised lookups
         self._mask_codes = np.array([TYPE_CODE[t] for t in cfg.mask_types], np.int8)
+        self.catalogue = SceneCatalogue()  # which scenes may rank each item (the store's change log)
         # States computed by ``process`` and not yet written by ``commit``: the next batch builds on
         # them, so a worker can rank batch N+1 while batch N's outputs are still being delivered.
         # ``commit`` may run on another thread than ``process`` (the rank worker writes on its own).
@@ -151,6 +153,15 @@ class Engine:
     @property
     def n_items(self) -> int:
         return len(self._ids)
+
+    def sync_catalogue(self, version: int) -> None:
+        """Apply the scene-catalogue changes up to ``version`` that this engine has not seen yet."""
+        if version > self.catalogue.version:
+            self.catalogue.apply(self.store.item_scene_changes(self.catalogue.version))
+
+    def item_scenes(self) -> np.ndarray:
+        """Each item table row's scene mask, as the kernels take it."""
+        return self.catalogue.mask(self.params.item_emb.shape[0])
 
     # ---- parameters ------------------------------------------------------------------------
 
@@ -205,6 +216,7 @@ class Engine:
         self._learn_ids(new_ids, read.item_index, read.n_items)
         if read.params_version > self.model_version and read.params_version != self._refused_version:
             self.load_params(read.params_version)
+        self.sync_catalogue(read.catalogue_version)
 
         values = read.states
         if pending:
@@ -302,7 +314,7 @@ class Engine:
         interest, weight, top_items, top_scores = kernels.step(
             self.params, batching.pad(sub["interest"].astype(np.float32), Bp, 0.0),
             batching.pad(sub["interest_weight"], Bp, 0.0), batching.pad_fold(prepared.fold, Bp, Ep, S),
-            batching.pad_ranks(ranks, Bp), jnp.int32(self.n_items),
+            batching.pad_ranks(ranks, Bp), jnp.int32(self.n_items), self.item_scenes(),
             k=cfg.k, chunk=cfg.item_chunk, gamma=cfg.interest_decay)
         top_items, top_scores = np.asarray(top_items)[:B], np.asarray(top_scores)[:B]
         interest, weight = np.asarray(interest)[:B], np.asarray(weight)[:B]
@@ -345,8 +357,8 @@ class Engine:
             self._pending.update(zip(result._users, result._values))
 
     def prime(self) -> None:
-        """Load what the first batch would otherwise fetch: the catalogue's ids, the newest parameter
-        snapshot, and an item table sized for both (growing it changes the kernel's shapes)."""
+        """Load what the first batch would otherwise fetch: the catalogue's ids and scene masks, the newest
+        parameter snapshot, and an item table sized for both (growing it changes the kernel's shapes)."""
         n_items = self.store.n_items()
         if n_items > len(self._ids) or None in self._ids:
             ids = self.store.item_ids(0)
@@ -354,6 +366,7 @@ class Engine:
         version = self.store.params_version()
         if version > self.model_version:
             self.load_params(version)
+        self.sync_catalogue(self.store.catalogue_version())
         self._ensure_capacity()
 
     def warmup(self) -> float:
@@ -378,7 +391,7 @@ class Engine:
             ranks = batching.rank_inputs(states, np.zeros(Bp), np.zeros(Bp, np.int8), self._mask_codes)
             out = kernels.step(self.params, np.zeros((Bp, cfg.n_scenes, cfg.dim), np.float32),
                                np.zeros((Bp, cfg.n_scenes), np.float32), fold, ranks, jnp.int32(self.n_items),
-                               k=cfg.k, chunk=cfg.item_chunk, gamma=cfg.interest_decay)
+                               self.item_scenes(), k=cfg.k, chunk=cfg.item_chunk, gamma=cfg.interest_decay)
             jax.block_until_ready(out)
         return time.perf_counter() - started
 

@@ -139,6 +139,23 @@ end
 return out
 """
 
+# Per-scene catalogues: each change sets an item's scene bitmask (0: hidden everywhere) and is appended
+# to a change log as "index:mask"; the log's length is the catalogue version every batch read returns,
+# so a worker (or the serve process) fetches only the changes it has not applied. Unknown ids are
+# assigned an index as in _ITEM_INDEX. Replaying a change is harmless: the last one for an item wins.
+_SET_ITEM_SCENES = """
+for i = 1, #ARGV, 2 do
+  local id = ARGV[i]
+  local idx = redis.call('HGET', KEYS[1], id)
+  if not idx then
+    idx = redis.call('RPUSH', KEYS[2], id) - 1
+    redis.call('HSET', KEYS[1], id, idx)
+  end
+  redis.call('RPUSH', KEYS[3], idx .. ':' .. ARGV[i + 1])
+end
+return redis.call('LLEN', KEYS[3])
+"""
+
 # Version counter and snapshots share the {params} hash tag: one script bumps the version and stores
 # the snapshot under it atomically, on one server or on the cluster node that holds the tag's slot.
 _PUBLISH_PARAMS = """
@@ -160,6 +177,20 @@ class BatchRead:
     item_index: list[int]
     n_items: int
     params_version: int
+    catalogue_version: int = 0  # changes in the per-scene catalogue log (``item_scene_changes``)
+
+
+def parse_scene_changes(values) -> list[tuple[int, int]]:
+    """``(item index, scene mask)`` pairs from the change log's ``b"index:mask"`` entries.
+
+    >>> parse_scene_changes([b"3:5", "0:0"])
+    [(3, 5), (0, 0)]
+    """
+    out = []
+    for value in values:
+        index, mask = (value.decode() if isinstance(value, bytes) else value).split(":")
+        out.append((int(index), int(mask)))
+    return out
 
 
 class RedisStore:
@@ -189,7 +220,9 @@ class RedisStore:
         self._write_states = self.redis.register_script(_WRITE_STATES)
         self._item_index = self.redis.register_script(_ITEM_INDEX)
         self._publish = self.redis.register_script(_PUBLISH_PARAMS)
+        self._set_item_scenes = self.redis.register_script(_SET_ITEM_SCENES)
         self._catalog = (f"{prefix}:{{catalog}}:index", f"{prefix}:{{catalog}}:ids")
+        self._scene_log = f"{prefix}:{{catalog}}:scenes"  # same hash tag: one script touches all three
         self._params = (f"{prefix}:{{params}}:version", f"{prefix}:{{params}}:snapshot:")
         if not self.cluster:
             self._adopt_untagged_params()
@@ -255,6 +288,7 @@ class RedisStore:
                 self._script(pipe, self._item_index, list(self._catalog), new_item_ids)
             pipe.llen(self._catalog[1])
             pipe.get(self._params[0])
+            pipe.llen(self._scene_log)
 
         replies = self._execute(build, [self._item_index])
         if self.cluster:
@@ -263,7 +297,7 @@ class RedisStore:
             states = replies.pop(0) if users else []
         index = [int(i) for i in replies.pop(0)] if new_item_ids else []
         return BatchRead(states=states, item_index=index, n_items=int(replies[0]),
-                         params_version=int(replies[1] or 0))
+                         params_version=int(replies[1] or 0), catalogue_version=int(replies[2]))
 
     def write_states(self, users: list[str], values: list[bytes]) -> list[bool]:
         """Fenced compare-and-set of a batch; ``False`` where a newer state was already stored."""
@@ -312,6 +346,20 @@ class RedisStore:
     def n_items(self) -> int:
         return int(self.redis.llen(self._catalog[1]))
 
+    def set_item_scenes(self, item_ids: list[str], masks: list[int]) -> int:
+        """Set each item's scene bitmask (assigning indices to new ids); returns the catalogue version."""
+        if not item_ids:
+            return self.catalogue_version()
+        args = [v for pair in zip(item_ids, (str(int(m)) for m in masks)) for v in pair]
+        return int(self._set_item_scenes(keys=[*self._catalog, self._scene_log], args=args))
+
+    def item_scene_changes(self, start: int = 0) -> list[tuple[int, int]]:
+        """Catalogue changes ``start..`` in the order they were made: ``(item index, scene mask)``."""
+        return parse_scene_changes(self.redis.lrange(self._scene_log, start, -1))
+
+    def catalogue_version(self) -> int:
+        return int(self.redis.llen(self._scene_log))
+
     def publish_params(self, blob: bytes) -> int:
         """Store a snapshot under the next version; keeps the last ``keep_snapshots``."""
         return int(self._publish(keys=self._params, args=[blob, self.keep_snapshots]))
@@ -351,6 +399,7 @@ class MemoryStore:
     ids: list = field(default_factory=list)
     snapshots: dict = field(default_factory=dict)
     version: int = 0
+    scene_log: list = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ping(self) -> bool:
@@ -359,7 +408,7 @@ class MemoryStore:
     def read_batch(self, users: list[str], new_item_ids: list[str]) -> BatchRead:
         index = self.item_index(new_item_ids)
         return BatchRead(states=[self.states.get(u) for u in users], item_index=index, n_items=len(self.ids),
-                         params_version=self.version)
+                         params_version=self.version, catalogue_version=len(self.scene_log))
 
     def write_states(self, users: list[str], values: list[bytes]) -> list[bool]:
         written = []
@@ -391,6 +440,17 @@ class MemoryStore:
     def n_items(self) -> int:
         return len(self.ids)
 
+    def set_item_scenes(self, item_ids: list[str], masks: list[int]) -> int:
+        for index, mask in zip(self.item_index(item_ids), masks):
+            self.scene_log.append((index, int(mask)))
+        return len(self.scene_log)
+
+    def item_scene_changes(self, start: int = 0) -> list[tuple[int, int]]:
+        return list(self.scene_log[start:])
+
+    def catalogue_version(self) -> int:
+        return len(self.scene_log)
+
     def publish_params(self, blob: bytes) -> int:
         self.version += 1
         self.snapshots[self.version] = blob
@@ -407,7 +467,7 @@ class MemoryStore:
 
     def clear(self) -> int:
         n = len(self.states)
-        self.states.clear(); self.catalog.clear(); self.ids.clear(); self.snapshots.clear()
+        self.states.clear(); self.catalog.clear(); self.ids.clear(); self.snapshots.clear(); self.scene_log.clear()
         return n
 
     def close(self) -> None:

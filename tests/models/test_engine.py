@@ -259,3 +259,25 @@ def test_items_assigned_after_the_batch_read_do_not_break_the_id_fetch():
     result = run(engine, batch([("u", "a", "view", 10.0, "default")]))
     assert len(result.feedback) == 1 and None not in result.recommendations[0].items
     assert engine.n_items == 5   # the late item waits for the next read
+
+
+def test_scene_catalogues_and_hidden_items_apply_from_the_next_batch():
+    """A scene ranks only its catalogue's items; an item hidden between two batches is in no list of the
+    second, in any scene; items no catalogue change names stay rankable everywhere."""
+    store = MemoryStore()
+    engine = Engine(CFG, store)
+    items = [f"i{n}" for n in range(6)]
+    run(engine, batch([("u", item, "view", float(n), "default") for n, item in enumerate(items)]))
+    store.set_item_scenes(["i0", "i1"], [0b10, 0b10])          # search only
+    store.set_item_scenes(["i2"], [0b01])                       # default only
+    result = run(engine, batch([("u", "i3", "view", 10.0, "search"), ("v", "i4", "view", 10.0, "default")],
+                               start=6))
+    lists = {r.user_id: r.items for r in result.recommendations}
+    assert "i2" not in lists["u"] and not {"i0", "i1"} & set(lists["v"])
+    store.set_item_scenes(["i5", "i1"], [0, 0])                 # hidden everywhere
+    result = run(engine, batch([("u", "i3", "view", 11.0, "search"), ("v", "i0", "view", 11.0, "default")],
+                               start=8))
+    for rec in result.recommendations:
+        assert not {"i5", "i1"} & set(rec.items), rec
+    search = next(r for r in result.recommendations if r.scene == "search")
+    assert set(search.items) <= {"i0", "i3", "i4"}              # i2 default-only, i1/i5 hidden
