@@ -25,7 +25,7 @@ from models.config import EngineConfig
 from models.events import TYPE_CODE, Event
 from models.params import Params, capacity_for, from_bytes, grow, init_params, mismatch
 from models.state import NO_ITEM, StateCodec, StateLayoutError, describe
-from models.store import TRANSIENT_ERRORS, fence_of
+from models.store import TRANSIENT_ERRORS, fence_of, scene_counts
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ class BatchResult:
     migrated: int = 0  # stored states read in the previous layout and converted (models.state.migrate)
     kernel_s: float = 0.0
     examples: Examples | None = None  # training examples (history before each applied event)
+    # (scene, item index, events) of the applied events: scene popularity, counted with the write
+    scene_counts: list[tuple[str, int, int]] = field(default_factory=list)
     _users: list[str] = field(default_factory=list)
     _values: list[bytes] = field(default_factory=list)
 
@@ -249,7 +251,7 @@ class Engine:
 
     def commit(self, result: BatchResult) -> list[bool]:
         """Fenced write of the batch's new states; False for users a newer writer already advanced."""
-        written = self.store.write_states(result._users, result._values)
+        written = self.store.write_states(result._users, result._values, scene_counts=result.scene_counts)
         with self._pending_lock:
             for user, value in zip(result._users, result._values):
                 if self._pending.get(user) is value:
@@ -304,6 +306,7 @@ class Engine:
         B = len(active)
         prepared = batching.prepare(sub, dense, item, etype, scene, ts, S, with_examples=self.emit_examples)
         result.examples = prepared.examples
+        result.scene_counts = scene_counts(scene, item, cfg.scenes)
 
         self._ensure_capacity()
         # Events are always padded to the full batch: folding padding is nearly free, and one

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 import redis
 from redis.cluster import ClusterNode, RedisCluster, key_slot
 
@@ -62,6 +64,7 @@ def redacted(url: str) -> str:
 WORKER_COMMANDS = (
     "get", "mget", "set", "getrange", "exists", "del", "rename", "scan", "llen", "lrange", "rpush", "hget", "hset",
     "incr", "evalsha", "eval", "script|load", "script|exists", "wait", "ping", "info", "command", "readonly",
+    "zincrby", "zremrangebyrank", "expire", "zunion",  # scene popularity (count and read, see below)
     "client|setname", "cluster|slots", "cluster|shards", "cluster|nodes", "cluster|info", "cluster|myid")
 
 
@@ -166,6 +169,85 @@ return version
 """
 
 
+# ---- serving: scene popularity ------------------------------------------------------------------
+# What the request path (models.requests) answers an unknown user with. Rank workers count each applied
+# event's (scene, item) into one sorted set per scene and time window (wall clock, ``window_s``), in
+# the same round trip as their fenced state write; a read sums the newest ``windows`` windows. Counts
+# are approximate: a zombie worker's refused batch is counted too, and each window keeps only its
+# ``keep`` most counted items. All popularity keys share the {popularity} hash tag (one node).
+
+# KEYS: one window key per scene touched; ARGV: ttl, keep, then per key: n, then n (member, count) pairs.
+_COUNT_SCENE_ITEMS = """
+local ttl, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
+local at = 3
+for _, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[at])
+  for j = 1, n do
+    redis.call('ZINCRBY', key, ARGV[at + 2 * j], ARGV[at + 2 * j - 1])
+  end
+  at = at + 1 + 2 * n
+  redis.call('EXPIRE', key, ttl)
+  redis.call('ZREMRANGEBYRANK', key, 0, -keep - 1)
+end
+return 1
+"""
+
+# KEYS: ``windows`` window keys per scene, scene after scene; ARGV: windows, limit. Per scene, the
+# ``limit`` items with the largest summed count, as a flat list of member, count (largest first).
+_SCENE_POPULARITY = """
+local windows, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for first = 1, #KEYS, windows do
+  local command = {'ZUNION', windows}
+  for j = first, first + windows - 1 do command[#command + 1] = KEYS[j] end
+  command[#command + 1] = 'WITHSCORES'
+  local summed = redis.call(unpack(command))   -- ascending by count
+  local top = {}
+  local n = #summed / 2
+  for i = n, math.max(1, n - limit + 1), -1 do
+    top[#top + 1] = summed[2 * i - 1]
+    top[#top + 1] = summed[2 * i]
+  end
+  out[#out + 1] = top
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class PopularityWindows:
+    """How scene popularity is windowed: ``windows`` windows of ``window_s`` seconds are summed, each keeps
+    its ``keep`` most counted items per scene.
+
+    >>> PopularityWindows(window_s=3600, windows=24).window(7200.5), PopularityWindows().ttl_s
+    (2, 90000)
+    """
+
+    window_s: float = 3600.0
+    windows: int = 24
+    keep: int = 5000
+
+    def window(self, now: float) -> int:
+        return int(now // self.window_s)
+
+    @property
+    def ttl_s(self) -> int:
+        return int(self.window_s * (self.windows + 1))
+
+
+def scene_counts(scenes: np.ndarray, items: np.ndarray, names: tuple[str, ...]) -> list[tuple[str, int, int]]:
+    """``(scene name, item index, events)`` per distinct pair of one batch's applied events.
+
+    >>> scene_counts(np.array([0, 1, 0]), np.array([5, 5, 5]), ("default", "home"))
+    [('default', 5, 2), ('home', 5, 1)]
+    """
+    if not len(items):
+        return []
+    stride = int(items.max()) + 1
+    pairs, counts = np.unique(scenes.astype(np.int64) * stride + items, return_counts=True)
+    return [(names[p // stride], int(p % stride), int(c)) for p, c in zip(pairs.tolist(), counts.tolist())]
+
+
 def fence_of(value: bytes) -> tuple[int, int]:
     """(partition, offset) written into a state value."""
     return struct.unpack("<iq", value[FENCE_SLICE])
@@ -203,7 +285,8 @@ class RedisStore:
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "attnflow", keep_snapshots: int = 3,
-                 wait_replicas: int = 0, wait_timeout_ms: int = 2000):
+                 wait_replicas: int = 0, wait_timeout_ms: int = 2000,
+                 popularity: PopularityWindows = PopularityWindows()):
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 
@@ -224,6 +307,9 @@ class RedisStore:
         self._catalog = (f"{prefix}:{{catalog}}:index", f"{prefix}:{{catalog}}:ids")
         self._scene_log = f"{prefix}:{{catalog}}:scenes"  # same hash tag: one script touches all three
         self._params = (f"{prefix}:{{params}}:version", f"{prefix}:{{params}}:snapshot:")
+        self.popularity = popularity
+        self._count_scene_items = self.redis.register_script(_COUNT_SCENE_ITEMS)
+        self._scene_popularity = self.redis.register_script(_SCENE_POPULARITY)
         if not self.cluster:
             self._adopt_untagged_params()
 
@@ -299,13 +385,18 @@ class RedisStore:
         return BatchRead(states=states, item_index=index, n_items=int(replies[0]),
                          params_version=int(replies[1] or 0), catalogue_version=int(replies[2]))
 
-    def write_states(self, users: list[str], values: list[bytes]) -> list[bool]:
-        """Fenced compare-and-set of a batch; ``False`` where a newer state was already stored."""
+    def write_states(self, users: list[str], values: list[bytes],
+                     scene_counts: list[tuple[str, int, int]] | None = None) -> list[bool]:
+        """Fenced compare-and-set of a batch; ``False`` where a newer state was already stored.
+        ``scene_counts`` (``scene_counts()``) are added to the scene popularity in the same round trip."""
         if not users:
             return []
         keys = [self.state_key(u) for u in users]
         if not self.cluster:
-            written = [bool(w) for w in self._write_states(keys=keys, args=values)]
+            if scene_counts:
+                written = [bool(w) for w in self._write_and_count(keys, values, scene_counts)]
+            else:
+                written = [bool(w) for w in self._write_states(keys=keys, args=values)]
             if self.wait_replicas:
                 self._wait(self.redis)
             return written
@@ -317,8 +408,10 @@ class RedisStore:
         def build(pipe):
             for group in groups:
                 self._script(pipe, self._write_states, [keys[i] for i in group], [values[i] for i in group])
+            if scene_counts:  # last: its reply is not a group's
+                self._script(pipe, self._count_scene_items, *self._count_call(scene_counts))
 
-        replies = self._execute(build, [self._write_states])
+        replies = self._execute(build, [self._write_states, self._count_scene_items])
         written = [False] * len(users)
         for group, reply in zip(groups, replies):
             for i, ok in zip(group, reply):
@@ -373,6 +466,58 @@ class RedisStore:
     def read_state(self, user_id: str) -> bytes | None:
         return self.redis.get(self.state_key(user_id))
 
+    # ---- serving: scene popularity (see _COUNT_SCENE_ITEMS) -----------------------------------------
+
+    def popularity_key(self, scene: str, window: int) -> str:
+        return f"{self.prefix}:{{popularity}}:{scene}:{window}"
+
+    def _count_call(self, counts: list[tuple[str, int, int]], now: float | None = None) -> tuple[list, list]:
+        """Keys and arguments of the counting script for ``counts`` in the window of ``now``."""
+        window = self.popularity.window(time.time() if now is None else now)
+        by_scene = defaultdict(list)
+        for scene, item, n in counts:
+            by_scene[scene] += (item, n)
+        keys, args = [], [self.popularity.ttl_s, self.popularity.keep]
+        for scene, pairs in by_scene.items():
+            keys.append(self.popularity_key(scene, window))
+            args += [len(pairs) // 2, *pairs]
+        return keys, args
+
+    def _write_and_count(self, keys: list[str], values: list[bytes], counts) -> list:
+        """The fenced write and the popularity count in one round trip (one server). A script the server
+        does not know yet is loaded and only that call run again: re-running the count would count twice."""
+        calls = [(self._write_states, keys, values), (self._count_scene_items, *self._count_call(counts))]
+        pipe = self.redis.pipeline(transaction=False)
+        for script, call_keys, args in calls:
+            pipe.execute_command("EVALSHA", script.sha, len(call_keys), *call_keys, *args)
+        replies = pipe.execute(raise_on_error=False)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                script, call_keys, args = calls[i]
+                replies[i] = script(keys=call_keys, args=args)
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies[0]
+
+    def count_scene_items(self, counts: list[tuple[str, int, int]], now: float | None = None) -> None:
+        """Add ``(scene, item index, events)`` counts to the scene popularity on their own (``write_states``
+        does it in the write's round trip)."""
+        if counts:
+            self._count_scene_items(*self._count_call(counts, now))
+
+    def scene_popularity(self, scenes: list[str], limit: int, now: float | None = None) -> dict[str, list[tuple[int, float]]]:
+        """Per scene, up to ``limit`` ``(item index, events)`` pairs, most counted first, over the newest
+        windows (one round trip for all scenes)."""
+        if not scenes:
+            return {}
+        latest = self.popularity.window(time.time() if now is None else now)
+        windows = self.popularity.windows
+        keys = [self.popularity_key(scene, w) for scene in scenes for w in range(latest - windows + 1, latest + 1)]
+        replies = self._scene_popularity(keys=keys, args=[windows, limit])
+        return {scene: sorted(((int(top[i]), float(top[i + 1])) for i in range(0, len(top), 2)),
+                              key=lambda pair: (-pair[1], pair[0]))
+                for scene, top in zip(scenes, replies)}
+
     def clear(self) -> int:
         """Delete every key under this prefix (tests and ``attnflow reset``), on every cluster node."""
         keys = list(self.redis.scan_iter(match=f"{self.prefix}:*", count=1000))
@@ -400,6 +545,8 @@ class MemoryStore:
     snapshots: dict = field(default_factory=dict)
     version: int = 0
     scene_log: list = field(default_factory=list)
+    popularity: PopularityWindows = field(default_factory=PopularityWindows)
+    scene_windows: dict = field(default_factory=dict)  # (scene, window) -> {item index: events}
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ping(self) -> bool:
@@ -410,7 +557,10 @@ class MemoryStore:
         return BatchRead(states=[self.states.get(u) for u in users], item_index=index, n_items=len(self.ids),
                          params_version=self.version, catalogue_version=len(self.scene_log))
 
-    def write_states(self, users: list[str], values: list[bytes]) -> list[bool]:
+    def write_states(self, users: list[str], values: list[bytes],
+                     scene_counts: list[tuple[str, int, int]] | None = None) -> list[bool]:
+        if scene_counts:
+            self.count_scene_items(scene_counts)
         written = []
         with self._lock:
             for user, value in zip(users, values):
@@ -465,9 +615,36 @@ class MemoryStore:
     def read_state(self, user_id: str) -> bytes | None:
         return self.states.get(user_id)
 
+    # ---- serving: scene popularity (as RedisStore's, without the expiry) -----------------------------
+
+    def count_scene_items(self, counts: list[tuple[str, int, int]], now: float | None = None) -> None:
+        window = self.popularity.window(time.time() if now is None else now)
+        with self._lock:
+            for scene, item, n in counts:
+                counted = self.scene_windows.setdefault((scene, window), {})
+                counted[item] = counted.get(item, 0) + n
+            for scene in {scene for scene, _, _ in counts}:
+                counted = self.scene_windows[(scene, window)]
+                if len(counted) > self.popularity.keep:
+                    kept = sorted(counted.items(), key=lambda pair: pair[1], reverse=True)[:self.popularity.keep]
+                    self.scene_windows[(scene, window)] = dict(kept)
+
+    def scene_popularity(self, scenes: list[str], limit: int, now: float | None = None) -> dict[str, list[tuple[int, float]]]:
+        latest = self.popularity.window(time.time() if now is None else now)
+        out = {}
+        with self._lock:
+            for scene in scenes:
+                summed: dict[int, float] = {}
+                for window in range(latest - self.popularity.windows + 1, latest + 1):
+                    for item, n in self.scene_windows.get((scene, window), {}).items():
+                        summed[item] = summed.get(item, 0.0) + n
+                out[scene] = sorted(summed.items(), key=lambda pair: (-pair[1], pair[0]))[:limit]
+        return out
+
     def clear(self) -> int:
         n = len(self.states)
         self.states.clear(); self.catalog.clear(); self.ids.clear(); self.snapshots.clear(); self.scene_log.clear()
+        self.scene_windows.clear()
         return n
 
     def close(self) -> None:

@@ -129,6 +129,25 @@ class Settings:
     # Worker process
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    # Request-time API (GET /recommendations, streams/serving.py): on every rank worker's web port
+    # (serve_in_worker) and on ``attnflow serve`` (web_host:serve_port, Redis only). k may be 1..serve_max_k,
+    # at most serve_max_exclude ids may be excluded. Concurrent requests are ranked together, up to
+    # serve_batch_size per kernel call (serve_batching=false: one request per call), after waiting up
+    # to serve_batch_window_s for more (0: only those that queued while the previous call ran)
+    serve_port: int = 6070
+    serve_in_worker: bool = True
+    serve_max_k: int = 100
+    serve_max_exclude: int = 100
+    serve_batching: bool = True
+    serve_batch_size: int = 32
+    serve_batch_window_s: float = 0.0
+    # Scene popularity (cold start of unknown users): rank workers count events per scene and item in
+    # windows of popularity_window_s, the newest popularity_windows of which are summed; each window
+    # keeps its popularity_keep most counted items. A server re-reads it every popularity_refresh_s
+    popularity_window_s: float = 3600.0
+    popularity_windows: int = 24
+    popularity_keep: int = 5000
+    popularity_refresh_s: float = 5.0
     log_level: str = "info"
     # asyncio event loop: "auto" (uvloop when installed), "uvloop" or "asyncio"
     event_loop: str = "auto"
@@ -190,6 +209,14 @@ class Settings:
         if not 0 <= settings.min_insync_replicas <= max(settings.replication_factor, 1):
             raise ValueError(f"{PREFIX}MIN_INSYNC_REPLICAS={settings.min_insync_replicas}: must be 0 "
                              f"(automatic) to the replication factor ({settings.replication_factor})")
+        if not 1 <= settings.serve_batch_size <= EngineConfig.buckets[-1]:
+            raise ValueError(f"{PREFIX}SERVE_BATCH_SIZE={settings.serve_batch_size}: must be 1 to "
+                             f"{EngineConfig.buckets[-1]}")
+        if settings.serve_max_k < 1 or settings.serve_max_exclude < 0 or settings.serve_batch_window_s < 0:
+            raise ValueError(f"{PREFIX}SERVE_MAX_K must be at least 1, SERVE_MAX_EXCLUDE and SERVE_BATCH_WINDOW_S "
+                             "at least 0")
+        if settings.popularity_window_s <= 0 or settings.popularity_windows < 1 or settings.popularity_keep < 1:
+            raise ValueError(f"{PREFIX}POPULARITY_WINDOW_S, _WINDOWS and _KEEP must be positive")
         if settings.event_loop not in ("auto", "uvloop", "asyncio"):
             raise ValueError(f"{PREFIX}EVENT_LOOP={settings.event_loop!r}: expected auto, uvloop or asyncio")
         from models.state import previous_layout
@@ -203,10 +230,12 @@ class Settings:
 
     def store(self):
         """The Redis store these settings name (``models.store.RedisStore``)."""
-        from models.store import RedisStore
+        from models.store import PopularityWindows, RedisStore
 
         return RedisStore(self.redis_url, self.redis_prefix, wait_replicas=self.redis_wait_replicas,
-                          wait_timeout_ms=self.redis_wait_timeout_ms)
+                          wait_timeout_ms=self.redis_wait_timeout_ms,
+                          popularity=PopularityWindows(self.popularity_window_s, self.popularity_windows,
+                                                       self.popularity_keep))
 
     def topic_min_insync_replicas(self) -> int:
         """``min.insync.replicas`` for new topics: the setting, or min(2, replication factor).

@@ -64,3 +64,19 @@ def test_parameter_snapshots_are_versioned(store):
     v2 = store.publish_params(b"two")
     assert (v1, v2) == (1, 2) and store.load_params(2) == b"two"
     assert store.read_batch(["u"], []).params_version == 2
+
+
+def test_scene_popularity_sums_the_newest_windows_counted_with_the_write(store):
+    """Counts added with a batch's fenced write (one round trip) or on their own, summed over the newest
+    windows; a window's least counted items past ``keep`` are dropped, windows too old are not read."""
+    from models.store import PopularityWindows
+
+    store.popularity = PopularityWindows(window_s=100.0, windows=2, keep=3)
+    store.count_scene_items([("home", 1, 3), ("home", 2, 1), ("search", 1, 1)], now=50.0)
+    store.count_scene_items([("home", 2, 5), ("home", 7, 1), ("home", 8, 2), ("home", 9, 4)], now=150.0)
+    assert store.scene_popularity(["home", "search", "default"], 10, now=160.0) == {
+        "home": [(2, 6.0), (9, 4.0), (1, 3.0), (8, 2.0)], "search": [(1, 1.0)], "default": []}
+    assert store.scene_popularity(["home"], 2, now=260.0) == {"home": [(2, 5.0), (9, 4.0)]}  # first window gone
+    assert store.write_states(["a"], [value(0, 1)], scene_counts=[("default", 4, 2)]) == [True]
+    assert store.write_states(["a"], [value(0, 1)], scene_counts=[("default", 4, 1)]) == [False]
+    assert store.scene_popularity(["default"], 5)["default"] == [(4, 3.0)]
