@@ -6,6 +6,7 @@
     attnflow trainer                 a dedicated trainer process (workers then use ATTNFLOW_ROLE=rank)
     attnflow replay DATASET          push a real log into `events` with a progress bar
     attnflow tail TOPIC              print recommendations / feedback / deadletter readably
+    attnflow serve                   GET /recommendations from Redis alone (stateless; scale freely)
     attnflow demo                    the main job end to end on a real log, with a summary
     attnflow bootstrap DATASET       train initial parameters offline, publish them to the workers
     attnflow eval ...                offline evaluation (see models.evaluate)
@@ -271,6 +272,13 @@ def cmd_bootstrap(args, settings):
           f"{time.time() - started:.0f}s); running workers load it with their next batch")
 
 
+def cmd_serve(args, settings):
+    """The stateless request-time API: answers GET /recommendations from Redis (states, catalogue, snapshots)."""
+    from streams.serving import serve
+
+    serve(settings, port=args.port)
+
+
 def cmd_report(args, settings):
     from streams.report import update_readme
 
@@ -332,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_eval)
     sub.add_parser("report", help="rewrite the README results from docs/results").set_defaults(fn=cmd_report)
+    p = sub.add_parser("serve", help="serve GET /recommendations from Redis (no Kafka)")
+    p.add_argument("--port", type=int, default=None, help="default ATTNFLOW_SERVE_PORT (6070)")
+    p.set_defaults(fn=cmd_serve)
     sub.add_parser("reset", help="delete topics and Redis keys of this pipeline").set_defaults(fn=cmd_reset)
     p = sub.add_parser("redis-acl", help="print the ACL SETUSER line of a least-privilege worker user")
     p.add_argument("--user", default="attnflow-worker")

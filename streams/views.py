@@ -1,21 +1,52 @@
 """Web views of a rank worker: ``/metrics`` (Prometheus), ``/stats`` (JSON; ``/stats?brief=1``: counters
-only, no quantiles), ``/ready`` (probe)."""
+only, no quantiles), ``/ready`` (probe), ``/recommendations`` (request-time lists, ``streams.serving``)."""
 from __future__ import annotations
+
+from streams.serving import ServingService
 
 
 def register(app, worker, trainer) -> None:
+    settings = worker.settings
+    serving = None
+    if settings.serve_in_worker and settings.role != "train":
+        serving = ServingService(settings, shared_params=lambda: _engine_params(worker))
+
+        @app.task
+        async def start_serving():
+            """Warm the request path up beside the rank agent (its own kernels, its own thread)."""
+            await serving.start()
+
+        @app.page("/recommendations")
+        async def recommendations(web, request):
+            status, body = await serving.respond(request.query)
+            return web.json(body, status=status)
+
+    def serving_text() -> str:
+        return serving.metrics.prometheus() if serving is not None else ""
+
     @app.page("/metrics")
     async def metrics(web, request):
-        return web.text(worker.metrics.prometheus() + trainer.metrics.prometheus(),
+        return web.text(worker.metrics.prometheus() + trainer.metrics.prometheus() + serving_text(),
                         content_type="text/plain; version=0.0.4")
 
     @app.page("/stats")
     async def stats(web, request):
         if request.query.get("brief"):  # counters only: for pollers that ask many times a second
             return web.json(worker.metrics.progress())
-        return web.json({**worker.metrics.snapshot(), "trainer": trainer.metrics.snapshot()})
+        return web.json({**worker.metrics.snapshot(), "trainer": trainer.metrics.snapshot(),
+                         **({"serving": serving.stats()} if serving is not None else {})})
 
     @app.page("/ready")
     async def ready(web, request):
         ok = worker.metrics.ready
-        return web.json({"ready": ok}, status=200 if ok else 503)
+        body = {"ready": ok}
+        if serving is not None:
+            body["serving"] = serving.ready  # /recommendations answers 503 until it is
+        return web.json(body, status=200 if ok else 503)
+
+
+def _engine_params(worker):
+    """``(model_version, params)`` of the worker's engine (None before it starts). The engine thread
+    swaps the two one after the other, so a batch in between may carry the previous version's label."""
+    engine = worker.engine
+    return None if engine is None else (engine.model_version, engine.params)
