@@ -51,7 +51,8 @@ class SceneCatalogue:
         masks = np.fromiter((m for _, m in changes), np.uint32, len(changes))
         need = int(index.max()) + 1
         if need > len(self._masks):
-            self._masks = np.concatenate([self._masks, np.full(need - len(self._masks), ALL_SCENES, np.uint32)])
+            grown = np.full(need - len(self._masks), ALL_SCENES, np.uint32)
+            self._masks = np.concatenate([self._masks, grown])
         _, first_from_end = np.unique(index[::-1], return_index=True)
         last = len(index) - 1 - first_from_end   # each item's last change
         self._masks[index[last]] = masks[last]

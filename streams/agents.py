@@ -26,6 +26,7 @@ from models.store import FATAL_STORE_ERRORS, TRANSIENT_ERRORS
 from streams.codec import (BadEvent, decode_event, encode_deadletter, encode_event, encode_feedback,
                            encode_recommendation)
 from streams.metrics import PipelineMetrics, TrainerMetrics
+from streams.catalogue import CatalogueWorker
 from streams.outbox import Outbox
 from streams.settings import restore_root_log_level
 from streams.threadnames import name_worker_threads, set_native_name
@@ -119,6 +120,7 @@ class RankWorker:
         self._inflight: deque[_InFlight] = deque()
         self.activity = RankActivity()
         self.on_failure = None  # called with the exception of the first batch that fails
+        self.catalogue: CatalogueWorker | None = None  # the catalogue agent beside this rank agent (register)
         self._failed = False
         # One thread each: engine calls, and state writes, must run in batch order, and JAX/Redis work
         # must not block the loop. Writes mostly wait on Redis (and its fsync): on their own thread
@@ -585,7 +587,8 @@ async def crash_agent(agent, exc: BaseException) -> None:
     agent.supervisor.wakeup()
 
 
-def register(app, settings, events_topic, recommendations_topic, feedback_topic, deadletter_topic, train_topic):
+def register(app, settings, events_topic, recommendations_topic, feedback_topic, deadletter_topic, train_topic,
+             catalogue_topic=None):
     worker = RankWorker(settings, recommendations_topic, feedback_topic, deadletter_topic, train_topic)
     trainer = TrainWorker(settings, activity=worker.activity if settings.role == "all" else None)
 
@@ -601,6 +604,18 @@ def register(app, settings, events_topic, recommendations_topic, feedback_topic,
                 await worker.drain()
 
         worker.on_failure = lambda exc: asyncio.ensure_future(crash_agent(rank, exc))
+
+        if catalogue_topic is not None:
+            async def deadletter(value: bytes) -> None:
+                await (await deadletter_topic.send(value=value))  # delivered before the batch is acked
+
+            worker.catalogue = catalogue = CatalogueWorker(settings, deadletter)
+
+            @app.agent(catalogue_topic, concurrency=1, name="catalogue")
+            async def apply_catalogue(stream):
+                """Catalogue agent: item add / update / hide → the store's per-scene catalogues."""
+                async for events in stream.take_events(500, within=0.2):
+                    await catalogue.handle(events)
     else:
         worker.metrics.ready = True  # nothing to warm up for ranking in a dedicated trainer
 

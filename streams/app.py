@@ -19,9 +19,10 @@ recommendations_topic = app.topic(names.recommendations, key_type=bytes, value_t
 feedback_topic = app.topic(names.feedback, key_type=bytes, value_type=bytes, partitions=settings.partitions)
 deadletter_topic = app.topic(names.deadletter, key_type=bytes, value_type=bytes, partitions=1)
 train_topic = app.topic(names.train, schema=RawSchema(), partitions=1)
+catalogue_topic = app.topic(names.catalogue, schema=RawSchema(), partitions=1)
 
 from streams import agents, views  # noqa: E402  (after ``app`` exists: they register on it)
 
 rank_worker, train_worker = agents.register(app, settings, events_topic, recommendations_topic, feedback_topic,
-                                            deadletter_topic, train_topic)
+                                            deadletter_topic, train_topic, catalogue_topic)
 views.register(app, rank_worker, train_worker)

@@ -5,6 +5,7 @@
     attnflow worker                  run one rank worker (Faust); start more to scale out
     attnflow trainer                 a dedicated trainer process (workers then use ATTNFLOW_ROLE=rank)
     attnflow replay DATASET          push a real log into `events` with a progress bar
+    attnflow catalogue FILE          push item add / update / hide changes (CSV or JSONL) to `catalogue`
     attnflow tail TOPIC              print recommendations / feedback / deadletter readably
     attnflow serve                   GET /recommendations from Redis alone (stateless; scale freely)
     attnflow demo                    the main job end to end on a real log, with a summary
@@ -286,6 +287,25 @@ def cmd_report(args, settings):
     print("README results block rewritten from docs/results/*.json")
 
 
+def cmd_catalogue(args, settings):
+    from streams.catalogue import read_catalogue_file
+    from streams.replay import replay
+    from streams.topics import TopicNames, ensure_topics
+
+    messages, errors = read_catalogue_file(args.file, settings.scenes)
+    for error in errors[:20]:
+        print(error, file=sys.stderr)
+    if errors and not args.skip_bad:
+        print(f"{len(errors)} bad line(s), nothing sent (--skip-bad sends the {len(messages)} good ones)",
+              file=sys.stderr)
+        return 1
+    ensure_topics(settings)
+    result = replay(settings, messages, total=len(messages), raw=True, topic=TopicNames.of(settings).catalogue)
+    print(f"sent {result['sent']} catalogue changes to {result['topic']}"
+          + (f"; skipped {len(errors)} bad line(s)" if errors else ""))
+    return 0
+
+
 def cmd_eval(args, settings):
     from models import evaluate
 
@@ -329,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--limit", type=int, default=None)
     p.set_defaults(fn=cmd_bootstrap)
+    p = sub.add_parser("catalogue", help="push item add / update / hide changes from a CSV or JSONL file")
+    p.add_argument("file", help="JSONL: one {item_id, action, scenes} object a line; CSV: item_id,action,scenes "
+                                "(scenes separated by ';')")
+    p.add_argument("--skip-bad", action="store_true", help="send the valid lines even if some are bad")
+    p.set_defaults(fn=cmd_catalogue)
     p = sub.add_parser("tail", help="print an output topic")
     p.add_argument("topic", choices=["recommendations", "feedback", "deadletter"])
     p.add_argument("--from-beginning", action="store_true")

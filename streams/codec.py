@@ -136,6 +136,59 @@ def _checked(doc, scenes: tuple[str, ...], sent_ts: float | None = None,
                  event_id=_text(doc, "event_id", False))
 
 
+CATALOGUE_ACTIONS = ("add", "update", "hide")
+
+
+def decode_catalogue(raw: bytes, scenes: tuple[str, ...]) -> tuple[str, int]:
+    """``(item_id, scene mask)`` of one catalogue message; ``BadEvent`` with the reason otherwise.
+
+    ``{"item_id", "action": "add"|"update"|"hide", "scenes": [...]}``: add and update put the item in
+    exactly the listed scenes (every scene when ``scenes`` is left out); hide takes it out of all of them.
+
+    >>> decode_catalogue(b'{"item_id":"i","action":"add","scenes":["search"]}', ("default", "search"))
+    ('i', 2)
+    >>> decode_catalogue(b'{"item_id":"i","action":"hide"}', ("default",))
+    ('i', 0)
+    >>> decode_catalogue(b'{"item_id":"i","scenes":["shop"]}', ("default",))
+    Traceback (most recent call last):
+    ...
+    streams.codec.BadEvent: unknown scene 'shop'; configured scenes: default (ATTNFLOW_SCENES)
+    """
+    from models.catalogue import scene_mask
+
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadEvent(f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadEvent(f"catalogue message must be a JSON object, got {type(doc).__name__}")
+    item_id = _text(doc, "item_id", True)
+    action = _text(doc, "action", False) or "update"
+    if action not in CATALOGUE_ACTIONS:
+        raise BadEvent(f"unknown catalogue action {action!r}; expected one of {', '.join(CATALOGUE_ACTIONS)}")
+    if action == "hide":
+        return item_id, 0
+    listed = doc.get("scenes")
+    if listed is not None:
+        if not isinstance(listed, list) or not all(isinstance(x, str) for x in listed):
+            raise BadEvent(f"field 'scenes' must be a list of scene names, got {_short(listed)}")
+        if not listed:
+            raise BadEvent("field 'scenes' is empty: use action 'hide' to take an item out of every scene")
+    try:
+        return item_id, scene_mask(listed, scenes)
+    except KeyError as exc:
+        raise BadEvent(f"unknown scene {exc.args[0]!r}; configured scenes: {', '.join(scenes)} "
+                       "(ATTNFLOW_SCENES)") from None
+
+
+def encode_catalogue(item_id: str, action: str = "update", scenes: list[str] | None = None) -> bytes:
+    """The producer side of :func:`decode_catalogue`."""
+    doc = {"item_id": item_id, "action": action}
+    if scenes is not None:
+        doc["scenes"] = list(scenes)
+    return orjson.dumps(doc)
+
+
 def encode_event(event: Event) -> bytes:
     """The producer side of :func:`decode_event`.
 

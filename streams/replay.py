@@ -30,8 +30,9 @@ def log_events(log_: EventLog, limit: int | None = None) -> Iterator[Event]:
 
 
 def replay(settings: Settings, events, total: int | None = None, rate: float = 0.0,
-           progress: bool = True, raw: bool = False) -> dict:
-    """Send events (``Event`` objects, or bytes when ``raw``) to the events topic, keyed by user id.
+           progress: bool = True, raw: bool = False, topic: str | None = None) -> dict:
+    """Send events (``Event`` objects, or bytes when ``raw``) to the events topic, keyed by user id
+    (``topic``: another topic of ``TopicNames``, e.g. ``(key, value)`` pairs to the catalogue when ``raw``).
 
     ``rate`` is events per second (0 = as fast as the broker takes them). Returns counts and timing;
     raises ``RuntimeError`` if any send failed, after flushing the rest.
@@ -39,17 +40,17 @@ def replay(settings: Settings, events, total: int | None = None, rate: float = 0
     from kafka import KafkaProducer
     from tqdm import tqdm
 
-    topic = TopicNames.of(settings).events
+    topic = topic or TopicNames.of(settings).events
     producer = connect(KafkaProducer, settings, acks="all", linger_ms=10, batch_size=256 * 1024, retries=5,
                        client_id=f"{settings.app_id}-replay")
     failures: list[Exception] = []
     sent = 0
     started = time.perf_counter()
-    bar = tqdm(total=total, unit="ev", desc=f"replay → {topic}", disable=not progress, smoothing=0.1)
+    bar = tqdm(total=total, unit="msg", desc=f"send → {topic}", disable=not progress, smoothing=0.1)
     try:
         for event in events:
             if raw:
-                key, value = None, event
+                key, value = event if isinstance(event, tuple) else (None, event)
             else:
                 key, value = event.user_id.encode(), encode_event(event)
             producer.send(topic, key=key, value=value).add_errback(failures.append)

@@ -43,17 +43,21 @@ class TopicNames:
     feedback: str
     deadletter: str
     train: str
+    catalogue: str
 
     @classmethod
     def of(cls, settings: Settings) -> "TopicNames":
         p = settings.topic_prefix
         return cls(events=f"{p}events", recommendations=f"{p}recommendations", feedback=f"{p}feedback",
-                   deadletter=f"{p}events.deadletter", train=f"{p}train")
+                   deadletter=f"{p}events.deadletter", train=f"{p}train",
+                   catalogue=f"{p}catalogue")
 
     def partitions(self, settings: Settings) -> dict[str, int]:
-        """How many partitions each topic gets; training examples go to a single partition (one trainer)."""
+        """How many partitions each topic gets; training examples go to a single partition (one trainer),
+        catalogue changes to one as well (a few per second at most, applied in the order sent)."""
         n = settings.partitions
-        return {self.events: n, self.recommendations: n, self.feedback: n, self.deadletter: 1, self.train: 1}
+        return {self.events: n, self.recommendations: n, self.feedback: n, self.deadletter: 1, self.train: 1,
+                self.catalogue: 1}
 
 
 def topic_configs(settings: Settings) -> dict[str, str]:
