@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from models import batching, kernels
@@ -146,13 +145,16 @@ class RequestRanker:
         self._refused_version = 0
         self.ids: list[str] = []
         self.index: dict[str, int] = {}
+        self._names = np.zeros(0, object)  # ``ids`` as an array, for vectorised lookups
         self.catalogue = SceneCatalogue()
         self.popularity_refresh_s = popularity_refresh_s
         self._popularity: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._popularity_at = -np.inf
         self._mask_codes = np.array([TYPE_CODE[t] for t in cfg.mask_types], np.int8)
-        # Fixed shapes, so that a call never compiles: k is always max_k (cut per request), and the
-        # exclusion columns are the history (for mask_types) plus max_exclude.
+        # Fixed shapes, so that a call never compiles: k is the configured list length when every request
+        # of the call fits in it (a top-k of fewer blocks is cheaper), max_k otherwise, cut per request;
+        # the exclusion columns are the history (for mask_types) plus max_exclude.
+        self.list_lengths = sorted({min(cfg.k, limits.max_k), limits.max_k})
         self._exclude_width = (cfg.history if len(self._mask_codes) else 0) + max(1, limits.max_exclude)
         self.buckets = [b for b in cfg.buckets if b <= cfg.bucket(limits.max_batch)]
         self.unreadable_states = 0  # stored states that could not be decoded (answered as cold starts)
@@ -165,6 +167,7 @@ class RequestRanker:
             for item in self.store.item_ids(len(self.ids))[:n_items - len(self.ids)]:
                 self.index[item] = len(self.ids)
                 self.ids.append(item)
+            self._names = np.asarray(self.ids, dtype=object)
         if catalogue_version > self.catalogue.version:
             self.catalogue.apply(self.store.item_scene_changes(self.catalogue.version))
         shared = self.shared_params() if self.shared_params is not None else None
@@ -257,9 +260,10 @@ class RequestRanker:
         cfg, B = self.cfg, len(requests)
         scene = np.array([cfg.scene_code(r.scene) for r in requests], np.int8)
         excluded = [np.array([self.index[i] for i in r.exclude if i in self.index], np.int32) for r in requests]
-        top_items, top_scores = self._kernel(states, scene, excluded, now)
+        k = next(k for k in self.list_lengths if k >= max(r.k for r in requests))
+        top_items, top_scores = self._kernel(states, scene, excluded, now, k)
         masks = self.catalogue.mask(self.params.item_emb.shape[0])
-        names = np.asarray(self.ids, dtype=object)
+        names = self._names
         out = []
         for b, request in enumerate(requests):
             items, scores = top_items[b], top_scores[b]
@@ -273,8 +277,8 @@ class RequestRanker:
                               self.model_version, catalogue_version, bool(cold[b])))
         return out
 
-    def _kernel(self, states: np.ndarray, scene: np.ndarray, excluded: list[np.ndarray], now: float):
-        """``kernels.rank`` over the padded batch: ``[B, max_k]`` items (-1: none) and scores."""
+    def _kernel(self, states: np.ndarray, scene: np.ndarray, excluded: list[np.ndarray], now: float, k: int):
+        """``kernels.rank`` over the padded batch: ``[B, k]`` items (-1: none) and scores."""
         B = len(states)
         Bp = self.cfg.bucket(B)
         ranks = batching.rank_inputs(states, np.full(B, now), scene, self._mask_codes, excluded)
@@ -282,9 +286,9 @@ class RequestRanker:
         items, scores = kernels.rank(
             self.params, batching.pad(states["interest"].astype(np.float32), Bp, 0.0),
             batching.pad(states["interest_weight"], Bp, 0.0), batching.pad_ranks(ranks, Bp),
-            jnp.int32(min(len(self.ids), self.params.item_emb.shape[0])),
+            np.int32(min(len(self.ids), self.params.item_emb.shape[0])),
             self.catalogue.mask(self.params.item_emb.shape[0]),
-            k=min(self.limits.max_k, self.params.item_emb.shape[0]), chunk=self.cfg.item_chunk)
+            k=min(k, self.params.item_emb.shape[0]), chunk=self.cfg.item_chunk)
         return np.asarray(items)[:B], np.asarray(scores)[:B]
 
     def _cold_start(self, scene: int, k: int, excluded: np.ndarray, masks: np.ndarray,
@@ -304,14 +308,15 @@ class RequestRanker:
         return items, scores
 
     def warmup(self) -> float:
-        """Load what the first request needs and compile the kernel for every batch bucket (no request
-        then waits on XLA)."""
+        """Load what the first request needs and compile the kernel for every batch bucket and list length
+        (no request then waits on XLA)."""
         started = time.perf_counter()
         self.prime()
         for Bp in self.buckets:
             states = self.codec.decode([None] * Bp)
-            jax.block_until_ready(self._kernel(states, np.zeros(Bp, np.int8), [np.zeros(0, np.int32)] * Bp,
-                                               self.clock()))
+            for k in self.list_lengths:
+                jax.block_until_ready(self._kernel(states, np.zeros(Bp, np.int8), [np.zeros(0, np.int32)] * Bp,
+                                                   self.clock(), k))
         return time.perf_counter() - started
 
 

@@ -9,6 +9,7 @@ stateless serve process: an aiohttp app that needs only Redis.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections import Counter, deque
@@ -180,6 +181,10 @@ class ServingService:
                 log.warning("store unavailable (%s); the request path retries in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 5.0)
+        # What start-up made (JAX, the compiled kernels, aiohttp) lives as long as the process: out of the
+        # collector's full scans, which took 100 ms and more each (see streams.agents.freeze_heap)
+        gc.collect()
+        gc.freeze()
         self.batcher.start()
         self.ready = True
         log.info("serving /recommendations: kernels compiled for batches of %s in %.1fs (batching %s, model "
