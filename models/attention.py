@@ -211,15 +211,21 @@ def publish_bootstrap(model: AttentionRecommender, log: EventLog, store) -> int:
     The log's items are registered in the store's shared catalogue first, and the embedding rows
     are permuted to the store's indices, so a running pipeline scores them under the same ids.
     """
-    from models.params import capacity_for, grow, to_bytes
+    from models.params import COUNTED, capacity_for, grow, to_bytes
 
     index = np.asarray(store.item_index(list(log.item_ids)), np.int64)
     params = model.trainer.params
     capacity = capacity_for(max(int(index.max()) + 1, store.n_items()), model.cfg.initial_capacity)
     params = grow(params, capacity, model.cfg.seed)
-    emb, bias = np.array(params.item_emb), np.array(params.item_bias)
-    emb[index], bias[index] = np.asarray(params.item_emb)[: len(index)], np.asarray(params.item_bias)[: len(index)]
-    params = params._replace(item_emb=jnp.asarray(emb), item_bias=jnp.asarray(bias))
+    moved = {}
+    for name in ("item_emb", "item_bias") + COUNTED:  # every per-item row, at the store's index
+        rows = np.array(getattr(params, name))
+        rows[index] = np.asarray(getattr(params, name))[: len(index)]
+        moved[name] = rows
+    # transition neighbours name items too: their ids move the same way
+    successor = moved["nbr_item"]
+    moved["nbr_item"] = np.where(successor >= 0, index[np.clip(successor, 0, len(index) - 1)], -1).astype(np.int32)
+    params = params._replace(**{name: jnp.asarray(value) for name, value in moved.items()})
     meta = {"source": f"bootstrap:{log.name}", "events": len(log), "epochs": model.epochs,
             "steps": model.trainer.steps, "loss": model.trainer.last_loss, "n_items": store.n_items()}
     return store.publish_params(to_bytes(params, meta))

@@ -119,6 +119,64 @@ def copy_scores(scores: jax.Array, start: int | jax.Array, hist_item: jax.Array,
     return scores.at[rows, local].add(copy_weights(params, hist_item), mode="drop")
 
 
+def neighbour_pairs(params: Params, hist_item: jax.Array, scene: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The counted item-to-item transition evidence of each row: ``[B, P]`` candidate items (-1: none)
+    and the evidence each pair adds (an item may appear several times; its evidence adds up, and
+    ``pair_scores`` turns the sum into a score).
+
+    Table 0 (the user's whole sequence) gives the successors of the row's ``W`` newest items, table 1
+    (sequences within one scene) those of its ``W`` newest items in the request's ``scene``
+    (``item_scene_bits``). The ``d``-th newest source adds ``softplus(nbr_gain[t, d]) * share`` to each
+    of its successors (``share``: the successor's part of the source's transition mass). A table-0
+    source from another scene is also weighted by ``2 * sigmoid(transfer)`` (1 untrained): what the user
+    did elsewhere transfers to this scene through the same gate as the scene interests.
+    """
+    B, L = hist_item.shape
+    T, W = params.nbr_gain.shape
+    valid = hist_item >= 0
+    items = jnp.where(valid, hist_item, 0)
+    in_scene = valid & (((params.item_scene_bits[items] >> scene.astype(jnp.uint32)[:, None]) & 1) == 1)
+    position = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+    gate = 2.0 * jax.nn.sigmoid(params.transfer)
+    out_items, out_scores = [], []
+    for table, sources in enumerate((valid, in_scene)[:T]):
+        newest, _ = jax.lax.top_k(jnp.where(sources, position, -1), W)                  # [B, W], -1: none
+        found = newest >= 0
+        at = jnp.maximum(newest, 0)
+        source = jnp.take_along_axis(items, at, axis=1)
+        gain = jax.nn.softplus(params.nbr_gain[table])[None, :] * found
+        if table == 0:
+            gain = gain * jnp.where(jnp.take_along_axis(in_scene, at, axis=1), 1.0, gate)
+        successor = params.nbr_item[source, table]                                      # [B, W, M]
+        out_items.append(jnp.where(found[..., None], successor, -1).reshape(B, -1))
+        out_scores.append((params.nbr_weight[source, table] * gain[..., None]).reshape(B, -1))
+    return jnp.concatenate(out_items, axis=1), jnp.concatenate(out_scores, axis=1)
+
+
+def pair_evidence(shape: tuple, start: int | jax.Array, pairs: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """``[B, C]`` summed evidence of the rows' ``pairs`` (``neighbour_pairs``) for items ``start .. start + C``."""
+    items, weights = pairs
+    B, C = shape
+    local = items - start
+    local = jnp.where((items >= 0) & (local >= 0) & (local < C), local, C)
+    rows = jnp.broadcast_to(jnp.arange(B)[:, None], local.shape)
+    return jnp.zeros(shape, weights.dtype).at[rows, local].add(weights, mode="drop")
+
+
+def pair_scores(scores: jax.Array, start: int | jax.Array, pairs: tuple[jax.Array, jax.Array],
+                params: Params) -> jax.Array:
+    """Add ``nbr_scale * log1p(evidence)`` (``pair_evidence``) to the scores of items ``start .. start + C``:
+    a log, so strong evidence ranks a neighbour first whatever its popularity (as transition kNN does)
+    while weak evidence is about linear."""
+    return scores + params.nbr_scale * jnp.log1p(pair_evidence(scores.shape, start, pairs))
+
+
+def popularity_prior(params: Params, start: int | jax.Array, size: int) -> jax.Array:
+    """``sum_p pop_gain[p] * log1p(pop[i, p])`` for items ``start .. start + size``: the decayed popularity prior."""
+    pop = jax.lax.dynamic_slice_in_dim(params.pop, start, size)
+    return jnp.log1p(pop) @ params.pop_gain
+
+
 TOPK_BLOCK = 32  # items per block in the running block top-k
 
 # Catalogue items scored per loop step when the caller passes ``chunk=0`` (the default): measured by
@@ -163,8 +221,9 @@ def in_scene(item_scenes: jax.Array, scene: jax.Array) -> jax.Array:
 
 
 def _chunk_scores(user, params: Params, hist_item, n_items, exclude, start, done, size: int,
-                  item_scenes=None, scene=None) -> jax.Array:
-    """``user . e_i + b_i`` (+ repeat score) for items ``start .. start+size``; -inf for items past the
+                  item_scenes=None, scene=None, pairs=None) -> jax.Array:
+    """``user . e_i + b_i`` + popularity prior + repeat score (+ the rows' transition ``pairs``, see
+    ``neighbour_pairs``) for items ``start .. start+size``; -inf for items past the
     catalogue (``n_items``: [] or [B]), for items before ``done`` (already scored), for excluded ones and,
     given ``item_scenes`` ([C] uint32 scene bitmask per item) and ``scene`` ([B]), for items outside the
     row's scene catalogue (a hidden item has no bit set)."""
@@ -175,7 +234,10 @@ def _chunk_scores(user, params: Params, hist_item, n_items, exclude, start, done
     live = (index >= done)[None, :] & (index[None, :] < jnp.reshape(n_items, (-1, 1)))           # [1 or B, size]
     if item_scenes is not None:
         live = live & in_scene(jax.lax.dynamic_slice_in_dim(item_scenes, start, size), scene)    # [B, size]
-    scores = copy_scores(user @ emb.T + jnp.where(live, bias[None, :], NEG_INF), start, hist_item, params)
+    prior = bias + popularity_prior(params, start, size)
+    scores = copy_scores(user @ emb.T + jnp.where(live, prior[None, :], NEG_INF), start, hist_item, params)
+    if pairs is not None:
+        scores = pair_scores(scores, start, pairs, params)
     local = exclude - start
     local = jnp.where((exclude >= 0) & (local >= 0) & (local < size), local, size)              # size: dropped
     rows = jnp.broadcast_to(jnp.arange(B)[:, None], local.shape)
@@ -223,7 +285,7 @@ def items_scored(n_items: int, rows: int, k: int, chunk: int, tail: int | None =
 
 def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: Params, n_items: jax.Array,
                 exclude: jax.Array, k: int, chunk: int, tail: int | None = None, item_scenes=None,
-                scene=None) -> tuple[jax.Array, jax.Array]:
+                scene=None, pairs=None) -> tuple[jax.Array, jax.Array]:
     """Exact top-``k`` of ``user . e_i + b_i`` (+ repeat score) over the catalogue, ``chunk`` items at a time.
 
     A running *block* top-k: each chunk's scores are cut into blocks of ``TOPK_BLOCK`` items, and the
@@ -242,13 +304,14 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
     that scores 10,240 items, not 12,288.
 
     ``item_scenes`` / ``scene`` (optional): rank each row only over its scene's catalogue (``_chunk_scores``).
+    ``pairs`` (optional, ``neighbour_pairs``): transition scores added to the rows' candidates.
     """
     C, d = params.item_emb.shape
     B = user.shape[0]
     chunk = resolve_chunk(chunk)
     if C < k * TOPK_BLOCK:  # a table smaller than k blocks: one matmul, one plain top-k
         top, items = jax.lax.top_k(_chunk_scores(user, params, hist_item, n_items, exclude, 0, 0, C,
-                                                           item_scenes, scene), k)
+                                                           item_scenes, scene, pairs), k)
         return jnp.where(top > NEG_INF / 2, items.astype(jnp.int32), -1), top
     size, tail = step_sizes(C, k, chunk, tail)
 
@@ -258,7 +321,8 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
             best_max, best_blocks, best_first = best   # [B, k] maxima, [B, k, blk] scores, [B, k] first item
             at = first_item + c * width
             start = jnp.minimum(at, C - width)  # the last chunk may overlap its predecessor: ``done`` masks that
-            blocks = _chunk_scores(user, params, hist_item, n_items, exclude, start, at, width, item_scenes, scene)
+            blocks = _chunk_scores(user, params, hist_item, n_items, exclude, start, at, width, item_scenes, scene,
+                                   pairs)
             blocks = blocks.reshape(B, width // TOPK_BLOCK, TOPK_BLOCK)
             top, pos = jax.lax.top_k(jnp.concatenate([best_max, blocks.max(axis=2)], axis=1), k)
             kept = pos < k                                                              # an earlier block stays
@@ -297,7 +361,7 @@ def step(params: Params, interest: jax.Array, weight: jax.Array, events: FoldInp
     interest, weight = fold_interests(params, interest, weight, events, gamma)
     user, attn = user_vectors(params, interest, weight, ranks)
     items, scores = top_k_items(user, attn, ranks.hist_item, params, n_items, ranks.exclude, k, chunk, tail,
-                                item_scenes, ranks.scene)
+                                item_scenes, ranks.scene, neighbour_pairs(params, ranks.hist_item, ranks.scene))
     return interest, weight, items, scores
 
 
@@ -311,4 +375,4 @@ def rank(params: Params, interest: jax.Array, weight: jax.Array, ranks: RankInpu
     """Rank without folding (evaluation asks for a list before it applies the event; requests at serve time)."""
     user, attn = user_vectors(params, interest, weight, ranks)
     return top_k_items(user, attn, ranks.hist_item, params, n_items, ranks.exclude, k, chunk, tail,
-                       item_scenes, ranks.scene)
+                       item_scenes, ranks.scene, neighbour_pairs(params, ranks.hist_item, ranks.scene))

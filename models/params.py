@@ -18,6 +18,22 @@ from models.events import EVENT_TYPES
 # Attention prior of each event type before training: a purchase says more than a view.
 DEFAULT_TYPE_WEIGHTS = {"view": 1.0, "click": 1.5, "cart": 2.5, "purchase": 3.0}
 
+# Item-to-item transitions counted online (``models.training.TransitionCounts``): each item keeps its
+# NEIGHBOURS strongest successors in two tables, one over the user's whole sequence and one over the
+# sequence within the event's scene; a list scores the successors of the user's NEIGHBOUR_WINDOW newest
+# items (per table: the newest overall, the newest in the request's scene).
+NEIGHBOURS = 32
+NEIGHBOUR_WINDOW = 3
+NEIGHBOUR_TABLES = ("sequence", "scene")
+# Popularity priors: counts of each item as a target, decayed per training example with these
+# half-lives (a fast and a slow one; the gains say how much each matters).
+POPULARITY_HALF_LIVES = (2000.0, 50000.0)
+# Norm of a cold-start item vector. Small: an item seen once or twice should be scored by what was
+# learned about it, not by the noise it started from (online Adam moves a row ~0.1 per occurrence).
+ITEM_INIT_NORM = 0.1
+# Fields the trainer counts rather than learns by gradient (they travel in snapshots like the rest).
+COUNTED = ("pop", "nbr_item", "nbr_weight", "nbr_total", "item_scene_bits")
+
 
 class Params(NamedTuple):
     """Everything the kernels learn. ``item_*`` rows beyond the catalogue are padding for growth."""
@@ -35,6 +51,15 @@ class Params(NamedTuple):
     transfer: jax.Array      # []    gate of the scene-transfer term, through sigmoid
     copy: jax.Array          # []    signed gain of the repeat (copy-from-history) score
     copy_tau: jax.Array      # []    its recency horizon in events: 1 + softplus(copy_tau)
+    pop_gain: jax.Array      # [P]   gain of log1p(decayed popularity) per half-life
+    nbr_gain: jax.Array      # [2, W] weight of a neighbour's transition share, per table and distance (softplus)
+    nbr_scale: jax.Array     # []    gain of log1p(summed transition evidence)
+    # counted (``COUNTED``), not learned:
+    pop: jax.Array           # [C, P] decayed target counts (half-lives ``POPULARITY_HALF_LIVES``)
+    nbr_item: jax.Array      # [C, 2, M] int32 strongest successors per table, -1 padding
+    nbr_weight: jax.Array    # [C, 2, M] their share of the row's transition mass
+    nbr_total: jax.Array     # [C, 2] the row's transition mass (to resume counting from a snapshot)
+    item_scene_bits: jax.Array  # [C] uint32 scenes the item was a target in (bit s: scene s)
 
 
 def mismatch(params: Params, cfg: EngineConfig) -> str | None:
@@ -46,9 +71,14 @@ def mismatch(params: Params, cfg: EngineConfig) -> str | None:
     """
     have = (params.item_emb.shape[1], params.pos_emb.shape[0], params.scene_query.shape[0])
     want = (cfg.dim, cfg.history, cfg.n_scenes)
-    if have == want:
-        return None
-    return f"dim/history/scenes {'/'.join(map(str, have))}, configured {'/'.join(map(str, want))}"
+    if have != want:
+        return f"dim/history/scenes {'/'.join(map(str, have))}, configured {'/'.join(map(str, want))}"
+    neighbours = tuple(params.nbr_item.shape[1:]) + (params.nbr_gain.shape[1], params.pop.shape[1])
+    expected = (len(NEIGHBOUR_TABLES), NEIGHBOURS, NEIGHBOUR_WINDOW, len(POPULARITY_HALF_LIVES))
+    if neighbours != expected:
+        return (f"neighbour tables/neighbours/window/priors {'/'.join(map(str, neighbours))}, "
+                f"this build {'/'.join(map(str, expected))}")
+    return None
 
 
 def item_rows(seed: int, start: int, stop: int, dim: int) -> jax.Array:
@@ -61,7 +91,22 @@ def item_rows(seed: int, start: int, stop: int, dim: int) -> jax.Array:
     key = jax.random.PRNGKey(seed)
     index = jnp.arange(start, stop, dtype=jnp.uint32)
     rows = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (dim,)))(index)
-    return rows / np.sqrt(dim)
+    return rows * (ITEM_INIT_NORM / np.sqrt(dim))
+
+
+def counted_rows(rows: int) -> dict:
+    """The counted fields (``COUNTED``) for ``rows`` items that were never seen: no popularity, no neighbours."""
+    tables = len(NEIGHBOUR_TABLES)
+    return {"pop": jnp.zeros((rows, len(POPULARITY_HALF_LIVES)), jnp.float32),
+            "nbr_item": jnp.full((rows, tables, NEIGHBOURS), -1, jnp.int32),
+            "nbr_weight": jnp.zeros((rows, tables, NEIGHBOURS), jnp.float32),
+            "nbr_total": jnp.zeros((rows, tables), jnp.float32),
+            "item_scene_bits": jnp.zeros((rows,), jnp.uint32)}
+
+
+def learned(params: Params) -> Params:
+    """``params`` without the counted fields (None leaves): the tree the optimiser sees."""
+    return params._replace(**{name: None for name in COUNTED})
 
 
 def init_params(cfg: EngineConfig, capacity: int | None = None) -> Params:
@@ -86,6 +131,12 @@ def init_params(cfg: EngineConfig, capacity: int | None = None) -> Params:
         transfer=jnp.asarray(0.0, jnp.float32),    # gate 0.5
         copy=jnp.asarray(2.0, jnp.float32),        # recent items first until trained
         copy_tau=jnp.asarray(7.0, jnp.float32),    # horizon ~ 8 events
+        # before training: transitions first (recency-decayed as in TransitionKNN), then popularity
+        pop_gain=jnp.asarray([0.5] + [0.0] * (len(POPULARITY_HALF_LIVES) - 1), jnp.float32),
+        nbr_gain=jnp.tile(50.0 * 0.6 ** jnp.arange(NEIGHBOUR_WINDOW, dtype=jnp.float32),
+                          (len(NEIGHBOUR_TABLES), 1)),
+        nbr_scale=jnp.asarray(2.0, jnp.float32),
+        **counted_rows(capacity),
     )
 
 
@@ -107,9 +158,11 @@ def grow(params: Params, capacity: int, seed: int) -> Params:
     if capacity <= have:
         return params
     rows = item_rows(seed, have, capacity, params.item_emb.shape[1])
+    fresh = counted_rows(capacity - have)
     return params._replace(
         item_emb=jnp.concatenate([params.item_emb, rows]),
         item_bias=jnp.concatenate([params.item_bias, jnp.zeros((capacity - have,), jnp.float32)]),
+        **{name: jnp.concatenate([getattr(params, name), fresh[name]]) for name in COUNTED},
     )
 
 
@@ -133,8 +186,17 @@ def from_bytes(blob: bytes) -> tuple[Params, dict]:
 
     with np.load(io.BytesIO(blob)) as npz:
         meta = ast.literal_eval(npz["__meta__"].tobytes().decode())
-        # device_put, not jnp.asarray: asarray lifts a NumPy array through a small jitted function
-        # that compiles once per new shape, so every leaf of a snapshot with new shapes (a worker's
-        # first snapshot, a grown item table) cost a compile on the rank path (~50 ms each, 7 leaves).
-        params = Params(**{name: jax.device_put(npz[name]) for name in Params._fields})
+        stored = {name: npz[name] for name in Params._fields if name in npz.files}
+    # a snapshot from before the transition features: no counts yet, the untrained gains
+    missing = [name for name in Params._fields if name not in stored]
+    if missing:
+        fresh = init_params(EngineConfig(dim=1, history=1, scenes=("default",), k=1, initial_capacity=1), 1)
+        counted = {name: np.asarray(value) for name, value in counted_rows(stored["item_emb"].shape[0]).items()}
+        for name in missing:
+            stored[name] = counted[name] if name in counted else np.asarray(getattr(fresh, name))
+    # device_put, not jnp.asarray: asarray lifts a NumPy array through a small jitted function
+    # that compiles once per new shape, so every leaf of a snapshot with new shapes (a worker's
+    # first snapshot, a grown item table) cost a compile on the rank path (~50 ms each, 7 leaves).
+    params = Params(**{name: jax.device_put(stored[name]) for name in Params._fields})
     return params, meta
+

@@ -10,7 +10,8 @@ from models.params import Params
 
 
 def _np(params: Params) -> dict:
-    return {name: np.asarray(value, np.float64) for name, value in params._asdict().items()}
+    return {name: np.asarray(value, np.float64) if np.asarray(value).dtype.kind == "f" else np.asarray(value)
+            for name, value in params._asdict().items()}
 
 
 def _softplus(x):
@@ -69,13 +70,38 @@ def user_vector(params: Params, interest, weight, hist_item, hist_type, hist_age
     return newest + pooled + gate * transfer, attn
 
 
-def top_k(params: Params, user, n_items, exclude, k, hist_item=()):
+def neighbour_scores(params: Params, hist_item, scene) -> dict:
+    """Item -> summed transition evidence for one user (see ``models.kernels.neighbour_pairs``): the
+    successors of the W newest history items (table 0) and of the W newest ones in ``scene`` (table 1)."""
+    p = _np(params)
+    tables, W = p["nbr_gain"].shape
+    gate = 2.0 / (1.0 + np.exp(-p["transfer"]))
+    in_scene = [j for j, item in enumerate(hist_item) if item >= 0 and (int(p["item_scene_bits"][item]) >> scene) & 1]
+    sources = ([j for j, item in enumerate(hist_item) if item >= 0], in_scene)
+    out: dict = {}
+    for table in range(tables):
+        for d, j in enumerate(sorted(sources[table], reverse=True)[:W]):
+            source = hist_item[j]
+            gain = _softplus(p["nbr_gain"][table, d]) * (1.0 if table == 1 or j in in_scene else gate)
+            for item, share in zip(p["nbr_item"][source, table], p["nbr_weight"][source, table]):
+                if item >= 0:
+                    out[int(item)] = out.get(int(item), 0.0) + gain * share
+    return out
+
+
+def top_k(params: Params, user, n_items, exclude, k, hist_item=(), scene=None):
     """Exact top-k over the first ``n_items`` items, excluded ones skipped; ties by lower index.
 
-    History items get the repeat score ``copy * exp(-steps_back / tau)`` on top.
+    Scores: ``u . e_i + b_i + sum_p pop_gain[p] log1p(pop[i, p])``; history items get the repeat score
+    ``copy * exp(-steps_back / tau)`` on top, and given ``scene`` the neighbours of the history get
+    ``nbr_scale * log1p`` of their transition evidence (``neighbour_scores``).
     """
     p = _np(params)
-    scores = p["item_emb"][:n_items] @ user + p["item_bias"][:n_items]
+    scores = p["item_emb"][:n_items] @ user + p["item_bias"][:n_items] + np.log1p(p["pop"][:n_items]) @ p["pop_gain"]
+    if scene is not None:
+        for item, score in neighbour_scores(params, hist_item, scene).items():
+            if item < n_items:
+                scores[item] += p["nbr_scale"] * np.log1p(score)
     L = len(hist_item)
     tau = 1.0 + _softplus(p["copy_tau"])
     for j, item in enumerate(hist_item):

@@ -25,7 +25,8 @@ import optax
 from models import kernels
 from models.batching import Examples
 from models.config import EngineConfig
-from models.params import Params, capacity_for, grow, init_params
+from models.params import (COUNTED, ITEM_INIT_NORM, NEIGHBOUR_TABLES, NEIGHBOURS, POPULARITY_HALF_LIVES, Params,
+                           capacity_for, grow, init_params, learned)
 
 
 class TrainBatch(NamedTuple):
@@ -51,6 +52,8 @@ class TrainConfig:
     negatives: int = 1024          # uniform negatives of the sampled softmax (see ``sampled``); 0 = always full
     buffer_size: int = 65536
     seed: int = 0
+    transition_window: int = 3     # history items before an event whose transition to it is counted
+    init_norm: float | None = None  # norm of fresh item vectors (None: models.params.ITEM_INIT_NORM)
 
 
 SAMPLED_FROM_ROWS_PER_NEGATIVE = 8
@@ -67,8 +70,11 @@ def sampled(negatives: int, rows: int) -> bool:
 def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, dropout: float,
         drawn: jax.Array | None = None) -> jax.Array:
     """Mean next-item cross-entropy over the real examples of ``batch``: the full softmax over the
-    item table, or the sampled one (``sampled_losses``) over ``drawn`` negatives when given."""
+    item table, or the sampled one (``sampled_losses``) over ``drawn`` negatives when given. Scores are
+    the served ones: embeddings, popularity prior, repeat score and the history's transition neighbours
+    (from the whole history: dropout only thins what the attention sees)."""
     hist_item = batch.hist_item
+    pairs = kernels.neighbour_pairs(params, hist_item, batch.scene)
     if dropout > 0:
         keep = jax.random.bernoulli(key, 1.0 - dropout, hist_item.shape)
         hist_item = jnp.where(keep, hist_item, -1)
@@ -76,9 +82,11 @@ def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, d
                                scene=batch.scene, exclude=jnp.full((hist_item.shape[0], 1), -1, jnp.int32))
     user, _ = kernels.user_vectors(params, jax.lax.stop_gradient(batch.interest), batch.weight, ranks)
     if drawn is not None:
-        losses = sampled_losses(params, user, hist_item, batch.target, drawn, n_items)
+        losses = sampled_losses(params, user, hist_item, batch.target, drawn, n_items, pairs)
     else:
-        logits = kernels.copy_scores(user @ params.item_emb.T + params.item_bias, 0, hist_item, params)
+        C = params.item_emb.shape[0]
+        logits = user @ params.item_emb.T + params.item_bias + kernels.popularity_prior(params, 0, C)
+        logits = kernels.pair_scores(kernels.copy_scores(logits, 0, hist_item, params), 0, pairs, params)
         logits = jnp.where(jnp.arange(logits.shape[1])[None, :] < n_items, logits, kernels.NEG_INF)
         picked = jnp.take_along_axis(logits, batch.target[:, None], axis=1)[:, 0]
         losses = jax.nn.logsumexp(logits, axis=1) - picked
@@ -86,46 +94,67 @@ def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, d
 
 
 def sampled_losses(params: Params, user: jax.Array, hist_item: jax.Array, target: jax.Array, drawn: jax.Array,
-                   n_items: jax.Array) -> jax.Array:
+                   n_items: jax.Array, pairs: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
     """Per-example ``log Z - score(target)`` with ``Z`` estimated from a sample of the catalogue.
 
-    ``Z`` = the target's term + each distinct history item's term, both exact (these carry the repeat
-    score, so its gain learns as under the full softmax) + ``negatives`` items drawn uniformly from
-    the catalogue (``drawn``, shared by the batch), each standing for ``n_items / negatives`` items.
-    Draws that hit the target or the history are dropped, which keeps the estimate of the rest's sum
-    unbiased. Item ids may be rows of a gathered sub-table (``sparse_train_step``); ``n_items`` is
-    always the catalogue's size.
+    ``Z`` = the terms of the target, of each distinct history item and of each distinct transition
+    neighbour (``pairs``, see ``kernels.neighbour_pairs``), all exact (they carry the repeat and
+    transition scores, so those gains learn as under the full softmax) + ``negatives`` items drawn
+    uniformly from the catalogue (``drawn``, shared by the batch), each standing for
+    ``n_items / negatives`` items. Draws that hit an exact term are dropped, which keeps the estimate of
+    the rest's sum unbiased. Item ids may be rows of a gathered sub-table (``sparse_train_step``);
+    ``n_items`` is always the catalogue's size.
     """
-    L = hist_item.shape[1]
-    valid = hist_item >= 0
-    items = jnp.where(valid, hist_item, 0)
-    copy = kernels.copy_weights(params, hist_item)                                      # [E, L]
-    same = (hist_item[:, :, None] == hist_item[:, None, :]) & valid[:, :, None]         # [E, L, L]
+    E = hist_item.shape[0]
+    R = params.item_emb.shape[0]
+    if pairs is None:
+        pairs = (jnp.full((E, 1), -1, jnp.int32), jnp.zeros((E, 1), jnp.float32))
+    slots = jnp.concatenate([hist_item, pairs[0]], axis=1)                               # [E, Q]
+    valid = slots >= 0
+    at = jnp.where(valid, slots, R)                                                      # R: dropped
+    rows = jnp.broadcast_to(jnp.arange(E)[:, None], at.shape)
+    # per example and item: the repeat and transition scores, and the first slot holding the item
+    # (each item's term counted once)
+    repeat = kernels.copy_scores(jnp.zeros((E, R + 1), jnp.float32), 0, hist_item, params)
+    extra_of = kernels.pair_scores(repeat, 0, pairs, params)
+    Q = slots.shape[1]
+    first_slot = jnp.full((E, R + 1), Q, jnp.int32).at[rows, at].min(jnp.broadcast_to(jnp.arange(Q), at.shape))
+    first = valid & (first_slot[rows, at] == jnp.arange(Q)[None, :]) & (slots != target[:, None])
 
-    def score(rows, extra):
-        return jnp.einsum("ed,e...d->e...", user, params.item_emb[rows]) + params.item_bias[rows] + extra
+    def score(items):
+        return jnp.einsum("ed,e...d->e...", user, params.item_emb[items]) + params.item_bias[items] + prior[items]
 
-    target_score = score(target, jnp.sum(jnp.where(hist_item == target[:, None], copy, 0.0), axis=1))
-    # each distinct history item once, in its newest slot, with the repeat weights of all its slots
-    repeated_later = jnp.any(same & (jnp.arange(L)[None, :] > jnp.arange(L)[:, None])[None], axis=2)
-    first = valid & ~repeated_later & (hist_item != target[:, None])
-    history_score = jnp.where(first, score(items, jnp.einsum("elm,em->el", same, copy)), kernels.NEG_INF)
-    hit = (drawn[None, :] == target[:, None]) | jnp.any(drawn[None, :, None] == hist_item[:, None, :], axis=2)
+    prior = kernels.popularity_prior(params, 0, R)
+    target_score = score(target) + extra_of[jnp.arange(E), target]
+    items = jnp.where(valid, slots, 0)
+    slot_score = jnp.where(first, score(items) + extra_of[rows, at], kernels.NEG_INF)
+    exact = jnp.zeros((E, R + 1), bool).at[rows, at].set(True).at[jnp.arange(E), target].set(True)
+    hit = exact[:, drawn]
     weight = jnp.log(n_items.astype(jnp.float32) / drawn.shape[0])
-    drawn_score = user @ params.item_emb[drawn].T + params.item_bias[drawn] + weight
+    drawn_score = user @ params.item_emb[drawn].T + params.item_bias[drawn] + prior[drawn] + weight
     drawn_score = jnp.where(hit, kernels.NEG_INF, drawn_score)
-    log_z = jax.nn.logsumexp(jnp.concatenate([target_score[:, None], history_score, drawn_score], axis=1), axis=1)
+    log_z = jax.nn.logsumexp(jnp.concatenate([target_score[:, None], slot_score, drawn_score], axis=1), axis=1)
     return log_z - target_score
+
+
+def counted_part(params: Params) -> dict:
+    """The counted fields of ``params`` (``models.params.COUNTED``), as the steps take them."""
+    return {name: getattr(params, name) for name in COUNTED}
+
+
+def _loss(weights: Params, counted: dict, *args) -> jax.Array:
+    return nll(weights._replace(**counted), *args)
 
 
 @partial(jax.jit, static_argnames=("optimizer", "dropout"), donate_argnums=(0, 1))
 @kernels.exact_matmuls
-def train_step(params: Params, opt_state, batch: TrainBatch, n_items: jax.Array, key: jax.Array, *,
+def train_step(weights: Params, opt_state, counted: dict, batch: TrainBatch, n_items: jax.Array, key: jax.Array, *,
                optimizer: optax.GradientTransformation, dropout: float):
-    """One optax step on the full softmax; returns ``(params, opt_state, loss)``."""
-    loss, grads = jax.value_and_grad(nll)(params, batch, n_items, key, dropout)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    """One optax step on the full softmax; returns ``(weights, opt_state, loss)``. ``weights`` is
+    ``learned(params)`` (what the optimiser updates), ``counted`` the rest (``counted_part``)."""
+    loss, grads = jax.value_and_grad(_loss)(weights, counted, batch, n_items, key, dropout)
+    updates, opt_state = optimizer.update(grads, opt_state, weights)
+    return optax.apply_updates(weights, updates), opt_state, loss
 
 
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # optax.adamw's defaults, which the trainer's optimiser uses
@@ -133,37 +162,46 @@ ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # optax.adamw's defaults, which t
 
 @partial(jax.jit, static_argnames=("optimizer", "dropout", "train"), donate_argnums=(0, 1))
 @kernels.exact_matmuls
-def sparse_train_step(params: Params, opt_state, batch: TrainBatch, n_items: jax.Array, key: jax.Array, *,
-                      optimizer: optax.GradientTransformation, dropout: float, train: TrainConfig):
+def sparse_train_step(weights: Params, opt_state, counted: dict, batch: TrainBatch, n_items: jax.Array,
+                      key: jax.Array, *, optimizer: optax.GradientTransformation, dropout: float, train: TrainConfig):
     """One step on the sampled softmax that reads and writes only the item rows it uses.
 
-    The rows of the batch (history, targets, negatives) are gathered into a sub-table, the loss is
-    taken on it, and AdamW updates those rows' moments and values ("lazy" Adam, as for sparse
-    embeddings elsewhere); the rest of the parameters take the usual optax step. The optimiser
-    state keeps optax's layout, so the full-softmax step can take over from it and back.
+    The rows of the batch (history, targets, the history's transition neighbours, negatives) are
+    gathered into a sub-table (neighbour ids remapped to it), the loss is taken on it, and AdamW
+    updates those rows' moments and values ("lazy" Adam, as for sparse embeddings elsewhere); the rest
+    of the parameters take the usual optax step. The optimiser state keeps optax's layout, so the
+    full-softmax step can take over from it and back.
     """
-    capacity = params.item_emb.shape[0]
+    capacity = weights.item_emb.shape[0]
+    params = weights._replace(**counted)
     drawn = jax.random.randint(jax.random.fold_in(key, 1), (train.negatives,), 0, n_items)
-    ids = jnp.concatenate([batch.hist_item.ravel(), batch.target, drawn])
-    ids = jnp.where(ids >= 0, ids, capacity)                    # empty history slots: one row past the table
+    neighbours, _ = kernels.neighbour_pairs(params, batch.hist_item, batch.scene)
+    ids = jnp.concatenate([batch.hist_item.ravel(), batch.target, drawn, neighbours.ravel()])
+    ids = jnp.where(ids >= 0, ids, capacity)                    # empty slots: one row past the table
     # distinct rows in index order, without a sort (XLA's CPU sort took 1 ms here): mark, count, place
-    position = jnp.cumsum(jnp.zeros(capacity + 1, jnp.int32).at[ids].set(1)) - 1
+    marked = jnp.zeros(capacity + 1, jnp.int32).at[ids].set(1)
+    position = jnp.cumsum(marked) - 1
     rows = jnp.full(ids.shape[0], capacity, jnp.int32).at[position[ids]].set(ids)
 
     def local(index):
-        return jnp.where(index >= 0, position[jnp.where(index >= 0, index, capacity)], -1).astype(jnp.int32)
+        index = jnp.where(index >= 0, index, capacity)
+        return jnp.where((index < capacity) & (marked[index] == 1), position[index], -1).astype(jnp.int32)
 
-    sub = params._replace(item_emb=params.item_emb.at[rows].get(mode="fill", fill_value=0.0),
-                          item_bias=params.item_bias.at[rows].get(mode="fill", fill_value=0.0))
+    def gather(table, fill):
+        return table.at[rows].get(mode="fill", fill_value=fill)
+
+    sub = weights._replace(item_emb=gather(weights.item_emb, 0.0), item_bias=gather(weights.item_bias, 0.0))
+    sub_counted = {name: gather(counted[name], 0) for name in COUNTED if name != "nbr_item"}
+    sub_counted["nbr_item"] = local(gather(counted["nbr_item"], -1))
     sub_batch = batch._replace(hist_item=local(batch.hist_item), target=local(batch.target))
-    loss, grads = jax.value_and_grad(nll)(sub, sub_batch, n_items, key, dropout, local(drawn))
+    loss, grads = jax.value_and_grad(_loss)(sub, sub_counted, sub_batch, n_items, key, dropout, local(drawn))
 
     # everything but the item table: optax, on a tree whose item leaves are empty
     adam = opt_state[0]
     no_items = lambda tree: tree._replace(item_emb=tree.item_emb[:0], item_bias=tree.item_bias[:0])  # noqa: E731
     rest_state = (adam._replace(mu=no_items(adam.mu), nu=no_items(adam.nu)),) + tuple(opt_state[1:])
-    updates, rest_state = optimizer.update(no_items(grads), rest_state, no_items(params))
-    rest = optax.apply_updates(no_items(params), updates)
+    updates, rest_state = optimizer.update(no_items(grads), rest_state, no_items(weights))
+    rest = optax.apply_updates(no_items(weights), updates)
 
     # the item rows in the batch: the same AdamW update, applied to those rows only
     t = rest_state[0].count.astype(jnp.float32)
@@ -173,13 +211,13 @@ def sparse_train_step(params: Params, opt_state, batch: TrainBatch, n_items: jax
         mu = ADAM_B1 * getattr(adam.mu, name).at[rows].get(mode="fill", fill_value=0.0) + (1 - ADAM_B1) * g
         nu = ADAM_B2 * getattr(adam.nu, name).at[rows].get(mode="fill", fill_value=0.0) + (1 - ADAM_B2) * g * g
         step = (mu / (1 - ADAM_B1 ** t)) / (jnp.sqrt(nu / (1 - ADAM_B2 ** t)) + ADAM_EPS) + train.weight_decay * value
-        new[name] = (getattr(params, name).at[rows].set(value - train.learning_rate * step, mode="drop"),
+        new[name] = (getattr(weights, name).at[rows].set(value - train.learning_rate * step, mode="drop"),
                      getattr(adam.mu, name).at[rows].set(mu, mode="drop"),
                      getattr(adam.nu, name).at[rows].set(nu, mode="drop"))
-    params = rest._replace(**{name: v[0] for name, v in new.items()})
+    weights = rest._replace(**{name: v[0] for name, v in new.items()})
     adam = rest_state[0]._replace(mu=rest_state[0].mu._replace(**{name: v[1] for name, v in new.items()}),
                                   nu=rest_state[0].nu._replace(**{name: v[2] for name, v in new.items()}))
-    return params, (adam,) + tuple(rest_state[1:]), loss
+    return weights, (adam,) + tuple(rest_state[1:]), loss
 
 
 def _pad_items(tree, capacity: int, rows_fn):
@@ -201,8 +239,135 @@ def _zeros(start, stop, dim):
     return jnp.zeros((stop - start, dim), jnp.float32), jnp.zeros((stop - start,), jnp.float32)
 
 
+class TransitionCounts:
+    """Online counts behind the model's priors: decayed target popularity, the scenes each item was a
+    target in, and item-to-item transitions compacted to each item's strongest successors.
+
+    Each training example (history before an event + the event) adds ``1 / d`` to the transition from
+    the ``d``-th newest history item to the target, d = 1..``window``, in two tables: over the whole
+    history (table 0) and over the history items in the event's scene (table 1), as ``TransitionKNN``
+    and its scene-history variant count. A row keeps ``NEIGHBOURS`` successors by Space-Saving (a new
+    successor in a full row replaces the weakest, inheriting its count as error), so memory is bounded;
+    a successor's share is its guaranteed count (count - error) over the row's total.
+
+    >>> counts = TransitionCounts(window=2)
+    >>> counts.observe(np.array([[-1, 5, 7]]), np.array([9]), np.array([0]))
+    >>> arrays = counts.arrays(16)
+    >>> arrays["nbr_item"][7, 0, :2].tolist(), arrays["nbr_weight"][7, 0, :1].tolist(), int(arrays["nbr_total"][5, 0])
+    ([9, -1], [1.0], 0)
+    """
+
+    def __init__(self, window: int = 3, half_lives=POPULARITY_HALF_LIVES):
+        self.window = window
+        self.keep = np.power(0.5, 1.0 / np.asarray(half_lives, np.float64))      # per example
+        self.capacity = 0
+        self.pop = np.zeros((0, len(half_lives)))
+        self.bits = np.zeros(0, np.uint32)
+        self.rows: list[dict] = [dict() for _ in NEIGHBOUR_TABLES]               # source -> {item: [count, err]}
+        self.totals: list[dict] = [dict() for _ in NEIGHBOUR_TABLES]
+        self.dirty: set = set()
+        self._arrays: dict | None = None    # device arrays, rebuilt when counts changed
+        self._numpy: dict | None = None     # host neighbour arrays, only dirty rows rewritten
+
+    def ensure(self, capacity: int) -> None:
+        if capacity > self.capacity:
+            grown = np.zeros((capacity, self.pop.shape[1]))
+            grown[: self.capacity] = self.pop
+            bits = np.zeros(capacity, np.uint32)
+            bits[: self.capacity] = self.bits
+            self.pop, self.bits, self.capacity = grown, bits, capacity
+            self._arrays = None
+
+    def resume(self, params: Params) -> None:
+        """Start from the counts a snapshot carries (Space-Saving errors are not kept: taken as 0)."""
+        self.ensure(params.item_emb.shape[0])
+        self.pop[: params.pop.shape[0]] = np.asarray(params.pop)
+        self.bits[: params.item_scene_bits.shape[0]] = np.asarray(params.item_scene_bits)
+        items, weights, totals = (np.asarray(params.nbr_item), np.asarray(params.nbr_weight),
+                                  np.asarray(params.nbr_total))
+        for source, table in zip(*np.nonzero(totals > 0)):
+            live = items[source, table] >= 0
+            self.rows[table][int(source)] = {int(i): [float(w) * float(totals[source, table]), 0.0] for i, w in
+                                             zip(items[source, table][live], weights[source, table][live])}
+            self.totals[table][int(source)] = float(totals[source, table])
+        self._arrays = None
+
+    def observe(self, hist_item: np.ndarray, target: np.ndarray, scene: np.ndarray) -> None:
+        """Count a batch of examples (in time order): histories ``[E, L]``, targets and scenes ``[E]``."""
+        E = len(target)
+        if E == 0:
+            return
+        self.ensure(int(max(target.max(), hist_item.max())) + 1)
+        decay = self.keep[None, :] ** np.arange(E - 1, -1, -1)[:, None]             # later examples decay less
+        self.pop *= self.keep[None, :] ** E
+        np.add.at(self.pop, target, decay)
+        np.bitwise_or.at(self.bits, target, np.left_shift(np.uint32(1), scene.astype(np.uint32)))
+        valid = hist_item >= 0
+        in_scene = valid & ((self.bits[np.maximum(hist_item, 0)] >> scene.astype(np.uint32)[:, None]) & 1 == 1)
+        pairs = []
+        for table, sources in enumerate((valid, in_scene)):
+            distance = np.cumsum(sources[:, ::-1], axis=1)[:, ::-1]                 # 1 = the newest source
+            example, slot = np.nonzero(sources & (distance <= self.window))
+            pairs.append((example, table, hist_item[example, slot], target[example], 1.0 / distance[example, slot]))
+        rows, totals, capacity = self.rows, self.totals, NEIGHBOURS
+        merged = sorted(((int(e), t, int(src), int(dst), float(w)) for example, t, source, dest, weight in pairs
+                         for e, src, dst, w in zip(example, source, dest, weight)), key=lambda p: p[0])
+        for _, table, source, item, weight in merged:
+            row = rows[table].get(source)
+            if row is None:
+                row = rows[table][source] = {}
+            totals[table][source] = totals[table].get(source, 0.0) + weight
+            entry = row.get(item)
+            if entry is not None:
+                entry[0] += weight
+            elif len(row) < capacity:
+                row[item] = [weight, 0.0]
+            else:
+                weakest = min(row, key=lambda i: row[i][0])
+                floor = row.pop(weakest)[0]
+                row[item] = [floor + weight, floor]
+            self.dirty.add(source)
+        self._arrays = None
+
+    def arrays(self, capacity: int) -> dict:
+        """The counted fields of ``Params`` (``models.params.COUNTED``) for a table of ``capacity`` rows."""
+        self.ensure(capacity)
+        if self._arrays is not None and self._arrays["pop"].shape[0] == capacity and not self.dirty:
+            return self._arrays
+        cache = self._numpy
+        if cache is None or cache["nbr_total"].shape[0] != capacity:
+            tables = len(NEIGHBOUR_TABLES)
+            cache = {"nbr_item": np.full((capacity, tables, NEIGHBOURS), -1, np.int32),
+                     "nbr_weight": np.zeros((capacity, tables, NEIGHBOURS), np.float32),
+                     "nbr_total": np.zeros((capacity, tables), np.float32)}
+            dirty = set().union(*(r.keys() for r in self.rows))
+        else:
+            dirty = self.dirty
+        for source in dirty:
+            for table in range(len(NEIGHBOUR_TABLES)):
+                row = self.rows[table].get(source)
+                cache["nbr_item"][source, table] = -1
+                cache["nbr_weight"][source, table] = 0.0
+                if not row:
+                    continue
+                total = self.totals[table][source]
+                items = np.fromiter(row.keys(), np.int32, len(row))
+                shares = np.array([(c - e) / total for c, e in row.values()], np.float32)
+                order = np.argsort(-shares, kind="stable")
+                cache["nbr_item"][source, table, : len(row)] = items[order]
+                cache["nbr_weight"][source, table, : len(row)] = shares[order]
+                cache["nbr_total"][source, table] = total
+        self.dirty = set()
+        self._numpy = cache
+        self._arrays = {"pop": jnp.asarray(self.pop[:capacity], jnp.float32),
+                        "item_scene_bits": jnp.asarray(self.bits[:capacity]),
+                        **{name: jnp.asarray(value) for name, value in cache.items()}}
+        return self._arrays
+
+
 class Trainer:
-    """Online trainer: ``learn(examples, n_items)`` runs optax steps; ``params`` is what to publish.
+    """Online trainer: ``learn(examples, n_items)`` counts the examples' transitions and popularity and
+    runs optax steps; ``params`` is what to publish (learned weights + counts).
 
     >>> cfg = EngineConfig(dim=8, history=4, scenes=("default",), k=2, initial_capacity=16)
     >>> trainer = Trainer(cfg, TrainConfig(batch_size=8, history_dropout=0.0, replay_steps=0))
@@ -214,9 +379,15 @@ class Trainer:
 
     def __init__(self, cfg: EngineConfig, train: TrainConfig = TrainConfig(), params: Params | None = None):
         self.cfg, self.train_cfg = cfg, train
-        self.params = params if params is not None else init_params(cfg)
+        self.counts = TransitionCounts(train.transition_window)
+        fresh = params is None
+        params = params if params is not None else init_params(cfg)
+        if fresh and train.init_norm is not None:
+            params = params._replace(item_emb=params.item_emb * (train.init_norm / ITEM_INIT_NORM))
+        self.counts.resume(params)
+        self.weights = learned(params)
         self.optimizer = optax.adamw(train.learning_rate, weight_decay=train.weight_decay)
-        self.opt_state = self.optimizer.init(self.params)
+        self.opt_state = self.optimizer.init(self.weights)
         self.key = jax.random.PRNGKey(train.seed)
         self.rng = np.random.default_rng(train.seed)
         self.steps = 0
@@ -229,26 +400,48 @@ class Trainer:
         self._buffer_len = 0
         self._buffer_pos = 0
 
+    @property
+    def params(self) -> Params:
+        """The served parameters: the learned weights with the current counts."""
+        return self.weights._replace(**self.counts.arrays(self.weights.item_emb.shape[0]))
+
+    @params.setter
+    def params(self, params: Params) -> None:
+        """Serve (and go on learning from) ``params``: its weights, and its counts resumed."""
+        self.counts = TransitionCounts(self.train_cfg.transition_window)
+        self.counts.resume(params)
+        self.weights = learned(params)
+
     def warmup(self) -> None:
         """Compile the step ahead of the first examples (kept in the persistent cache when enabled)."""
         cfg, size = self.cfg, self.train_cfg.batch_size
         batch = to_batch(toy_examples(cfg, n=1, n_items=1), size)
         step, options = self._step_fn()
-        step.lower(self.params, self.opt_state, batch, jnp.int32(1), self.key, **options).compile()
+        step.lower(self.weights, self.opt_state, counted_part(self.params), batch, jnp.int32(1), self.key,
+                   **options).compile()
         _, _ = jax.random.split(self.key)  # the per-step key split (and its unpacking) compile too; key unchanged
 
     def ensure_capacity(self, n_items: int) -> None:
         capacity = capacity_for(n_items, self.cfg.initial_capacity)
-        if capacity > self.params.item_emb.shape[0]:
-            self.params = grow(self.params, capacity, self.cfg.seed)
+        have = self.weights.item_emb.shape[0]
+        if capacity > have:
+            grown = grow(self.params, capacity, self.cfg.seed)
+            if self.train_cfg.init_norm is not None:
+                grown = grown._replace(item_emb=grown.item_emb.at[have:].multiply(
+                    self.train_cfg.init_norm / ITEM_INIT_NORM))
+            self.weights = learned(grown)
+            self.counts.ensure(capacity)
             self.opt_state = _pad_items(self.opt_state, capacity, _zeros)
 
     def learn(self, examples: Examples, n_items: int) -> float:
-        """Queue ``examples``; every full batch of ``batch_size`` gets a step, plus ``replay_steps`` on
-        past examples. Returns the mean loss of the steps taken (the previous loss if none ran)."""
+        """Count ``examples`` and queue them; every full batch of ``batch_size`` gets a step, plus
+        ``replay_steps`` on past examples. Returns the mean loss of the steps taken (the previous loss if
+        none ran)."""
         if len(examples) == 0:
             return self.last_loss
         self.ensure_capacity(max(n_items, int(examples.target.max()) + 1))
+        self.counts.observe(np.asarray(examples.hist_item), np.asarray(examples.target),
+                            np.asarray(examples.scene))
         self._pending.append(examples)
         self._pending_n += len(examples)
         size = self.train_cfg.batch_size
@@ -272,16 +465,16 @@ class Trainer:
             self.before_step()
         self.key, sub = jax.random.split(self.key)
         step, options = self._step_fn()
-        self.params, self.opt_state, loss = step(
-            self.params, self.opt_state, to_batch(examples, self.train_cfg.batch_size), jnp.int32(n_items), sub,
-            **options)
+        self.weights, self.opt_state, loss = step(
+            self.weights, self.opt_state, counted_part(self.params), to_batch(examples, self.train_cfg.batch_size),
+            jnp.int32(n_items), sub, **options)
         self.steps += 1
         return loss
 
     def _step_fn(self):
         """The step for the table's current size: sampled and row-sparse once it is large enough."""
         options = {"optimizer": self.optimizer, "dropout": self.train_cfg.history_dropout}
-        if sampled(self.train_cfg.negatives, self.params.item_emb.shape[0]):
+        if sampled(self.train_cfg.negatives, self.weights.item_emb.shape[0]):
             return sparse_train_step, {**options, "train": self.train_cfg}
         return train_step, options
 

@@ -6,19 +6,28 @@ import pytest
 
 from models import kernels, reference
 from models.config import EngineConfig
-from models.params import init_params
+from models.params import COUNTED, init_params
 
 CFG = EngineConfig(dim=8, history=6, scenes=("default", "search", "product"), k=5, initial_capacity=64)
 
 
 def random_params(cfg, capacity, seed=1):
-    """Untrained parameters perturbed everywhere, so every term of the kernel matters."""
+    """Untrained parameters perturbed everywhere, and random counts (popularity, scenes of items,
+    transition neighbours), so every term of the kernel matters."""
     params = init_params(cfg, capacity)
     keys = iter(jax.random.split(jax.random.PRNGKey(seed), 20))
-    return params._replace(**{
+    params = params._replace(**{
         name: value + 0.3 * jax.random.normal(next(keys), value.shape)
-        for name, value in params._asdict().items() if name != "item_emb"
+        for name, value in params._asdict().items() if name != "item_emb" and name not in COUNTED
     })
+    rng = np.random.default_rng(seed)
+    C, tables, M = params.nbr_item.shape
+    successors = rng.integers(0, capacity, (C, tables, M)).astype(np.int32)
+    successors[rng.random((C, tables, M)) < 0.3] = -1                 # rows that are not full
+    return params._replace(
+        pop=jnp.asarray(rng.exponential(3.0, params.pop.shape), jnp.float32),
+        nbr_item=jnp.asarray(successors), nbr_weight=jnp.asarray(rng.random((C, tables, M)) * 0.3, jnp.float32),
+        item_scene_bits=jnp.asarray(rng.integers(0, 1 << cfg.n_scenes, C), jnp.uint32))
 
 
 def make_batch(rng, B, L, n_items, S):
@@ -51,7 +60,7 @@ def test_rank_matches_reference(capacity, n_items, chunk):
         user, attn = reference.user_vector(params, interest[b], weight[b], ranks.hist_item[b], ranks.hist_type[b],
                                            ranks.hist_age[b], ranks.scene[b])
         want_items, want_scores = reference.top_k(params, user, n_items, ranks.exclude[b], CFG.k,
-                                                  ranks.hist_item[b])
+                                                  ranks.hist_item[b], ranks.scene[b])
         np.testing.assert_allclose(np.asarray(scores[b]), want_scores, rtol=1e-4, atol=1e-4)
         assert np.asarray(items[b]).tolist() == want_items.tolist()
         assert not set(ranks.exclude[b][ranks.exclude[b] >= 0]) & set(np.asarray(items[b]).tolist())
