@@ -199,8 +199,10 @@ def main(argv=None) -> dict:
             "rps": median([r["rps"] for r in runs[mode][load]]),
             "p50_ms": median([r["latency_ms"]["p50"] for r in runs[mode][load]]),
             "p99_ms": median([r["latency_ms"]["p99"] for r in runs[mode][load]]),
+            "mean_ms": median([r["latency_ms"].get("mean") for r in runs[mode][load]]),
             "requests_per_call": median([r["requests_per_call"] for r in runs[mode][load]]),
             "non_2xx": sum(r["non_2xx"] + r["errors"] for r in runs[mode][load])} for load in LOADS} for mode in MODES}
+        report["load_average_at_end"] = os.getloadavg()  # the machine is shared: how busy it was
         p99 = report["summary"]["batched"]["rate_open_loop"]["p99_ms"]
         report["goal"] = {"p99_ms_at_rate": p99, "rate": args.rate, "target_ms": 10.0,
                           "met": p99 is not None and p99 <= 10.0}

@@ -61,6 +61,7 @@ async def run(url: str, paths: list[str], rate: float, duration: float) -> dict:
     return {"requests": n, "answered": int(len(done)), "errors": errors, "status": {str(k): v for k, v in status.items()},
             "rate_target": rate, "rate_achieved": round(len(done) / elapsed, 1),
             "latency_ms": {"p50": _ms(p[0]), "p90": _ms(p[1]), "p99": _ms(p[2]), "p99_9": _ms(p[3]),
+                           "mean": _ms(done.mean()) if len(done) else None,
                            "max": float(done.max()) if len(done) else None},
             "behind_ms": {"p99": float(np.percentile(behind, 99) * 1e3), "max": float(behind.max() * 1e3)}}
 
