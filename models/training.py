@@ -54,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     transition_window: int = 3     # history items before an event whose transition to it is counted
     init_norm: float | None = None  # norm of fresh item vectors (None: models.params.ITEM_INIT_NORM)
+    feature_gain: float = 0.0      # fresh trainer: times the untrained gains of the counted features (0: all learned)
 
 
 SAMPLED_FROM_ROWS_PER_NEGATIVE = 8
@@ -384,6 +385,9 @@ class Trainer:
         params = params if params is not None else init_params(cfg)
         if fresh and train.init_norm is not None:
             params = params._replace(item_emb=params.item_emb * (train.init_norm / ITEM_INIT_NORM))
+        if fresh and train.feature_gain != 1.0:  # how much the counts speak before anything is learned
+            params = params._replace(nbr_scale=params.nbr_scale * train.feature_gain,
+                                     pop_gain=params.pop_gain * train.feature_gain)
         self.counts.resume(params)
         self.weights = learned(params)
         self.optimizer = optax.adamw(train.learning_rate, weight_decay=train.weight_decay)
