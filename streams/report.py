@@ -1,7 +1,9 @@
-"""Render measured results from ``docs/results/*.json`` into the README (between marker comments).
+"""Render measured results from ``docs/results/*.json`` into the README and docs/performance.md.
 
-The README never carries a hand-typed number: ``attnflow report`` rewrites the block from the
-files the evaluation and benchmark commands wrote, with the command behind each table.
+Neither carries a hand-typed number: ``attnflow report`` (``python -m streams.report``) rewrites the
+block between the marker comments of each, from the files the evaluation and benchmark commands wrote,
+with the command behind each table: a few headline tables in the README, every table in
+docs/performance.md; it also regenerates docs/configuration.md from ``streams.settings``.
 """
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import json
 import shlex
 from pathlib import Path
 
-from streams.metrics import STAGES
-from streams.threadnames import ALL_ROLES
+from streams.benchtables import (_cpu_lines, _fmt, _profile_lines, _provenance, _share, _thread_lines,  # noqa: F401
+                                 bench_tables, engine_tables, generic_table, kernel_tables)
 
 REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -19,25 +21,52 @@ PUBLISHED_BEAUTY = {"SASRec (published)": {"HR@20": 0.0894, "NDCG@20": 0.0386},
                     "ICSRec (published, best)": {"HR@20": 0.1298, "NDCG@20": 0.0663}}
 
 
+# The README's quality table leaves variants (attention_full_softmax) to docs/performance.md.
+README_MODELS = ("attention", "attention_no_transfer", "transition_knn", "scene_history_knn", "popularity",
+                 "scene_popularity", "river_mf")
+
+
 def _load(path: Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _argv(command) -> str:
+    """A recorded command as one shell line, with the interpreter's path shortened to ``python``.
+
+    >>> _argv(["/root/.pyenv/versions/3.11.7/bin/python", "-m", "models.evaluate", "--quiet"])
+    'python -m models.evaluate --quiet'
+    """
+    if not isinstance(command, list):
+        return str(command)
+    head = command[:1]
+    if head and Path(head[0]).name.startswith("python"):
+        head = ["python"]
+    return shlex.join(head + command[1:])
+
+
 def _command(entries) -> str:
-    commands = {shlex.join(e["command"]) for e in entries if e.get("command")}
+    commands = {_argv(e["command"]) for e in entries if e.get("command")}
     return "; ".join(sorted(commands))
 
 
-def eval_tables(data: dict) -> list[str]:
-    entries = data.get("entries", [])
+def _scene_restricted(entry) -> bool:
+    """An entry of a log with per-scene catalogues (every list restricted to the event's scene)."""
+    return "scene_switch" in entry["result"].get("metrics", {})
+
+
+def eval_tables(data: dict, loo_too: bool = True, models: tuple[str, ...] | None = None) -> list[str]:
+    """``models.evaluate``'s entries: prequential HR/NDCG per dataset and model (only ``models`` when
+    given), the per-scene table of scene-restricted logs, and (``loo_too``) the leave-one-out table."""
+    entries = [e for e in data.get("entries", []) if models is None or e["model"] in models]
     if not entries:
         return []
     out = []
-    preq = [e for e in entries if e["protocol"] == "prequential"]
+    preq = [e for e in entries if e["protocol"] == "prequential" and not _scene_restricted(e)]
     if preq:
         models = sorted({e["model"] for e in preq}, key=lambda m: (m != "attention", m))
         out += ["### Prequential full-ranking (test-then-train over each whole log)", "",
-                "HR@10 / NDCG@10 per dataset and model; every model ran on the same stream in the same command.", "",
+                "HR@10 / NDCG@10 per dataset and model, the best in bold; each cell replays the whole log, and the "
+                "commands that wrote them are listed under the table.", "",
                 "| dataset | events | " + " | ".join(models) + " |",
                 "|---|---|" + "---|" * len(models)]
         for dataset in sorted({e["dataset"] for e in preq}):
@@ -54,7 +83,8 @@ def eval_tables(data: dict) -> list[str]:
                 cells.append(f"**{cell}**" if o["NDCG@10"] == best else cell)
             out.append(f"| {dataset} | {n} | " + " | ".join(cells) + " |")
         out += ["", f"Command(s): `{_command(preq)}`", ""]
-    loo = [e for e in entries if e["protocol"] == "loo"]
+    out += scene_tables(data)
+    loo = [e for e in entries if e["protocol"] == "loo"] if loo_too else []
     if loo:
         out += ["### Leave-one-out full ranking (last item test, second-to-last validation, all items ranked)", "",
                 "| dataset | model | valid HR@10 | test HR@10 | test NDCG@10 | test HR@20 | test NDCG@20 |",
@@ -67,237 +97,110 @@ def eval_tables(data: dict) -> list[str]:
             for name, m in PUBLISHED_BEAUTY.items():
                 out.append(f"| amazon-beauty | {name} | | | | {m['HR@20']:.4f} | {m['NDCG@20']:.4f} |")
         out += ["", f"Command(s): `{_command(loo)}`", ""]
-    machines = {json.dumps(e.get("machine", {}), sort_keys=True) for e in entries}
-    out += [f"Machine(s): {'; '.join(sorted(machines))}", ""]
+    if loo_too:
+        machines = {json.dumps(e.get("machine", {}), sort_keys=True) for e in entries}
+        out += [f"Machine(s): {'; '.join(sorted(machines))}", ""]
+    else:
+        out += [f"Machine(s): {', '.join(sorted({_machine_short(e.get('machine') or {}) for e in entries}))}", ""]
     return out
 
 
-def generic_table(title: str, data: dict) -> list[str]:
-    """Benchmark files render their own ``summary`` rows (list of dicts) when present."""
-    rows = data.get("summary") or []
-    if not rows:
-        return []
-    cols = list(rows[0])
-    out = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        out.append("| " + " | ".join(f"{r.get(c):.4g}" if isinstance(r.get(c), float) else str(r.get(c, ""))
-                                     for c in cols) + " |")
-    cmd = data.get("command")
-    if cmd:
-        out += ["", f"Command: `{shlex.join(cmd) if isinstance(cmd, list) else cmd}`"]
-    if data.get("machine"):
-        out += [f"Machine: {json.dumps(data['machine'], sort_keys=True)}"]
-    return out + [""]
+def _machine_short(machine: dict) -> str:
+    """A machine record in a few words.
+
+    >>> _machine_short({"cores": 2, "cpu_model": "AMD EPYC", "jax_devices": ["cpu:0"]})
+    '2 cores AMD EPYC, JAX on cpu:0'
+    """
+    cores = machine.get("cores") or machine.get("cpu_count")
+    words = f"{cores} cores" if cores else "unrecorded machine"
+    if machine.get("cpu_model"):
+        words += f" {machine['cpu_model']}"
+    if machine.get("jax_devices"):
+        words += f", JAX on {', '.join(machine['jax_devices'])}"
+    return words
 
 
-def _fmt(value, digits=0):
-    if value is None:
-        return "–"
-    return f"{value:,.{digits}f}" if isinstance(value, (int, float)) else str(value)
+def scene_tables(data: dict) -> list[str]:
+    """HR@10 of the scene-restricted logs (movie+book): overall, per scene, on scene switches (the user's
+    previous event was in the other scene) and on stays, and on switches into each scene.
 
+    >>> def entry(model, hr):
+    ...     g = {"n": 10, "HR@10": hr}
+    ...     metrics = {"overall": g, "by_scene": {"movie": g}, "scene_switch": g, "scene_stay": g,
+    ...                "scene_switch_by_scene": {"movie": g}}
+    ...     return {"protocol": "prequential", "dataset": "mb", "model": model, "n_events": 10,
+    ...             "command": ["python", "-m", "models.evaluate"], "result": {"metrics": metrics}}
+    >>> lines = scene_tables({"entries": [entry("popularity", 0.01), entry("attention", 0.03)]})
+    >>> [line for line in lines if line.startswith("| attention")]
+    ['| attention | 0.0300 | 0.0300 | 0.0300 | 0.0300 | 0.0300 |']
+    """
+    entries = [e for e in data.get("entries", []) if e["protocol"] == "prequential" and _scene_restricted(e)]
+    out = []
+    for dataset in sorted({e["dataset"] for e in entries}):
+        rows = sorted((e for e in entries if e["dataset"] == dataset), key=lambda e: (e["model"] != "attention", e["model"]))
+        first = rows[0]["result"]["metrics"]
+        scenes, into = list(first["by_scene"]), list(first.get("scene_switch_by_scene", {}))
 
-def _share(value, digits=0):
-    return "–" if value is None else f"{value:.{digits}%}"
+        def groups(m):
+            return ([m["overall"]] + [m["by_scene"][s] for s in scenes] + [m["scene_switch"], m["scene_stay"]]
+                    + [m["scene_switch_by_scene"][s] for s in into])
 
-
-def bench_tables(data: dict) -> list[str]:
-    medians, ratios = data.get("medians") or {}, data.get("ratios") or {}
-    if not medians:
-        return []
-    out = ["### Pipeline benchmark (real Kafka + Redis; medians of repeated runs)", "",
-           "| items | variant | events/s per worker | kernel p50 ms | RSS MiB | Redis round trips / event | Redis bytes in / event "
-           "| events the trainer learned from |",
-           "|---|---|---|---|---|---|---|---|"]
-    # Variants in the benchmark's own order (its medians keep the order of its VARIANTS list).
-    for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
-        for v, m in by_variant.items():
-            if not m:
-                continue
-            out.append(f"| {int(items):,} | {v} | {_fmt(m.get('events_per_s_per_worker'))} | {_fmt(m.get('kernel_ms_p50'), 1)} "
-                       f"| {_fmt(m.get('rss_mib'))} | {_fmt(m.get('redis_round_trips_per_event'), 4)} "
-                       f"| {_fmt(m.get('redis_bytes_in_per_event'))} | {_share(m.get('train_examples_per_event'))} |")
-    lead_in = (data.get("parameters") or {}).get("latency_lead_in_s")
-    out += ["", "Latency, event produced → recommendation (ms, p50 / p95 / p99, and the share of events within "
-            "50 ms) at a fraction of the `pipeline` variant's measured maximum rate (every `pipeline_*` variant at "
-            "the same rates; the naive design at fractions of its own maximum)"
-            + (f". Each rate runs {lead_in:g} s before it is measured, so these describe a worker in its steady "
-               "state; the last column is the p99 of the first second of that lead-in, which for the first rate is "
-               "a freshly started worker's first second" if lead_in else "") + ":", "",
-            "| items | variant | rate | p50 | p95 | p99 | within 50 ms | first second p99 |",
-            "|---|---|---|---|---|---|---|---|"]
-    for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
-        for v, m in by_variant.items():
-            for fraction in ("0.25", "0.50", "0.75"):
-                p50 = m.get(f"latency@{fraction}_p50_ms")
-                if p50 is not None:
-                    out.append(f"| {int(items):,} | {v} | {float(fraction):.0%} ({_fmt(m.get(f'latency@{fraction}_rate'))}/s) "
-                               f"| {_fmt(p50)} | {_fmt(m.get(f'latency@{fraction}_p95_ms'))} "
-                               f"| {_fmt(m.get(f'latency@{fraction}_p99_ms'))} "
-                               f"| {_share(m.get(f'latency@{fraction}_within_slo'), 1)} "
-                               f"| {_fmt(m.get(f'latency@{fraction}_first_second_p99_ms'))} |")
-    rows = []
-    for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
-        for v, m in by_variant.items():
-            for fraction in ("0.25", "0.50", "0.75"):
-                if m.get(f"latency@{fraction}_stage_engine_ms") is not None:
-                    rows.append(f"| {int(items):,} | {v} | {float(fraction):.0%} | {_fmt(m.get(f'latency@{fraction}_mean_ms'))} | "
-                                + " | ".join(_fmt(m.get(f"latency@{fraction}_stage_{st}_ms"), 1) for st in STAGES)
-                                + f" | {_share(m.get('live_train_examples_per_event'))} |")
-    if rows:
-        out += ["", "Where the time goes: mean ms per event in each stage of the worker during the latency phases "
-                "(`/stats` stages; the recommendation is stamped during `deliver`, so the mean latency ends there):", "",
-                "| items | variant | rate | mean latency | " + " | ".join(STAGES) + " | live events the trainer learned from |",
-                "|---|---|---|---|" + "---|" * (len(STAGES) + 1)]
-        out += rows
-    out += _cpu_lines(medians)
-    out += _thread_lines(medians)
-    known = {items: {k: v for k, v in r.items() if v is not None} for items, r in ratios.items()}
-    out += ["", "Ratios: " + "; ".join(f"{items} items: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items())
-                                     for items, r in sorted(known.items(), key=lambda kv: int(kv[0])) if r)]
-    out += _profile_lines(data.get("profile") or {})
-    return out + _provenance(data)
-
-
-def _provenance(data: dict, machine_label: str = "Machine") -> list[str]:
-    """The command and machine a results file records, under its tables."""
-    command = data.get("command")
-    return ["", f"Command: `{shlex.join(command) if isinstance(command, list) else command}`",
-            f"{machine_label}: {json.dumps(data.get('machine', {}), sort_keys=True)}", ""]
-
-
-CPU_PARTS = (("worker", "worker"), ("trainer", "dedicated trainer"), ("kafka_broker", "Kafka broker"),
-             ("redis", "Redis"), ("benchmark", "benchmark process"), ("other", "rest of the machine"))
-
-
-def _phase_rows(medians: dict, row) -> list[str]:
-    """``row(items, variant, load label, medians, key prefix)`` for the maximum rate and each latency phase of
-    every variant; the rows it returns None for are left out."""
-    rows = []
-    for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
-        for v, m in by_variant.items():
-            rows.append(row(items, v, "max", m))
-            for fraction in ("0.25", "0.50", "0.75"):
-                rows.append(row(items, v, f"{float(fraction):.0%}", m, f"latency@{fraction}_"))
-    return [r for r in rows if r]
-
-
-def _cpu_lines(medians: dict) -> list[str]:
-    """CPU µs per event by process (``tests.benchmarks.cpu``): at max throughput, and in the latency phases."""
-    def row(items, name, label, m, prefix=""):
-        total = m.get(f"{prefix}cpu_us_per_event_total")
-        if total is None:
-            return None
-        ceiling = _fmt(m.get("cpu_ceiling_events_per_s")) if not prefix else "–"
-        return (f"| {int(items):,} | {name} | {label} | {_fmt(total)} | "
-                + " | ".join(_fmt(m.get(f"{prefix}cpu_us_per_event_{key}")) for key, _ in CPU_PARTS)
-                + f" | {_share(m.get(f'{prefix}machine_utilisation'))} | {ceiling} |")
-
-    rows = _phase_rows(medians, row)
-    if not rows:
-        return []
-    return ["", "CPU per event (µs, all cores, from `/proc`) by process, and how busy the whole machine was: at the "
-            "maximum rate (the backlog) and in the latency phases. The ceiling is cores ÷ total CPU per event: the "
-            "rate at which every core would be busy at that cost per event (a dash: no such process in that variant):", "",
-            "| items | variant | load | total | " + " | ".join(label for _, label in CPU_PARTS)
-            + " | machine busy | ceiling events/s |", "|---|---|---|---|" + "---|" * (len(CPU_PARTS) + 2), *rows]
-
-
-def _thread_lines(medians: dict) -> list[str]:
-    """A worker's CPU per event split by its threads (``streams.threadnames``), where the run measured it."""
-    def row(items, name, label, m, prefix=""):
-        values = [m.get(f"{prefix}thread_us_per_event_worker_{part.replace(' ', '_')}") for part in ALL_ROLES]
-        if all(v is None for v in values):
-            return None
-        return f"| {int(items):,} | {name} | {label} | " + " | ".join(_fmt(v) for v in values) + " |"
-
-    rows = _phase_rows(medians, row)
-    if not rows:
-        return []
-    return ["", "The worker's CPU per event (µs) by thread (named by `streams.threadnames`; `top -H` shows the same "
-            "names). All but XLA's threads run mostly Python under one interpreter lock, so together they get "
-            "little more than one core, however many the machine has. The baseline apps (`noop_faust*`) do not name "
-            "their threads, so all of their CPU shows as other:", "",
-            "| items | variant | load | " + " | ".join(ALL_ROLES) + " |", "|---|---|---|" + "---|" * len(ALL_ROLES),
-            *rows]
-
-
-def _profile_lines(profile: dict) -> list[str]:
-    """Where each worker thread's time went (py-spy, at max throughput): busy share and top categories."""
-    runs = [("pipeline", (profile.get("profile") or {})),
-            ("noop_faust", ((profile.get("noop_faust") or {}).get("profile") or {}))]
-    runs += [(f"pipeline at {float(f):.0%} of max", (phase.get("profile") or {}))
-             for f, phase in (profile.get("latency") or {}).items()]
-    rows = []
-    for name, summary in runs:
-        for role, cats in (summary.get("categories") or {}).items():
-            busy = (summary.get("busy_share_pct") or {}).get(role)
-            if not busy or busy < 5:
-                continue
-            top = [f"{k} {v:.0f}%" for k, v in cats.items() if not k.startswith("idle")][:4]
-            rows.append(f"| {name} | {role} | {busy:.0f}% | {', '.join(top)} |")
-    if not rows:
-        return []
-    out = ["", "Where the time goes (py-spy on one worker; share of each thread's samples):", "",
-           "| process | thread | busy | largest shares |", "|---|---|---|---|", *rows]
-    noop = ((profile.get("noop_faust") or {}).get("profile") or {}).get("top_functions", {}).get("event loop (main thread)")
-    if noop:
-        out += ["", "Faust's own per-event path (do-nothing agent, event loop, own time): "
-                + ", ".join(f"`{k}` {v:.0f}%" for k, v in list(noop.items())[:8])]
+        names = ["overall"] + [f"scene {s}" for s in scenes] + ["scene switch", "scene stay"] + [f"switch into {s}"
+                                                                                              for s in into]
+        out += [f"### Per scene and on scene switches: {dataset} (HR@10)", "",
+                "Every list is ranked over the event's scene only. A *scene switch*: the user's previous event was "
+                "in the other scene; a *stay*: in the same one.", "",
+                "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
+                "| *events* | " + " | ".join(f"*{g['n']:,}*" for g in groups(first)) + " |"]
+        for e in rows:
+            out.append(f"| {e['model']} | " + " | ".join(f"{g['HR@10']:.4f}" for g in groups(e["result"]["metrics"])) + " |")
+        out += ["", f"Command(s): `{_command(rows)}`", ""]
     return out
 
 
-def engine_tables(data: dict) -> list[str]:
-    """``tests.benchmarks.bench_engine``: the engine alone on the real Redis, by batch size."""
-    results, fit = data.get("results") or [], data.get("fit") or {}
-    if not results:
+def serve_tables(data: dict) -> list[str]:
+    """``tests.benchmarks.bench_serve``: ``attnflow serve`` on the real Redis, request batching on and off."""
+    summary = data.get("summary") or {}
+    if not isinstance(summary, dict) or not summary:
         return []
-    params = data.get("parameters") or {}
-    out = [f"### Engine alone: one batch through `Engine.process` + `Engine.commit` on the real Redis, no Kafka or Faust "
-           f"({params.get('items', 0):,} items; medians)", "",
-           "| events per batch | wall ms | CPU ms (all threads) | CPU µs per event |", "|---|---|---|---|"]
-    for r in results:
-        out.append(f"| {r['events']} | {_fmt(r['wall_ms_median'], 1)} | {_fmt(r['cpu_ms_median'], 1)} "
-                   f"| {_fmt(r['cpu_us_per_event'])} |")
-    if fit:
-        out += ["", f"Least-squares fit: CPU per batch ≈ {_fmt(fit.get('cpu_ms_fixed_per_batch'), 1)} ms "
-                    f"+ {_fmt(fit.get('cpu_us_per_event'))} µs × events."]
+    out = ["### Request path: `GET /recommendations` on `attnflow serve` (real Redis; medians over rounds)", "",
+           "| batching | load | requests/s | p50 ms | p99 ms | requests per kernel call | non-2xx |",
+           "|---|---|---|---|---|---|---|"]
+    loads = {"closed_c1": "1 connection, closed loop", "closed_c16": "16 connections, closed loop",
+             "rate_open_loop": f"open loop at {_fmt((data.get('parameters') or {}).get('rate'))}/s"}
+    for mode, by_load in summary.items():
+        for load, r in by_load.items():
+            out.append(f"| {mode} | {loads.get(load, load)} | {_fmt(r.get('rps'))} | {_fmt(r.get('p50_ms'), 1)} "
+                       f"| {_fmt(r.get('p99_ms'), 1)} | {_fmt(r.get('requests_per_call'), 2)} | {_fmt(r.get('non_2xx'))} |")
     return out + _provenance(data)
 
 
-def kernel_tables(data: dict) -> list[str]:
-    results = data.get("results") or {}
-    if not results:
+def bench_headline(data: dict) -> list[str]:
+    """The README's pipeline row: the default worker's maximum rate and its latency at half of it."""
+    medians = data.get("medians") or {}
+    rows = []
+    for items, by_variant in sorted(medians.items(), key=lambda kv: int(kv[0])):
+        m = by_variant.get("pipeline")
+        if not m:
+            continue
+        rows.append(f"| {int(items):,} | {_fmt(m.get('events_per_s_per_worker'))} | {_fmt(m.get('latency@0.50_rate'))} "
+                    f"| {_fmt(m.get('latency@0.50_p50_ms'))} | {_fmt(m.get('latency@0.50_p99_ms'))} "
+                    f"| {_share(m.get('latency@0.50_within_slo'), 1)} | {_fmt(m.get('kernel_ms_p50'), 1)} |")
+    if not rows:
         return []
-    params, machine = data.get("parameters") or {}, data.get("machine") or {}
-    where = ", ".join(str(d) for d in machine.get("jax_devices") or []) or params.get("backend", "cpu")
-    resident = any("jit_device_resident" in r.get("step", {}) for r in results.values())
-    out = [f"### Kernel microbenchmark: JAX on {where} (one batch of {params.get('batch', 512)} users; median ms)", "",
-           "| items | jitted kernel | " + ("kernel, inputs on the device | " if resident else "")
-           + "vectorised NumPy | NumPy reference loop (scaled from 8–32 users) | jit vs NumPy |", "|---|---|---|---|---|" + ("---|" if resident else "")]
-    for items, r in sorted(results.items(), key=lambda kv: int(kv[0])):
-        step = r.get("step", {})
-        jit, dev, vec = (step.get(n, {}).get("median_ms") for n in ("jit", "jit_device_resident", "numpy_vectorised"))
-        loop = step.get("reference_loop", {})
-        ref = loop.get("batch_ms_extrapolated", loop.get("median_ms"))  # timed on a few users, scaled to the batch
-        ratio = f"{vec / jit:.1f}x" if jit and vec else "–"
-        out.append(f"| {int(items):,} | {_fmt(jit, 1)} | " + (f"{_fmt(dev, 2)} | " if resident else "")
-                   + f"{_fmt(vec, 1)} | {_fmt(ref, 1)} | {ratio} |")
-    steps = {items: r["train_step"] for items, r in results.items() if r.get("train_step")}
-    if steps:
-        out += ["", "One optimiser step of the online trainer (64 examples; median ms):", "",
-                "| items | full softmax | sampled softmax, row-sparse AdamW | full ÷ sampled |", "|---|---|---|---|"]
-        for items, t in sorted(steps.items(), key=lambda kv: int(kv[0])):
-            out.append(f"| {int(items):,} | {_fmt(t['full_softmax']['median_ms'], 1)} | {_fmt(t['sampled']['median_ms'], 1)} "
-                       f"| {_fmt(t.get('sampled_over_full'), 1)}x |")
-    out += _profile_lines(data.get("profile") or {})
-    return out + _provenance(data, "Machine (NumPy runs on its CPU)")
+    return ["### Pipeline: one rank worker with its in-process trainer (real Kafka + Redis; medians of runs)", "",
+            "| items | max events/s | latency measured at (events/s) | p50 ms | p99 ms | within 50 ms | kernel p50 ms |",
+            "|---|---|---|---|---|---|---|", *rows,
+            "", "Latency: event produced → its recommendation delivered, at half the measured maximum. Every variant, "
+            "the CPU split and the profiles: docs/performance.md.", "",
+            f"Command: `{_argv(data.get('command'))}`; machine: {_machine_short(data.get('machine') or {})}", ""]
 
 
 FAULT_LABELS = {"worker_kill": "worker SIGKILLed", "redis_master_kill": "Redis master SIGKILLed (replica promoted)",
                 "broker_kill": "Kafka broker SIGKILLed, restarted", "redis_outage": "every Redis node stopped, restarted"}
 
 
-def fault_tables(data: dict) -> list[str]:
+def fault_tables(data: dict, brief: bool = False) -> list[str]:
     """``tests.faults.run``: one fault per run on the clusters, every user's state recounted from the log."""
     runs = data.get("scenarios") or []
     if not runs:
@@ -317,10 +220,29 @@ def fault_tables(data: dict) -> list[str]:
                    f"| {'yes' if r.get('passed') else '**no**'} |")
     out += ["", "*Resumed after*: from the fault until every partition that still had events committed past "
             "where it stood."]
+    if brief:
+        return out + ["", f"Command: `{_argv(data.get('command'))}`; machine: {_machine_short(data.get('machine') or {})}",
+                      ""]
     return out + _provenance(data)
 
 
+def render_readme(folder: Path = REPO / "docs" / "results") -> str:
+    """The README's headline tables: quality per dataset and per scene, the pipeline, faults."""
+    lines: list[str] = []
+    evaluation = _load(folder / "eval.json")
+    if evaluation:
+        lines += eval_tables(evaluation, loo_too=False, models=README_MODELS)
+    bench = _load(folder / "bench.json")
+    if bench:
+        lines += bench_headline(bench)
+    faults = _load(folder / "faults.json")
+    if faults:
+        lines += fault_tables(faults, brief=True)
+    return "\n".join(lines or ["No measured results yet."]).rstrip() + "\n"
+
+
 def render(folder: Path = REPO / "docs" / "results") -> str:
+    """Every table, for docs/performance.md."""
     lines: list[str] = []
     evaluation = _load(folder / "eval.json")
     if evaluation:
@@ -335,6 +257,9 @@ def render(folder: Path = REPO / "docs" / "results") -> str:
         kernel = _load(folder / name)
         if kernel:
             lines += kernel_tables(kernel) or generic_table("Kernel microbenchmark", kernel)
+    serve = _load(folder / "serve.json")
+    if serve:
+        lines += serve_tables(serve)
     faults = _load(folder / "faults.json")
     if faults:
         lines += fault_tables(faults)
@@ -343,13 +268,23 @@ def render(folder: Path = REPO / "docs" / "results") -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def update_readme(readme: Path = REPO / "README.md") -> None:
-    text = readme.read_text()
+def replace_block(path: Path, body: str) -> None:
+    """Put ``body`` between the marker comments of ``path``; the rest of the file stays as it is."""
+    text = path.read_text()
     if START not in text or END not in text:
-        raise SystemExit(f"{readme} has no {START} ... {END} block")
+        raise SystemExit(f"{path} has no {START} ... {END} block")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{render()}{END}{tail}")
+    path.write_text(f"{head}{START}\n{body}{END}{tail}")
+
+
+def update_readme(readme: Path = REPO / "README.md") -> None:
+    """Re-render the README's headline results, docs/performance.md's tables and docs/configuration.md."""
+    from streams.configdoc import update_configuration
+
+    replace_block(readme, render_readme())
+    replace_block(readme.parent / "docs" / "performance.md", render())
+    update_configuration(readme.parent / "docs" / "configuration.md")
 
 
 if __name__ == "__main__":

@@ -72,3 +72,30 @@ def test_fault_table_shows_each_run_and_marks_a_failed_one():
     assert rows == ["| worker SIGKILLed | 0.0 | 8.1 | 0 | 0 | 0 | 0 | 468 | 0 | yes |",
                     "| every Redis node stopped, restarted | 14.7 | 19.8 | 3 | 0 | 1 | 0 | 468 | 0 | **no** |"]
     assert report.fault_tables({"scenarios": []}) == []
+
+
+def test_readme_keeps_the_ci_test_command_and_stays_short():
+    readme = (report.REPO / "README.md").read_text()
+    ci = (report.REPO / ".ci" / "run").read_text()
+    assert "run_pytest\n" in ci and ".venv/bin/python -m pytest\n" in readme  # CI's first pytest: no arguments
+    assert len(readme.splitlines()) <= 250
+    for doc in ("README.md", "docs/performance.md"):
+        text = (report.REPO / doc).read_text()
+        assert text.count(report.START) == 1 and text.count(report.END) == 1, doc
+
+
+def test_readme_block_is_a_subset_of_the_performance_page():
+    headline, full = report.render_readme(), report.render()
+    assert len(headline) < len(full)
+    assert "Leave-one-out" not in headline and "Leave-one-out" in full
+
+
+def test_configuration_page_lists_every_setting():
+    from dataclasses import fields
+
+    from streams.configdoc import render
+    from streams.settings import Settings
+
+    page = render()
+    missing = [f.name for f in fields(Settings) if f.name != "extra" and f"`ATTNFLOW_{f.name.upper()}`" not in page]
+    assert missing == []
