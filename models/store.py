@@ -65,6 +65,7 @@ WORKER_COMMANDS = (
     "get", "mget", "set", "getrange", "exists", "del", "rename", "scan", "llen", "lrange", "rpush", "hget", "hset",
     "incr", "evalsha", "eval", "script|load", "script|exists", "wait", "ping", "info", "command", "readonly",
     "zincrby", "zremrangebyrank", "expire", "zunion",  # scene popularity (count and read, see below)
+    "hgetall", "hexists", "hincrby", "multi", "exec",  # the attention market (campaigns, spend, ledger)
     "client|setname", "cluster|slots", "cluster|shards", "cluster|nodes", "cluster|info", "cluster|myid")
 
 
@@ -214,6 +215,78 @@ return out
 """
 
 
+# ---- the attention market (models.market): campaigns, sponsored lists shown, spend and the ledger -------
+# All market keys share the {market} hash tag (one node on a cluster). A charge is applied once per charge
+# id (deterministic: models.market.book.charge_id), capped at the campaign's daily budget, and appended
+# with what it charged to the ledger list in the same script, so spend always equals the ledger's sum.
+# KEYS[1]: the ledger list, then one spend hash per charge; ARGV: ttl, then per charge: id, price, budget,
+# record. Returns the micros charged per charge (0 for one already applied).
+_CHARGE = """
+local ttl = tonumber(ARGV[1])
+local out = {}
+for i = 2, #KEYS do
+  local at = 2 + (i - 2) * 4
+  local id, price, budget = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  out[i - 1] = 0
+  if redis.call('HEXISTS', KEYS[i], 'c:' .. id) == 0 then
+    local spent = tonumber(redis.call('HGET', KEYS[i], 'spend') or '0')
+    local charged = math.max(math.min(price, budget - spent), 0)
+    redis.call('HSET', KEYS[i], 'c:' .. id, charged)
+    redis.call('HINCRBY', KEYS[i], 'spend', charged)
+    redis.call('EXPIRE', KEYS[i], ttl)
+    redis.call('RPUSH', KEYS[1], charged .. ':' .. ARGV[at + 3])
+    out[i - 1] = charged
+  end
+end
+return out
+"""
+
+# Fenced write of users' last shown sponsored lists (models.market.book.shown_value): a 16-byte header
+# b"AFSH" + partition <i4, offset <i8, then index <I2 at bytes 17..18 (an event's place in a batched message); a
+# value is skipped when the stored one is from the same partition at the same or a later (offset, index).
+_WRITE_SHOWN = """
+local written = {}
+for i, key in ipairs(KEYS) do
+  local new = ARGV[i]
+  local np, no, ni = struct.unpack('<i4i8I2', string.sub(new, 5, 18))
+  local cur = redis.call('GETRANGE', key, 4, 17)
+  local ok = 1
+  if #cur == 14 then
+    local cp, co, ci = struct.unpack('<i4i8I2', cur)
+    if cp == np and (co > no or (co == no and ci >= ni)) then ok = 0 end
+  end
+  if ok == 1 then redis.call('SET', key, new, 'EX', ARGV[#KEYS + 1]) end
+  written[i] = ok
+end
+return written
+"""
+
+# Moves the ledger's published cursor from ARGV[1] to ARGV[2] unless another publisher moved it further.
+_ADVANCE_LEDGER = """
+local at = tonumber(redis.call('GET', KEYS[1]) or '0')
+if at < tonumber(ARGV[2]) then redis.call('SET', KEYS[1], ARGV[2]) end
+return math.max(at, tonumber(ARGV[2]))
+"""
+
+SPEND_TTL_S = 40 * 86400  # a day's spend hash (and its charge ids) outlives the month it is billed in
+SHOWN_TTL_S = 7 * 86400   # a shown list older than any attribution window is of no use
+
+
+def shown_fence(value: bytes) -> tuple[int, int, int]:
+    """(partition, offset, index) of a shown-list value (``_WRITE_SHOWN``)."""
+    return struct.unpack("<iqH", value[4:18])
+
+
+@dataclass
+class MarketRead:
+    """What a batch reads for the market in one round trip: the campaigns' version, each user's last shown
+    sponsored list (``None``: none) and the micros spent per asked (campaign id, day)."""
+
+    campaigns_version: int
+    shown: list[bytes | None]
+    spend: list[int]
+
+
 @dataclass(frozen=True)
 class PopularityWindows:
     """How scene popularity is windowed: ``windows`` windows of ``window_s`` seconds are summed, each keeps
@@ -310,6 +383,9 @@ class RedisStore:
         self.popularity = popularity
         self._count_scene_items = self.redis.register_script(_COUNT_SCENE_ITEMS)
         self._scene_popularity = self.redis.register_script(_SCENE_POPULARITY)
+        self._charge = self.redis.register_script(_CHARGE)
+        self._write_shown = self.redis.register_script(_WRITE_SHOWN)
+        self._advance_ledger = self.redis.register_script(_ADVANCE_LEDGER)
         if not self.cluster:
             self._adopt_untagged_params()
 
@@ -518,6 +594,75 @@ class RedisStore:
                               key=lambda pair: (-pair[1], pair[0]))
                 for scene, top in zip(scenes, replies)}
 
+    # ---- the attention market (see _CHARGE) ----------------------------------------------------------
+
+    def _market(self, *parts) -> str:
+        return f"{self.prefix}:{{market}}:" + ":".join(str(p) for p in parts)
+
+    def put_campaigns(self, docs: dict[str, bytes]) -> int:
+        """Store campaigns (id -> encoded campaign) and bump the campaigns' version, atomically."""
+        pipe = self.redis.pipeline(transaction=True)
+        if docs:
+            pipe.hset(self._market("campaigns"), mapping=docs)
+        pipe.incr(self._market("campaigns", "version"))
+        return int(pipe.execute()[-1])
+
+    def campaigns(self) -> tuple[int, dict[str, bytes]]:
+        """``(version, {campaign id: encoded campaign})``, read together."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.get(self._market("campaigns", "version"))
+        pipe.hgetall(self._market("campaigns"))
+        version, docs = pipe.execute()
+        return int(version or 0), {k.decode(): v for k, v in docs.items()}
+
+    def read_market(self, users: list[str], spend_of: list[tuple[str, int]]) -> MarketRead:
+        """The campaigns' version, ``users``' last shown sponsored lists and the spend of each ``(campaign id,
+        day)`` in ``spend_of``, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self._market("campaigns", "version"))
+        for user in users:
+            pipe.get(self._market("shown", user))
+        for campaign, day in spend_of:
+            pipe.hget(self._market("spend", campaign, day), "spend")
+        replies = pipe.execute()
+        return MarketRead(int(replies[0] or 0), replies[1:1 + len(users)],
+                          [int(v or 0) for v in replies[1 + len(users):]])
+
+    def write_market(self, users: list[str], shown: list[bytes],
+                     charges: list[tuple[str, int, str, int, int, bytes]]) -> tuple[list[bool], list[int]]:
+        """Fenced write of users' shown sponsored lists (``_WRITE_SHOWN``, as the states') and the batch's
+        charges ``(campaign id, day, charge id, price, budget, record)`` applied once each (``_CHARGE``);
+        returns (written per user, micros charged per charge), in one round trip."""
+        def build(pipe):
+            if users:
+                self._script(pipe, self._write_shown, [self._market("shown", u) for u in users],
+                             [*shown, SHOWN_TTL_S])
+            if charges:
+                keys = [self._market("ledger")] + [self._market("spend", c, day) for c, day, *_ in charges]
+                args = [SPEND_TTL_S] + [v for _, _, cid, price, budget, record in charges
+                                        for v in (cid, price, budget, record)]
+                self._script(pipe, self._charge, keys, args)
+
+        replies = self._execute(build, [self._write_shown, self._charge])
+        written = [bool(w) for w in replies.pop(0)] if users else []
+        return written, ([int(v) for v in replies.pop(0)] if charges else [])
+
+    def ledger_entries(self, start: int, limit: int) -> list[bytes]:
+        """Ledger entries ``start .. start + limit`` (``b"<charged micros>:<charge JSON>"``, oldest first)."""
+        return self.redis.lrange(self._market("ledger"), start, start + limit - 1)
+
+    def ledger_published(self) -> int:
+        """How many ledger entries have been sent to the ledger topic (at least once)."""
+        return int(self.redis.get(self._market("ledger", "published")) or 0)
+
+    def advance_ledger(self, to: int) -> int:
+        """Mark the ledger published up to ``to`` (never backwards); returns the cursor."""
+        return int(self._advance_ledger(keys=[self._market("ledger", "published")], args=[0, to]))
+
+    def spend(self, campaign_id: str, day: int) -> int:
+        """Micros spent by a campaign on ``day`` (days since 1970, of the click's event time)."""
+        return int(self.redis.hget(self._market("spend", campaign_id, day), "spend") or 0)
+
     def clear(self) -> int:
         """Delete every key under this prefix (tests and ``attnflow reset``), on every cluster node."""
         keys = list(self.redis.scan_iter(match=f"{self.prefix}:*", count=1000))
@@ -547,6 +692,7 @@ class MemoryStore:
     scene_log: list = field(default_factory=list)
     popularity: PopularityWindows = field(default_factory=PopularityWindows)
     scene_windows: dict = field(default_factory=dict)  # (scene, window) -> {item index: events}
+    market: dict = field(default_factory=dict)  # campaigns, shown lists, spend, ledger (put_campaigns ...)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ping(self) -> bool:
@@ -641,10 +787,69 @@ class MemoryStore:
                 out[scene] = sorted(summed.items(), key=lambda pair: (-pair[1], pair[0]))[:limit]
         return out
 
+    # ---- the attention market (as RedisStore's) ----------------------------------------------------
+
+    def put_campaigns(self, docs: dict[str, bytes]) -> int:
+        with self._lock:
+            self.market.setdefault("campaigns", {}).update(docs)
+            self.market["version"] = self.market.get("version", 0) + 1
+            return self.market["version"]
+
+    def campaigns(self) -> tuple[int, dict[str, bytes]]:
+        with self._lock:
+            return self.market.get("version", 0), dict(self.market.get("campaigns", {}))
+
+    def read_market(self, users: list[str], spend_of: list[tuple[str, int]]) -> MarketRead:
+        with self._lock:
+            shown = self.market.setdefault("shown", {})
+            spend = self.market.setdefault("spend", {})
+            return MarketRead(self.market.get("version", 0), [shown.get(u) for u in users],
+                              [spend.get(key, {}).get("spend", 0) for key in spend_of])
+
+    def write_market(self, users: list[str], shown: list[bytes], charges) -> tuple[list[bool], list[int]]:
+        with self._lock:
+            stored, spends = self.market.setdefault("shown", {}), self.market.setdefault("spend", {})
+            ledger = self.market.setdefault("ledger", [])
+            written = []
+            for user, value in zip(users, shown):
+                current = stored.get(user)
+                (cp, co, ci), (np_, no, ni) = shown_fence(current or value), shown_fence(value)
+                ok = current is None or cp != np_ or (co, ci) < (no, ni)
+                if ok:
+                    stored[user] = value
+                written.append(ok)
+            charged = []
+            for campaign, day, charge_id, price, budget, record in charges:
+                spend = spends.setdefault((campaign, day), {"spend": 0})
+                amount = 0
+                if charge_id not in spend:
+                    amount = max(min(price, budget - spend["spend"]), 0)
+                    spend[charge_id] = amount
+                    spend["spend"] += amount
+                    ledger.append(f"{amount}:".encode() + record)
+                charged.append(amount)
+            return written, charged
+
+    def ledger_entries(self, start: int, limit: int) -> list[bytes]:
+        with self._lock:
+            return list(self.market.get("ledger", [])[start:start + limit])
+
+    def ledger_published(self) -> int:
+        return self.market.get("published", 0)
+
+    def advance_ledger(self, to: int) -> int:
+        with self._lock:
+            self.market["published"] = max(self.market.get("published", 0), to)
+            return self.market["published"]
+
+    def spend(self, campaign_id: str, day: int) -> int:
+        return self.market.get("spend", {}).get((campaign_id, day), {}).get("spend", 0)
+
     def clear(self) -> int:
         n = len(self.states)
         self.states.clear(); self.catalog.clear(); self.ids.clear(); self.snapshots.clear(); self.scene_log.clear()
         self.scene_windows.clear()
+        self.market.clear()
         return n
 
     def close(self) -> None:

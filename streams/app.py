@@ -20,9 +20,15 @@ feedback_topic = app.topic(names.feedback, key_type=bytes, value_type=bytes, par
 deadletter_topic = app.topic(names.deadletter, key_type=bytes, value_type=bytes, partitions=1)
 train_topic = app.topic(names.train, schema=RawSchema(), partitions=1)
 catalogue_topic = app.topic(names.catalogue, schema=RawSchema(), partitions=1)
+campaigns_topic = app.topic(names.campaigns, schema=RawSchema(), partitions=1)
+ledger_topic = app.topic(names.ledger, key_type=bytes, value_type=bytes, partitions=1)
 
 from streams import agents, views  # noqa: E402  (after ``app`` exists: they register on it)
 
 rank_worker, train_worker = agents.register(app, settings, events_topic, recommendations_topic, feedback_topic,
                                             deadletter_topic, train_topic, catalogue_topic)
 views.register(app, rank_worker, train_worker)
+if settings.sponsored_slots:  # the attention market (streams/market.py); off: nothing of it runs
+    from streams import market  # noqa: E402
+
+    market.register(app, settings, campaigns_topic, ledger_topic, deadletter_topic)

@@ -6,6 +6,8 @@
     attnflow trainer                 a dedicated trainer process (workers then use ATTNFLOW_ROLE=rank)
     attnflow replay DATASET          push a real log into `events` with a progress bar
     attnflow catalogue FILE          push item add / update / hide changes (CSV or JSONL) to `catalogue`
+    attnflow campaigns FILE          push sponsored-slot campaigns (CSV or JSONL) to `campaigns`
+    attnflow market-sim DATASET      offline attention-market simulation on a real log (docs/market.md)
     attnflow tail TOPIC              print recommendations / feedback / deadletter readably
     attnflow serve                   GET /recommendations from Redis alone (stateless; scale freely)
     attnflow demo                    the main job end to end on a real log, with a summary
@@ -306,6 +308,31 @@ def cmd_catalogue(args, settings):
     return 0
 
 
+def cmd_campaigns(args, settings):
+    from streams.market import read_campaigns_file
+    from streams.replay import replay
+    from streams.topics import TopicNames, ensure_topics
+
+    messages, errors = read_campaigns_file(args.file, settings.scenes)
+    for error in errors[:20]:
+        print(error, file=sys.stderr)
+    if errors and not args.skip_bad:
+        print(f"{len(errors)} bad line(s), nothing sent (--skip-bad sends the {len(messages)} good ones)",
+              file=sys.stderr)
+        return 1
+    ensure_topics(settings)
+    result = replay(settings, messages, total=len(messages), raw=True, topic=TopicNames.of(settings).campaigns)
+    print(f"sent {result['sent']} campaign messages to {result['topic']}"
+          + (f"; skipped {len(errors)} bad line(s)" if errors else ""))
+    return 0
+
+
+def cmd_market_sim(args, settings):
+    from models.market.simulate import main as simulate
+
+    return simulate(args.rest)
+
+
 def cmd_eval(args, settings):
     from models import evaluate
 
@@ -354,8 +381,17 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(scenes separated by ';')")
     p.add_argument("--skip-bad", action="store_true", help="send the valid lines even if some are bad")
     p.set_defaults(fn=cmd_catalogue)
+    p = sub.add_parser("campaigns", help="push sponsored-slot campaigns from a CSV or JSONL file")
+    p.add_argument("file", help="JSONL: one campaign message a line (docs/market.md); CSV: campaign_id,advertiser,"
+                                "items,bid,daily_budget[,start_ts,end_ts,scenes,status,action] (lists with ';')")
+    p.add_argument("--skip-bad", action="store_true", help="send the valid lines even if some are bad")
+    p.set_defaults(fn=cmd_campaigns)
+    p = sub.add_parser("market-sim", help="offline market simulation; arguments go to models.market.simulate",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_market_sim)
     p = sub.add_parser("tail", help="print an output topic")
-    p.add_argument("topic", choices=["recommendations", "feedback", "deadletter"])
+    p.add_argument("topic", choices=["recommendations", "feedback", "deadletter", "ledger"])
     p.add_argument("--from-beginning", action="store_true")
     p.add_argument("--max", type=int, default=None)
     p.add_argument("--timeout", type=float, default=10.0, help="stop after this many idle seconds")

@@ -189,6 +189,47 @@ def encode_catalogue(item_id: str, action: str = "update", scenes: list[str] | N
     return orjson.dumps(doc)
 
 
+def decode_campaign(raw: bytes, scenes: tuple[str, ...]):
+    """``(action, Campaign | campaign id)`` of one ``campaigns`` message (``models.market.campaigns``);
+    ``BadEvent`` with the reason otherwise.
+
+    >>> decode_campaign(b'{"campaign_id":"c1","action":"pause"}', ("default",))
+    ('pause', 'c1')
+    >>> decode_campaign(b'{"campaign_id":"c1","advertiser":"a","items":[],"bid":1,"daily_budget":9}', ("default",))
+    Traceback (most recent call last):
+    ...
+    streams.codec.BadEvent: field 'items' is empty: a campaign promotes at least one item
+    """
+    from models.market.campaigns import CampaignError, campaign_from_doc
+
+    try:
+        return campaign_from_doc(orjson.loads(raw), scenes)
+    except orjson.JSONDecodeError as exc:
+        raise BadEvent(f"not valid JSON: {exc}") from None
+    except CampaignError as exc:
+        raise BadEvent(str(exc)) from None
+
+
+def encode_campaign(campaign, scenes: tuple[str, ...]) -> bytes:
+    """The producer side of :func:`decode_campaign` (also how the store keeps a campaign)."""
+    return orjson.dumps(campaign.to_doc(scenes))
+
+
+def encode_ledger(entry: bytes) -> tuple[bytes, bytes]:
+    """``(key, value)`` of a ``ledger`` record from a store ledger entry (``b"<charged micros>:<charge JSON>"``,
+    ``models.market.book``): the charge with what was actually charged, keyed by its charge id.
+
+    >>> key, value = encode_ledger(b'7:{"charge_id":"ab","price_micros":9}')
+    >>> key, orjson.loads(value)["amount"], orjson.loads(value)["capped"]
+    (b'ab', 7e-06, True)
+    """
+    amount, _, body = entry.partition(b":")
+    doc = orjson.loads(body)
+    micros = int(amount)
+    doc.update(amount_micros=micros, amount=micros / 1_000_000, capped=micros < doc["price_micros"])
+    return doc["charge_id"].encode(), orjson.dumps(doc)
+
+
 def encode_event(event: Event) -> bytes:
     """The producer side of :func:`decode_event`.
 

@@ -110,4 +110,7 @@ def format_message(which: str, doc: dict) -> str:
             return f"{doc['user_id']}  {doc['type']} {doc['item_id']}  (no list shown yet)"
         verdict = f"HIT at rank {doc['rank']}" if doc["hit"] else "miss"
         return f"{doc['user_id']}  {doc['type']} {doc['item_id']}  {verdict} (list {doc['list_age_s']:.0f}s old)"
+    if which == "ledger":
+        return (f"{doc['charge_id']}  {doc['campaign_id']}  {doc['amount']:.6f}  {doc['user_id']} clicked "
+                f"{doc['item_id']} (rank {doc['rank']})")
     return f"[{doc.get('topic')}:{doc.get('partition')}@{doc.get('offset')}] {doc.get('reason')}"

@@ -101,6 +101,19 @@ class Settings:
     # States stored in it are converted as users are read (models.state.migrate); "" = states of
     # any other layout are refused (their events go to the dead-letter topic)
     state_migrate_from: str = ""
+    # The attention market (models/market, docs/market.md): sponsored_slots of the k positions of every
+    # list, at sponsored_ranks (1-based; () = spread evenly), go to a GSP auction on bid x calibrated pCTR
+    # over the live campaigns; a click pays at least reserve_price (currency units) and at most its bid.
+    # A click is any event on a sponsored item within attribution_window_s of the list. pacing throttles
+    # a campaign ahead of its even daily plan (pacing_gain: how sharply); 0 slots = off, nothing changes
+    sponsored_slots: int = 0
+    sponsored_ranks: tuple[str, ...] = ()
+    reserve_price: float = 0.01
+    attribution_window_s: float = 1800.0
+    pacing: bool = True
+    pacing_gain: float = 4.0
+    calibration_prior_ctr: float = 0.01
+    ledger_interval_s: float = 1.0
     # Event validation: an event's ts may be at most this many seconds after its Kafka record's own
     # timestamp (later ones go to the dead-letter topic, see streams.codec.ts_limit)
     max_future_s: float = 86400.0
@@ -217,6 +230,11 @@ class Settings:
                              "at least 0")
         if settings.popularity_window_s <= 0 or settings.popularity_windows < 1 or settings.popularity_keep < 1:
             raise ValueError(f"{PREFIX}POPULARITY_WINDOW_S, _WINDOWS and _KEEP must be positive")
+        settings.market_ranks()  # a bad SPONSORED_SLOTS / _RANKS fails at start-up
+        if settings.reserve_price < 0 or settings.attribution_window_s <= 0 or settings.pacing_gain <= 0 \
+                or not 0 < settings.calibration_prior_ctr < 1:
+            raise ValueError(f"{PREFIX}RESERVE_PRICE must be at least 0, ATTRIBUTION_WINDOW_S and PACING_GAIN "
+                             "positive, CALIBRATION_PRIOR_CTR in (0, 1)")
         if settings.event_loop not in ("auto", "uvloop", "asyncio"):
             raise ValueError(f"{PREFIX}EVENT_LOOP={settings.event_loop!r}: expected auto, uvloop or asyncio")
         from models.state import previous_layout
@@ -236,6 +254,26 @@ class Settings:
                           wait_timeout_ms=self.redis_wait_timeout_ms,
                           popularity=PopularityWindows(self.popularity_window_s, self.popularity_windows,
                                                        self.popularity_keep))
+
+    def market_ranks(self) -> tuple[int, ...]:
+        """The 0-based list positions of the sponsored slots (``()``: the market is off).
+
+        >>> Settings(sponsored_slots=2).market_ranks(), Settings(sponsored_slots=2, sponsored_ranks=("1", "3")).market_ranks()
+        ((4, 14), (0, 2))
+        """
+        n, k = self.sponsored_slots, self.k
+        if not 0 <= n <= k:
+            raise ValueError(f"{PREFIX}SPONSORED_SLOTS={n}: must be 0 (off) to K ({k})")
+        if not self.sponsored_ranks:
+            return tuple(int((j + 0.5) * k / n) - 1 for j in range(n)) if n else ()
+        try:
+            ranks = tuple(int(r) - 1 for r in self.sponsored_ranks)
+        except ValueError:
+            raise ValueError(f"{PREFIX}SPONSORED_RANKS={','.join(self.sponsored_ranks)}: not 1-based ranks") from None
+        if len(ranks) != n or len(set(ranks)) != n or not all(0 <= r < k for r in ranks):
+            raise ValueError(f"{PREFIX}SPONSORED_RANKS={','.join(self.sponsored_ranks)}: must name {n} distinct "
+                             f"ranks in 1..{k} (one per sponsored slot)")
+        return tuple(sorted(ranks))
 
     def topic_min_insync_replicas(self) -> int:
         """``min.insync.replicas`` for new topics: the setting, or min(2, replication factor).

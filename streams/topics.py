@@ -44,20 +44,23 @@ class TopicNames:
     deadletter: str
     train: str
     catalogue: str
+    campaigns: str
+    ledger: str
 
     @classmethod
     def of(cls, settings: Settings) -> "TopicNames":
         p = settings.topic_prefix
         return cls(events=f"{p}events", recommendations=f"{p}recommendations", feedback=f"{p}feedback",
                    deadletter=f"{p}events.deadletter", train=f"{p}train",
-                   catalogue=f"{p}catalogue")
+                   catalogue=f"{p}catalogue", campaigns=f"{p}campaigns", ledger=f"{p}ledger")
 
     def partitions(self, settings: Settings) -> dict[str, int]:
         """How many partitions each topic gets; training examples go to a single partition (one trainer),
-        catalogue changes to one as well (a few per second at most, applied in the order sent)."""
+        catalogue changes and campaigns to one as well (a few per second at most, applied in the order sent),
+        and the ledger too (one ordered record of money; keyed by charge id)."""
         n = settings.partitions
         return {self.events: n, self.recommendations: n, self.feedback: n, self.deadletter: 1, self.train: 1,
-                self.catalogue: 1}
+                self.catalogue: 1, self.campaigns: 1, self.ledger: 1}
 
 
 def topic_configs(settings: Settings) -> dict[str, str]:
