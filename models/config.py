@@ -44,6 +44,9 @@ class EngineConfig:
     # Stored states of this earlier layout ("history=50 dim=64 k=20 scenes=default,home", keys left out
     # are this config's) are converted on read (models.state.migrate); "" = any other layout is refused.
     previous_layout: str = ""
+    # Each list carries its explanation (models.explain: this many most-attended history events and the
+    # scene interests' weights); 0 = off.
+    explain_events: int = 0
 
     def __post_init__(self):
         if not self.scenes or self.scenes[0] != DEFAULT_SCENE:

@@ -23,6 +23,7 @@ from models.batching import Examples
 from models.catalogue import SceneCatalogue
 from models.config import EngineConfig
 from models.events import TYPE_CODE, Event
+from models.explain import explanations
 from models.params import Params, capacity_for, from_bytes, grow, init_params, mismatch
 from models.state import NO_ITEM, StateCodec, StateLayoutError, describe
 from models.store import TRANSIENT_ERRORS, fence_of, scene_counts
@@ -47,6 +48,7 @@ class Recommendation:
     scores: list[float]
     model_version: int
     event_ts: float
+    explanation: dict | None = None  # models.explain, when EngineConfig.explain_events > 0
 
 
 @dataclass(slots=True)
@@ -341,6 +343,7 @@ class Engine:
             self.item_id(int(unknown[0]))  # ids assigned by other workers: fetch the catalogue's tail once
             ids = self._item_ids()
         names = ids[np.where(valid, top_items, 0)].tolist()
+        explained = self._explain(interest, weight, ranks, Bp) if cfg.explain_events else [None] * B
         scores = np.round(top_scores.astype(np.float64), 6).tolist()
         full = valid.all(axis=1).tolist()
         now, scene = prepared.now.tolist(), prepared.scene.tolist()
@@ -352,12 +355,21 @@ class Engine:
                 row_scores = [x for x, ok in zip(row_scores, keep) if ok]
             result.recommendations.append(Recommendation(
                 user_id=users[b], scene=cfg.scenes[scene[b]], items=items, scores=row_scores,
-                model_version=self.model_version, event_ts=now[b]))
+                model_version=self.model_version, event_ts=now[b], explanation=explained[b]))
         # Last: the next batch builds on these states. Registered before a step that can still fail (the
         # id fetch above reads the store), a retried batch would find its own events already applied
         # and skip them as replays, their outputs never sent.
         with self._pending_lock:
             self._pending.update(zip(result._users, result._values))
+
+    def _explain(self, interest, weight, ranks, bucket: int) -> list[dict]:
+        """Explanations of this batch's lists (``models.explain``), item ids fetched if other workers added them."""
+        history = ranks.hist_item[ranks.hist_item >= 0]
+        unknown = history[np.equal(self._item_ids()[history], None)]
+        if len(unknown):
+            self.item_id(int(unknown[0]))
+        return explanations(self.params, interest, weight, ranks, self._item_ids(), self.cfg.scenes,
+                            self.cfg.explain_events, bucket)
 
     def prime(self) -> None:
         """Load what the first batch would otherwise fetch: the catalogue's ids and scene masks, the newest
@@ -396,6 +408,9 @@ class Engine:
                                np.zeros((Bp, cfg.n_scenes), np.float32), fold, ranks, jnp.int32(self.n_items),
                                self.item_scenes(), k=cfg.k, chunk=cfg.item_chunk, gamma=cfg.interest_decay)
             jax.block_until_ready(out)
+            if cfg.explain_events:
+                explanations(self.params, states["interest"].astype(np.float32), states["interest_weight"], ranks,
+                             self._item_ids(), cfg.scenes, cfg.explain_events, Bp)
         return time.perf_counter() - started
 
 

@@ -65,7 +65,15 @@ def fold_interests(params: Params, interest: jax.Array, weight: jax.Array, event
 
 def user_vectors(params: Params, interest: jax.Array, weight: jax.Array,
                  ranks: RankInputs) -> tuple[jax.Array, jax.Array]:
-    """The query vector of each user and the attention weights over their history.
+    """The query vector of each user and the attention weights over their history (see ``attend``)."""
+    user, attn, _ = attend(params, interest, weight, ranks)
+    return user, attn
+
+
+def attend(params: Params, interest: jax.Array, weight: jax.Array,
+           ranks: RankInputs) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The query vector of each user, the attention weights over their history ``[B, L]`` and over
+    their scene interests ``[B, S]``.
 
     logits_j = q.k_j / sqrt(d) + log w(type_j) - decay * log1p(age_j / 1h); q is the newest item
     plus the target scene's query; the scene term attends over the user's scene interests.
@@ -92,7 +100,7 @@ def user_vectors(params: Params, interest: jax.Array, weight: jax.Array,
     scene_logits = jnp.where(has_scene, jnp.einsum("bd,bsd->bs", q, interest) * scale, NEG_INF)
     beta = jax.nn.softmax(scene_logits, axis=-1) * has_scene
     transfer = jnp.einsum("bs,bsd->bd", beta, interest)
-    return newest + pooled + jax.nn.sigmoid(params.transfer) * transfer, attn
+    return newest + pooled + jax.nn.sigmoid(params.transfer) * transfer, attn, beta
 
 
 def copy_weights(params: Params, hist_item: jax.Array) -> jax.Array:
@@ -376,3 +384,14 @@ def rank(params: Params, interest: jax.Array, weight: jax.Array, ranks: RankInpu
     user, attn = user_vectors(params, interest, weight, ranks)
     return top_k_items(user, attn, ranks.hist_item, params, n_items, ranks.exclude, k, chunk, tail,
                        item_scenes, ranks.scene, neighbour_pairs(params, ranks.hist_item, ranks.scene))
+
+
+@partial(jax.jit, static_argnames=("events",))
+@exact_matmuls
+def explain(params: Params, interest: jax.Array, weight: jax.Array, ranks: RankInputs, *, events: int):
+    """Why a list is what it is: the ``events`` history slots with the largest attention weight
+    (``[B, events]`` positions into the history and their weights; weight 0 where the history is
+    shorter), each scene interest's weight in the query ``[B, S]``, and the transfer gate in [0, 1]."""
+    _, attn, beta = attend(params, interest, weight, ranks)
+    top_weight, top_slot = jax.lax.top_k(attn, min(events, attn.shape[1]))
+    return top_slot.astype(jnp.int32), top_weight, beta, jax.nn.sigmoid(params.transfer)

@@ -23,6 +23,7 @@ from models import batching, kernels
 from models.catalogue import SceneCatalogue
 from models.config import EngineConfig
 from models.events import TYPE_CODE
+from models.explain import explanations
 from models.params import Params, capacity_for, from_bytes, grow, init_params, mismatch
 from models.state import NO_ITEM, StateCodec, StateLayoutError
 
@@ -109,11 +110,15 @@ class Answer:
     model_version: int
     catalogue_version: int
     cold_start: bool
+    explanation: dict | None = None  # models.explain, when EngineConfig.explain_events > 0 (not for cold starts)
 
     def as_json(self) -> dict:
-        return {"user_id": self.user_id, "scene": self.scene, "items": self.items, "scores": self.scores,
-                "model_version": self.model_version, "catalogue_version": self.catalogue_version,
-                "cold_start": self.cold_start}
+        doc = {"user_id": self.user_id, "scene": self.scene, "items": self.items, "scores": self.scores,
+               "model_version": self.model_version, "catalogue_version": self.catalogue_version,
+               "cold_start": self.cold_start}
+        if self.explanation is not None:
+            doc["explanation"] = self.explanation
+        return doc
 
 
 class RequestRanker:
@@ -264,6 +269,11 @@ class RequestRanker:
         top_items, top_scores = self._kernel(states, scene, excluded, now, k)
         masks = self.catalogue.mask(self.params.item_emb.shape[0])
         names = self._names
+        explained = [None] * B
+        if cfg.explain_events and not cold.all():
+            ranks = batching.rank_inputs(states, np.full(B, now), scene, self._mask_codes)
+            explained = explanations(self.params, states["interest"], states["interest_weight"], ranks, names,
+                                     cfg.scenes, cfg.explain_events, cfg.bucket(B))
         out = []
         for b, request in enumerate(requests):
             items, scores = top_items[b], top_scores[b]
@@ -274,7 +284,8 @@ class RequestRanker:
             else:
                 items, scores = items[:request.k], np.round(scores[:request.k].astype(np.float64), 6)
             out.append(Answer(request.user_id, request.scene, names[items].tolist(), scores.tolist(),
-                              self.model_version, catalogue_version, bool(cold[b])))
+                              self.model_version, catalogue_version, bool(cold[b]),
+                              None if cold[b] else explained[b]))
         return out
 
     def _kernel(self, states: np.ndarray, scene: np.ndarray, excluded: list[np.ndarray], now: float, k: int):
@@ -317,6 +328,10 @@ class RequestRanker:
             for k in self.list_lengths:
                 jax.block_until_ready(self._kernel(states, np.zeros(Bp, np.int8), [np.zeros(0, np.int32)] * Bp,
                                                    self.clock(), k))
+            if self.cfg.explain_events:
+                ranks = batching.rank_inputs(states, np.zeros(Bp), np.zeros(Bp, np.int8), self._mask_codes)
+                explanations(self.params, states["interest"], states["interest_weight"], ranks, self._names,
+                             self.cfg.scenes, self.cfg.explain_events, Bp)
         return time.perf_counter() - started
 
 

@@ -236,17 +236,36 @@ def encode_event(event: Event) -> bytes:
     >>> decode_event(encode_event(Event("u", "i", "view", 2.0, "search")), ("default", "search")).scene
     'search'
     """
+    return orjson.dumps(_event_doc(event))
+
+
+def _event_doc(event: Event) -> dict:
     doc = {"user_id": event.user_id, "item_id": event.item_id, "type": event.type, "ts": event.ts,
            "scene": event.scene}
     if event.event_id is not None:
         doc["event_id"] = event.event_id
-    return orjson.dumps(doc)
+    return doc
+
+
+def encode_events(events) -> bytes:
+    """One batched message of ``events`` (a JSON array; :func:`decode_events` reads it back).
+
+    Every event of a message must belong to users of one partition: the producer keys the message
+    by one of them (``streams.replay``), and each user's events must stay on that user's partition.
+
+    >>> [e.user_id for _, e in decode_events(encode_events([Event("u", "i", "view", 1.0)] * 2), ("default",))[0]]
+    ['u', 'u']
+    """
+    return orjson.dumps([_event_doc(event) for event in events])
 
 
 def encode_recommendation(rec: Recommendation, emitted_ts: float | None = None) -> bytes:
-    return orjson.dumps({"user_id": rec.user_id, "scene": rec.scene, "items": rec.items, "scores": rec.scores,
-                         "model_version": rec.model_version, "event_ts": rec.event_ts,
-                         "emitted_ts": time.time() if emitted_ts is None else emitted_ts})
+    doc = {"user_id": rec.user_id, "scene": rec.scene, "items": rec.items, "scores": rec.scores,
+           "model_version": rec.model_version, "event_ts": rec.event_ts,
+           "emitted_ts": time.time() if emitted_ts is None else emitted_ts}
+    if rec.explanation is not None:
+        doc["explanation"] = rec.explanation
+    return orjson.dumps(doc)
 
 
 def encode_feedback(fb: Feedback) -> bytes:

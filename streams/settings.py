@@ -101,6 +101,10 @@ class Settings:
     # States stored in it are converted as users are read (models.state.migrate); "" = states of
     # any other layout are refused (their events go to the dead-letter topic)
     state_migrate_from: str = ""
+    # Explanations (opt-in): each list, on the topic and from /recommendations, carries the explain_events
+    # most-attended history events and the weight of each scene interest (models.explain)
+    explain: bool = False
+    explain_events: int = 3
     # The attention market (models/market, docs/market.md): sponsored_slots of the k positions of every
     # list, at sponsored_ranks (1-based; () = spread evenly), go to a GSP auction on bid x calibrated pCTR
     # over the live campaigns; a click pays at least reserve_price (currency units) and at most its bid.
@@ -230,6 +234,9 @@ class Settings:
                              "at least 0")
         if settings.popularity_window_s <= 0 or settings.popularity_windows < 1 or settings.popularity_keep < 1:
             raise ValueError(f"{PREFIX}POPULARITY_WINDOW_S, _WINDOWS and _KEEP must be positive")
+        if not 1 <= settings.explain_events <= settings.history:
+            raise ValueError(f"{PREFIX}EXPLAIN_EVENTS={settings.explain_events}: must be 1 to HISTORY "
+                             f"({settings.history})")
         settings.market_ranks()  # a bad SPONSORED_SLOTS / _RANKS fails at start-up
         if settings.reserve_price < 0 or settings.attribution_window_s <= 0 or settings.pacing_gain <= 0 \
                 or not 0 < settings.calibration_prior_ctr < 1:
@@ -287,7 +294,8 @@ class Settings:
         return EngineConfig(dim=self.dim, history=self.history, scenes=self.scenes, k=self.k,
                             interest_decay=self.interest_decay, mask_types=self.mask_types,
                             item_chunk=self.item_chunk, initial_capacity=self.initial_capacity,
-                            max_batch=self.batch_size, seed=self.seed, previous_layout=self.state_migrate_from)
+                            max_batch=self.batch_size, seed=self.seed, previous_layout=self.state_migrate_from,
+                            explain_events=self.explain_events if self.explain else 0)
 
     def train_config(self):
         from models.training import TrainConfig

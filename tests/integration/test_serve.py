@@ -144,7 +144,8 @@ def test_a_running_worker_answers_recommendations(settings, redis_store, tmp_pat
     from streams.topics import TopicNames, ensure_topics
 
     # popularity re-read on every cold start: the events below land within the default 5 s of the warm-up
-    settings = dataclasses.replace(settings, train_enabled=False, popularity_refresh_s=0.0)
+    # explanations on: both the topic's lists and the API's answers must carry them
+    settings = dataclasses.replace(settings, train_enabled=False, popularity_refresh_s=0.0, explain=True)
     ensure_topics(settings)
     worker = start_worker(settings, tmp_path / "worker.log")
     producer = connect(KafkaProducer, settings, acks="all")
@@ -171,6 +172,10 @@ def test_a_running_worker_answers_recommendations(settings, redis_store, tmp_pat
         status, known = get(settings.web_port, user_id="user-2", scene="product", k=8)
         assert status == 200 and not known["cold_start"] and len(known["items"]) == 8, known
         assert set(known["items"]) <= set(CATALOGUE[:25])
+        user_2_items = {CATALOGUE[n % 25] for n in range(40) if n % 5 == 2}
+        why = known["explanation"]
+        assert why["history"] and {e["item_id"] for e in why["history"]} <= user_2_items, why
+        assert set(why["scene_interest"]) == {"default", "search"}, why
         status, cold = get(settings.web_port, user_id="stranger", scene="product", k=3)
         assert status == 200 and cold["cold_start"] and cold["items"][0] == "sku-024" and cold["scores"][0] == 6.0
         status, bad = get(settings.web_port, user_id="user-2", scene="nowhere")
@@ -179,3 +184,8 @@ def test_a_running_worker_answers_recommendations(settings, redis_store, tmp_pat
         producer.close()
         stop_worker(worker)
     assert worker.returncode == 0
+    from streams.replay import read_topic
+
+    lists = [d for d in read_topic(settings, "recommendations", timeout_s=3) if d["user_id"] == "user-2"]
+    assert lists and all(len(d["explanation"]["history"]) >= 1 for d in lists)
+    assert all({e["item_id"] for e in d["explanation"]["history"]} <= user_2_items for d in lists)
