@@ -41,6 +41,60 @@ class Quantiles:
         return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "n": len(arr)}
 
 
+@dataclass
+class Histogram(Quantiles):
+    """Quantiles of recent observations plus cumulative Prometheus buckets over all of them.
+
+    >>> h = Histogram(bounds=(0.01, 0.05)); h.extend([0.002, 0.02, 0.3]); h.add(0.04)
+    >>> h.counts, h.count, round(h.total, 3)
+    ([1, 3], 4, 0.362)
+    """
+
+    bounds: tuple = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+    counts: list = field(default=None)
+    count: int = 0
+    total: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.counts = [0] * len(self.bounds)
+
+    def add(self, value: float) -> None:
+        super().add(value)
+        self._count([value])
+
+    def extend(self, values) -> None:
+        values = list(values)
+        super().extend(values)
+        self._count(values)
+
+    def _count(self, values: list) -> None:
+        if not values:
+            return
+        below = np.searchsorted(np.sort(np.asarray(values, float)), self.bounds, side="right")
+        for i, n in enumerate(below):
+            self.counts[i] += int(n)
+        self.count += len(values)
+        self.total += float(sum(values))
+
+    def prometheus(self, name: str, help_: str) -> list[str]:
+        lines = [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
+        lines += [f'{name}_bucket{{le="{b:g}"}} {n}' for b, n in zip(self.bounds, self.counts)]
+        return lines + [f'{name}_bucket{{le="+Inf"}} {self.count}', f"{name}_sum {self.total}",
+                        f"{name}_count {self.count}"]
+
+
+def lag_lines(lags: dict) -> list[str]:
+    """Prometheus lines of consumer lag: ``{(topic, partition): messages not yet committed}``.
+
+    >>> lag_lines({("events", 1): 7})[-1]
+    'attnflow_consumer_lag{topic="events",partition="1"} 7'
+    """
+    lines = ["# HELP attnflow_consumer_lag messages of an assigned partition after this worker's committed offset",
+             "# TYPE attnflow_consumer_lag gauge"]
+    return lines + [f'attnflow_consumer_lag{{topic="{t}",partition="{p}"}} {n}' for (t, p), n in sorted(lags.items())]
+
+
 STAGES = ("to_agent", "queued", "engine", "deliver", "write")
 
 
@@ -118,9 +172,15 @@ class PipelineMetrics:
     ready: bool = False
     batch_seconds: Quantiles = field(default_factory=Quantiles)
     kernel_seconds: Quantiles = field(default_factory=Quantiles)
-    latency_seconds: Quantiles = field(default_factory=Quantiles)
+    latency_seconds: Histogram = field(default_factory=Histogram)  # produced -> outputs delivered and written
     batch_sizes: Quantiles = field(default_factory=Quantiles)
     stages: StageTimes = field(default_factory=StageTimes)
+    model_since: float = field(default_factory=time.time)  # when this worker started ranking with model_version
+
+    def __setattr__(self, name, value):
+        if name == "model_version" and getattr(self, "model_version", value) != value:
+            object.__setattr__(self, "model_since", time.time())
+        object.__setattr__(self, name, value)
 
     def observe_feedbacks(self, feedback) -> None:
         """Count a batch's feedback records (``models.engine.Feedback``) into the online HR and NDCG.
@@ -187,12 +247,16 @@ class PipelineMetrics:
         metric("online_hit_rate", s["online"]["hr"], help_=f"share of events whose item was in the last list (top {self.k})")
         metric("online_ndcg", s["online"]["ndcg"], help_="NDCG of the acted-on item in the last list")
         metric("model_version", s["model_version"], help_="parameter snapshot in use")
+        metric("model_age_seconds", round(time.time() - self.model_since, 3),
+               help_="seconds since this worker started ranking with the snapshot in use (grows if the trainer stops)")
         metric("catalogue_items", s["n_items"], help_="items known to this worker")
         metric("ready", int(s["ready"]), help_="1 once kernels are compiled and the agent consumes")
-        for name in ("batch_seconds", "kernel_seconds", "latency_seconds"):
+        for name in ("batch_seconds", "kernel_seconds", "latency_seconds", "batch_size"):
             for q in ("p50", "p95", "p99"):
                 metric(name, s[name][q], labels=f'{{quantile="{q[1:]}"}}',
                        help_="" if q != "p50" else f"{name.replace('_', ' ')} over the last observations")
+        lines.extend(self.latency_seconds.prometheus(
+            "attnflow_produce_to_emit_seconds", "event produced -> its batch's outputs delivered and state written"))
         lines.append("# HELP attnflow_stage_seconds seconds per stage of an event's way through the worker")
         lines.append("# TYPE attnflow_stage_seconds gauge")
         for stage, q in s["stages"].items():
@@ -251,6 +315,10 @@ class TrainerMetrics:
                  "# HELP attnflow_published_model_version last parameter snapshot this worker published",
                  "# TYPE attnflow_published_model_version gauge",
                  f"attnflow_published_model_version {self.published_version}"]
+        if self.published_ts is not None:
+            lines += ["# HELP attnflow_published_model_timestamp_seconds when this worker published its last snapshot",
+                      "# TYPE attnflow_published_model_timestamp_seconds gauge",
+                      f"attnflow_published_model_timestamp_seconds {self.published_ts}"]
         if self.loss is not None:
             lines += ["# HELP attnflow_train_loss mean next-item cross-entropy of recent steps",
                       "# TYPE attnflow_train_loss gauge", f"attnflow_train_loss {self.loss}"]

@@ -2,6 +2,7 @@
 only, no quantiles), ``/ready`` (probe), ``/recommendations`` (request-time lists, ``streams.serving``)."""
 from __future__ import annotations
 
+from streams.metrics import lag_lines
 from streams.serving import ServingService
 
 
@@ -26,7 +27,8 @@ def register(app, worker, trainer) -> None:
 
     @app.page("/metrics")
     async def metrics(web, request):
-        return web.text(worker.metrics.prometheus() + trainer.metrics.prometheus() + serving_text(),
+        lag = "\n".join(lag_lines(consumer_lags(app))) + "\n"
+        return web.text(worker.metrics.prometheus() + trainer.metrics.prometheus() + serving_text() + lag,
                         content_type="text/plain; version=0.0.4")
 
     @app.page("/stats")
@@ -34,7 +36,9 @@ def register(app, worker, trainer) -> None:
         if request.query.get("brief"):  # counters only: for pollers that ask many times a second
             return web.json(worker.metrics.progress())
         return web.json({**worker.metrics.snapshot(), "trainer": trainer.metrics.snapshot(),
-                         **({"serving": serving.stats()} if serving is not None else {})})
+                         **({"serving": serving.stats()} if serving is not None else {}),
+                         **({"market": market.report()} if (market := getattr(worker.engine, "market", None))
+                            else {})})
 
     @app.page("/ready")
     async def ready(web, request):
@@ -50,3 +54,20 @@ def _engine_params(worker):
     swaps the two one after the other, so a batch in between may carry the previous version's label."""
     engine = worker.engine
     return None if engine is None else (engine.model_version, engine.params)
+
+
+def consumer_lags(app) -> dict:
+    """``{(topic, partition): lag}`` for this worker's assigned partitions: the broker's end offset (as of the
+    last fetch) minus the offset Faust last committed. A partition with no commit since it was assigned
+    yet, or no fetch, is left out; the group's whole lag is what KEDA and the broker report."""
+    try:
+        assignment = app.consumer.assignment()
+    except Exception:  # noqa: BLE001 -- not started, or between rebalances: nothing to report
+        return {}
+    committed = app.monitor.tp_committed_offsets or {}
+    lags = {}
+    for tp in assignment:
+        end, done = app.consumer.highwater(tp), committed.get(tp)
+        if end is not None and done is not None:
+            lags[(tp.topic, tp.partition)] = max(end - done, 0)
+    return lags
