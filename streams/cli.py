@@ -60,14 +60,24 @@ def cmd_status(args, settings):
 
 
 def cmd_topics(args, settings):
-    from streams.topics import delete_topics, ensure_topics
+    """Create missing topics; ``--check`` only compares partition counts with the settings (exit 1 if they
+    differ or a topic is missing). Both refuse an existing topic whose partition count differs."""
+    from streams.topics import PartitionMismatch, check_topics, delete_topics, ensure_topics
 
     if args.delete:
         delete_topics(settings)
         print("deleted topics")
-    else:
-        for name, n in sorted(ensure_topics(settings).items()):
-            print(f"{name}: {n} partitions")
+        return
+    try:
+        have, problems = check_topics(settings) if args.check else (ensure_topics(settings), [])
+    except PartitionMismatch as exc:
+        have, problems = {}, str(exc).split("; ")
+    for name, n in sorted(have.items()):
+        print(f"{name}: {n} partitions")
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def lower_priority(increment: int) -> str:
@@ -348,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="are the local services running").set_defaults(fn=cmd_status)
     p = sub.add_parser("topics", help="create the pipeline's topics")
     p.add_argument("--delete", action="store_true")
+    p.add_argument("--check", action="store_true",
+                   help="create nothing; exit 1 if a topic is missing or its partition count differs from the settings")
     p.set_defaults(fn=cmd_topics)
     p = sub.add_parser("worker", help="run a rank worker")
     p.add_argument("--web-port", type=int, default=None, help="default ATTNFLOW_WEB_PORT (6066)")

@@ -77,7 +77,8 @@ def topic_configs(settings: Settings) -> dict[str, str]:
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
     """Create missing topics with their partition counts, the replication factor and ``topic_configs``;
-    returns {name: partitions} as they exist."""
+    returns {name: partitions} as they exist. Raises ``PartitionMismatch`` when a topic that was already
+    there has another partition count than the settings ask for: that is never changed silently."""
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
@@ -100,10 +101,53 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
         have = {t.get("name", t.get("topic")): len(t["partitions"]) for t in described}
     finally:
         admin.close()
-    for name, n in wanted.items():
-        if 0 < have.get(name, 0) < n:  # 0: just created, metadata not propagated yet
-            log.warning("topic %s has %s partitions, settings ask for %s", name, have.get(name), n)
+    # topics created just now have the count asked for; a topic that was there must already have it
+    problems = partition_problems({name: n for name, n in wanted.items() if name in existing}, have)
+    if problems:
+        raise PartitionMismatch("; ".join(problems))
     return have
+
+
+class PartitionMismatch(RuntimeError):
+    """An existing topic's partition count differs from the settings: refused, never changed silently."""
+
+
+def partition_problems(wanted: dict[str, int], have: dict[str, int]) -> list[str]:
+    """What differs between the partition counts the settings ask for and those the topics have.
+
+    A different count of ``events`` moves users to other partitions, where their stored fences (partition,
+    offset) no longer match, so it must be a deliberate migration (docs/operations.md), not a side effect.
+    A topic missing from ``have`` is reported as missing; a count of 0 (metadata not there yet) is skipped.
+
+    >>> partition_problems({"events": 4, "train": 1}, {"events": 6, "train": 1})[0][:53]
+    'topic events has 6 partitions, the settings ask for 4'
+    >>> partition_problems({"events": 4}, {})
+    ['topic events is missing (attnflow topics creates it)']
+    """
+    problems = []
+    for name, n in wanted.items():
+        got = have.get(name)
+        if got is None:
+            problems.append(f"topic {name} is missing (attnflow topics creates it)")
+        elif got and got != n:
+            problems.append(f"topic {name} has {got} partitions, the settings ask for {n} "
+                            "(ATTNFLOW_PARTITIONS; docs/operations.md says how to change it)")
+    return problems
+
+
+def check_topics(settings: Settings, timeout_s: float = 30.0) -> tuple[dict[str, int], list[str]]:
+    """``({name: partitions}, problems)`` of the pipeline's topics as they exist; creates nothing."""
+    wanted = TopicNames.of(settings).partitions(settings)
+    admin = admin_client(settings, client_id=f"{settings.app_id}-admin",
+                         request_timeout_ms=int(timeout_s * 1000))
+    try:
+        existing = set(admin.list_topics())
+        present = [name for name in wanted if name in existing]
+        described = admin.describe_topics(present) if present else []
+        have = {t.get("name", t.get("topic")): len(t["partitions"]) for t in described}
+    finally:
+        admin.close()
+    return have, partition_problems(wanted, have)
 
 
 def admin_client(settings: Settings, **extra):
