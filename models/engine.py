@@ -49,6 +49,7 @@ class Recommendation:
     model_version: int
     event_ts: float
     explanation: dict | None = None  # models.explain, when EngineConfig.explain_events > 0
+    sponsored: list[dict] | None = None  # models.market: the sponsored entries (rank, item, campaign, price)
 
 
 @dataclass(slots=True)
@@ -88,6 +89,7 @@ class BatchResult:
     scene_counts: list[tuple[str, int, int]] = field(default_factory=list)
     _users: list[str] = field(default_factory=list)
     _values: list[bytes] = field(default_factory=list)
+    market: object = None  # models.market.book.MarketBatch: sponsored slots sold, clicks charged (market on)
 
 
 class Engine:
@@ -107,8 +109,9 @@ class Engine:
     """
 
     def __init__(self, cfg: EngineConfig, store, params: Params | None = None, model_version: int = 0,
-                 emit_examples: bool = False):
+                 emit_examples: bool = False, market=None):
         self.cfg = cfg
+        self.market = market  # models.market.book.Market: sponsored slots in every list; None: organic only
         self.emit_examples = emit_examples
         self.store = store
         self.codec = StateCodec(cfg)
@@ -253,6 +256,8 @@ class Engine:
 
     def commit(self, result: BatchResult) -> list[bool]:
         """Fenced write of the batch's new states; False for users a newer writer already advanced."""
+        if result.market is not None:  # first: once the states are in, a replay of these events is skipped
+            self.market.commit(self.store, result.market)
         written = self.store.write_states(result._users, result._values, scene_counts=result.scene_counts)
         with self._pending_lock:
             for user, value in zip(result._users, result._values):
@@ -265,6 +270,8 @@ class Engine:
         reads what the store holds, and the events will be processed again when they are redelivered."""
         with self._pending_lock:
             self._pending.clear()
+        if self.market is not None:
+            self.market.discard()
 
     def _decode(self, users, values):
         try:
@@ -324,6 +331,10 @@ class Engine:
         top_items, top_scores = np.asarray(top_items)[:B], np.asarray(top_scores)[:B]
         interest, weight = np.asarray(interest)[:B], np.asarray(weight)[:B]
         result.kernel_s = time.perf_counter() - started
+        if self.market is not None:  # a second vectorised call: the auction over the campaigns' items
+            top_items, top_scores, result.market = self.market.trade(
+                self, applied, dense, [applied[i][1] for i in prepared.last], prepared.now, prepared.scene, ranks,
+                interest, weight, Bp, top_items, top_scores)
 
         sub["interest"] = interest.astype(np.float16)
         sub["interest_weight"] = weight
@@ -356,6 +367,8 @@ class Engine:
             result.recommendations.append(Recommendation(
                 user_id=users[b], scene=cfg.scenes[scene[b]], items=items, scores=row_scores,
                 model_version=self.model_version, event_ts=now[b], explanation=explained[b]))
+        if result.market is not None:
+            self.market.annotate(result.recommendations, result.market)
         # Last: the next batch builds on these states. Registered before a step that can still fail (the
         # id fetch above reads the store), a retried batch would find its own events already applied
         # and skip them as replays, their outputs never sent.

@@ -27,6 +27,7 @@ from streams.codec import (BadEvent, decode_event, encode_deadletter, encode_eve
                            encode_recommendation)
 from streams.metrics import PipelineMetrics, TrainerMetrics
 from streams.catalogue import CatalogueWorker
+from streams.market import market_for
 from streams.outbox import Outbox
 from streams.settings import restore_root_log_level
 from streams.threadnames import name_worker_threads, set_native_name
@@ -136,7 +137,8 @@ class RankWorker:
         loop = asyncio.get_running_loop()
         enable_compile_cache(self.settings.compile_cache_dir)
         self.store = self.store or self.settings.store()
-        self.engine = Engine(self.cfg, self.store, emit_examples=self.train_topic is not None)
+        self.engine = Engine(self.cfg, self.store, emit_examples=self.train_topic is not None,
+                             market=market_for(self.settings))
         seconds = await loop.run_in_executor(self.executor, self.engine.warmup)
         outputs = [t.get_topic_name() for t in self.outputs] + ([self.train_topic.get_topic_name()]
                                                                 if self.train_topic is not None else [])

@@ -265,6 +265,8 @@ def encode_recommendation(rec: Recommendation, emitted_ts: float | None = None) 
            "emitted_ts": time.time() if emitted_ts is None else emitted_ts}
     if rec.explanation is not None:
         doc["explanation"] = rec.explanation
+    if rec.sponsored is not None:  # the attention market: rank, item, campaign id and click price of each
+        doc["sponsored"] = rec.sponsored
     return orjson.dumps(doc)
 
 

@@ -132,6 +132,19 @@ def read_campaigns_file(path: str | Path, scenes: tuple[str, ...]) -> tuple[list
     return messages, errors
 
 
+def market_for(settings):
+    """The engine's market for ``settings`` (``models.market.book.Market``), None with no sponsored slots."""
+    if not settings.sponsored_slots:
+        return None
+    from models.market.book import Market, MarketConfig
+    from models.market.campaigns import to_micros
+
+    cfg = MarketConfig(ranks=settings.market_ranks(), reserve=to_micros(settings.reserve_price),
+                       window_s=settings.attribution_window_s, pacing=settings.pacing, gain=settings.pacing_gain,
+                       prior_ctr=settings.calibration_prior_ctr)
+    return Market(cfg, settings.engine_config().scenes)
+
+
 def register(app, settings, campaigns_topic, ledger_topic, deadletter_topic):
     """The campaigns agent (one worker of the group applies the single-partition topic) and, on every
     worker, a timer that publishes the store's new ledger entries."""
