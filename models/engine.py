@@ -33,11 +33,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class SourcedEvent:
-    """An event and where it was read from; (partition, offset) is its replay fence."""
+    """An event and where it was read from; (partition, offset, index) is its replay fence.
+
+    ``index`` is the event's position within its Kafka message: 0 for a single-event message, its
+    place in the array for a batched one (``streams.codec.decode_events``)."""
 
     event: Event
     partition: int
     offset: int
+    index: int = 0
 
 
 @dataclass(slots=True)
@@ -239,7 +243,9 @@ class Engine:
             row = rows[sourced.event.user_id]
             if row in broken:
                 result.rejected.append(Rejected(sourced, broken[row]))
-            elif states["partition"][row] == sourced.partition and sourced.offset <= states["offset"][row]:
+            elif states["partition"][row] == sourced.partition and (
+                    sourced.offset < states["offset"][row]
+                    or (sourced.offset == states["offset"][row] and sourced.index <= states["fence_index"][row])):
                 result.replayed += 1  # already in the stored state: a redelivery after a crash or rebalance
             else:
                 applied.append((row, sourced))
@@ -344,6 +350,7 @@ class Engine:
         last_source = [applied[i][1] for i in prepared.last]
         sub["partition"] = [s.partition for s in last_source]
         sub["offset"] = [s.offset for s in last_source]
+        sub["fence_index"] = [s.index for s in last_source]
 
         users = [last_source[b].event.user_id for b in range(B)]
         result._users, result._values = users, self.codec.encode(sub)
@@ -435,7 +442,7 @@ def _newer(pending: bytes | None, stored: bytes | None) -> bytes | None:
     if stored is None:
         return pending
     try:
-        (pp, po), (sp, so) = fence_of(pending), fence_of(stored)
+        (pp, po, pi), (sp, so, si) = fence_of(pending), fence_of(stored)
     except struct.error:  # a malformed stored value: let the decoder reject it with a reason
         return stored
-    return stored if pp == sp and so >= po else pending
+    return stored if pp == sp and (so, si) >= (po, pi) else pending

@@ -1,8 +1,8 @@
 """The per-user attention state: its binary layout in the store, batch codec, and history folding.
 
-One fixed-size little-endian record per user. Bytes 4..16 hold the fence (source partition and
-offset of the last applied event) so the store's compare-and-set can read it without decoding
-the rest. No I/O here; the store moves the bytes.
+One fixed-size little-endian record per user. Bytes 4..16 and 34..36 hold the fence (source
+partition, offset and index within the message of the last applied event) so the store's
+compare-and-set can read it without decoding the rest. No I/O here; the store moves the bytes.
 """
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ from models.config import EngineConfig
 MAGIC = b"AF"
 FORMAT_VERSION = 1
 FENCE_SLICE = slice(4, 16)  # partition <i4, offset <i8: the store's Lua script reads exactly these bytes
+# and the index of the event within its Kafka message <u2 (0 for a single-event message): what was a
+# padding byte pair, zero in states written before batched messages, which therefore read as index 0
+FENCE_INDEX_SLICE = slice(34, 36)
+MAX_MESSAGE_EVENTS = 65535  # events one batched message may hold: the largest fence index
 NO_ITEM = -1
 
 
@@ -34,7 +38,7 @@ def state_dtype(cfg: EngineConfig) -> np.dtype:
         ("magic", "S2"), ("format", "u1"), ("pad", "u1"),
         ("partition", "<i4"), ("offset", "<i8"),
         ("layout", "<u4"), ("n_events", "<u4"),
-        ("list_ts", "<f8"), ("list_scene", "i1"), ("pad2", "u1", (3,)),
+        ("list_ts", "<f8"), ("list_scene", "i1"), ("pad2", "u1"), ("fence_index", "<u2"),
         ("hist_item", "<i4", (L,)), ("hist_type", "i1", (L,)), ("hist_scene", "i1", (L,)),
         ("hist_ts", "<f8", (L,)),
         ("interest", "<f2", (S, d)), ("interest_weight", "<f4", (S,)),
@@ -201,7 +205,7 @@ def migrate(old: np.ndarray, old_cfg: EngineConfig, codec: "StateCodec") -> np.n
     """
     cfg = codec.cfg
     new = np.repeat(codec.empty[None], len(old))
-    for name in ("partition", "offset", "n_events", "list_ts"):
+    for name in ("partition", "offset", "fence_index", "n_events", "list_ts"):
         new[name] = old[name]
     scene_map = np.array([cfg.scenes.index(s) if s in cfg.scenes else 0 for s in old_cfg.scenes], np.int8)
     new["list_scene"] = scene_map[old["list_scene"]]

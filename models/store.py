@@ -20,7 +20,7 @@ import numpy as np
 import redis
 from redis.cluster import ClusterNode, RedisCluster, key_slot
 
-from models.state import FENCE_SLICE
+from models.state import FENCE_INDEX_SLICE, FENCE_SLICE
 
 log = logging.getLogger(__name__)
 
@@ -109,18 +109,21 @@ def connect(url: str, **options) -> redis.Redis | RedisCluster:
     return RedisCluster(startup_nodes=nodes, **options)
 
 # Compare-and-set of a batch of states. The fence (partition <i4, offset <i8) sits at bytes 5..16
-# (Lua is 1-based) of every value; a write is skipped when the stored state is from the same
-# partition at the same or a newer offset: a replayed event, or a zombie worker after a rebalance.
+# (Lua is 1-based) of every value, the event's index within its message (<u2) at bytes 35..36; a write
+# is skipped when the stored state is from the same partition at the same or a newer (offset, index):
+# a replayed event, or a zombie worker after a rebalance.
 _WRITE_STATES = """
 local written = {}
 for i, key in ipairs(KEYS) do
   local new = ARGV[i]
   local np, no = struct.unpack('<i4i8', string.sub(new, 5, 16))
-  local cur = redis.call('GETRANGE', key, 4, 15)
+  local ni = struct.unpack('<I2', string.sub(new, 35, 36))
+  local cur = redis.call('GETRANGE', key, 4, 35)
   local ok = 1
-  if #cur == 12 then
-    local cp, co = struct.unpack('<i4i8', cur)
-    if cp == np and co >= no then ok = 0 end
+  if #cur == 32 then
+    local cp, co = struct.unpack('<i4i8', string.sub(cur, 1, 12))
+    local ci = struct.unpack('<I2', string.sub(cur, 31, 32))
+    if cp == np and (co > no or (co == no and ci >= ni)) then ok = 0 end
   end
   if ok == 1 then redis.call('SET', key, new) end
   written[i] = ok
@@ -321,9 +324,9 @@ def scene_counts(scenes: np.ndarray, items: np.ndarray, names: tuple[str, ...]) 
     return [(names[p // stride], int(p % stride), int(c)) for p, c in zip(pairs.tolist(), counts.tolist())]
 
 
-def fence_of(value: bytes) -> tuple[int, int]:
-    """(partition, offset) written into a state value."""
-    return struct.unpack("<iq", value[FENCE_SLICE])
+def fence_of(value: bytes) -> tuple[int, int, int]:
+    """(partition, offset, index within the message) written into a state value."""
+    return (*struct.unpack("<iq", value[FENCE_SLICE]), struct.unpack("<H", value[FENCE_INDEX_SLICE])[0])
 
 
 @dataclass
@@ -713,8 +716,8 @@ class MemoryStore:
                 current = self.states.get(user)
                 ok = True
                 if current is not None:
-                    (cp, co), (np_, no) = fence_of(current), fence_of(value)
-                    ok = not (cp == np_ and co >= no)
+                    (cp, co, ci), (np_, no, ni) = fence_of(current), fence_of(value)
+                    ok = not (cp == np_ and (co, ci) >= (no, ni))
                 if ok:
                     self.states[user] = value
                 written.append(ok)

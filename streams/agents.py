@@ -23,7 +23,7 @@ from models.kernels import enable_compile_cache
 from models.params import from_bytes, mismatch, to_bytes
 from models.training import Trainer, examples_from_bytes, examples_to_messages
 from models.store import FATAL_STORE_ERRORS, TRANSIENT_ERRORS
-from streams.codec import (BadEvent, decode_event, encode_deadletter, encode_event, encode_feedback,
+from streams.codec import (BadEvent, decode_events, encode_deadletter, encode_event, encode_feedback,
                            encode_recommendation)
 from streams.metrics import PipelineMetrics, TrainerMetrics
 from streams.catalogue import CatalogueWorker
@@ -58,10 +58,11 @@ class DeadLetter:
     topic: str
     partition: int
     offset: int
+    index: int | None = None  # the event's place in its message; None: the record is the whole message
 
     @classmethod
     def of(cls, sourced: SourcedEvent, reason: str, topic: str) -> "DeadLetter":
-        return cls(encode_event(sourced.event), reason, topic, sourced.partition, sourced.offset)
+        return cls(encode_event(sourced.event), reason, topic, sourced.partition, sourced.offset, sourced.index)
 
 
 @dataclass(slots=True)
@@ -171,12 +172,20 @@ class RankWorker:
             try:
                 # ts is bounded by the record's own timestamp, not by this worker's clock: a replay later
                 # on decides the same
-                decoded = decode_event(event.value, scenes, message.timestamp, max_future_s)
+                decoded, bad = decode_events(event.value, scenes, message.timestamp, max_future_s)
             except BadEvent as exc:
                 dead.append(DeadLetter(event.value, str(exc), message.topic, message.partition, message.offset))
                 continue
-            batch.append(SourcedEvent(decoded, message.partition, message.offset))
-            produced.append(message.timestamp)
+            # a batched message: each event keeps its own fence (partition, offset, index), and a bad
+            # one goes to the dead letters alone while its neighbours apply
+            for index, raw, reason in bad:
+                dead.append(DeadLetter(raw, reason, message.topic, message.partition, message.offset, index))
+            if len(decoded) == 1:
+                batch.append(SourcedEvent(decoded[0][1], message.partition, message.offset, decoded[0][0]))
+                produced.append(message.timestamp)
+            else:
+                batch += [SourcedEvent(e, message.partition, message.offset, i) for i, e in decoded]
+                produced += [message.timestamp] * len(decoded)
         self.metrics.stages.add_each("to_agent", [taken - ts for ts in produced if ts])
         newest = self._inflight[-1] if self._inflight else None
         if (self.merge and newest is not None and not newest.sealed
@@ -276,7 +285,8 @@ class RankWorker:
         stages.add("write", time.perf_counter() - delivered, n)
         for event in item.events:
             event.ack()
-        self.metrics.events += len(item.events)  # counted once done, so a rate over it is end to end
+        # counted once done, so a rate over it is end to end; events, not messages (a message may hold many)
+        self.metrics.events += len(item.batch) + len(item.dead)
         now = time.time()
         self.metrics.latency_seconds.extend([now - ts for ts in item.produced if ts])
         self.metrics.model_version = self.engine.model_version
@@ -292,6 +302,14 @@ class RankWorker:
         """Run the engine; an unexpected error splits the batch until the poison event is alone."""
         if not batch:
             return [], []
+        limit = self.cfg.max_batch
+        if len(batch) > limit:  # batched messages: the kernels are compiled for up to max_batch events a call
+            results, dead = [], []
+            for start in range(0, len(batch), limit):
+                part, part_dead = await self._process(batch[start:start + limit], topic)
+                results += part
+                dead += part_dead
+            return results, dead
         try:
             return [await self._run(self.engine.process, batch)], []
         except FATAL_STORE_ERRORS:
@@ -334,7 +352,8 @@ class RankWorker:
         for d in dead:
             log.warning("dead letter %s[%d]@%d: %s", d.topic, d.partition, d.offset, d.reason)
             self.metrics.deadletters[reason_code(d.reason)] += 1
-            records.append((deadletter, None, encode_deadletter(d.raw, d.reason, d.topic, d.partition, d.offset)))
+            records.append((deadletter, None, encode_deadletter(d.raw, d.reason, d.topic, d.partition, d.offset,
+                                                                d.index)))
         return records
 
 

@@ -141,8 +141,10 @@ def cmd_replay(args, settings):
     total = len(events_log) if args.limit is None else min(args.limit, len(events_log))
     print(f"{events_log.name}: {total} events, {events_log.n_users} users, {events_log.n_items} items"
           f"{' — ' + events_log.notes if events_log.notes else ''}")
-    stats = replay(settings, log_events(events_log, total), total=total, rate=args.rate)
-    print(f"sent {stats['sent']} events to {stats['topic']} in {stats['seconds']:.1f}s ({stats['rate']:.0f}/s)")
+    stats = replay(settings, log_events(events_log, total), total=total, rate=args.rate,
+                   batch_events=1 if args.single else args.batch_events)
+    print(f"sent {stats['sent']} events in {stats['messages']} messages to {stats['topic']} in "
+          f"{stats['seconds']:.1f}s ({stats['rate']:.0f}/s)")
 
 
 def cmd_tail(args, settings):
@@ -233,8 +235,10 @@ def cmd_demo(args, settings):
     try:
         wait_ready(settings.web_port, worker)
         print(f"worker ready (log: {log_path}, metrics: http://127.0.0.1:{settings.web_port}/metrics)")
-        stats = replay(settings, log_events(events_log, total), total=total, rate=args.rate)
-        print(f"sent {stats['sent']} events in {stats['seconds']:.1f}s ({stats['rate']:.0f}/s)\n")
+        stats = replay(settings, log_events(events_log, total), total=total, rate=args.rate,
+                       batch_events=1 if args.single else args.batch_events)
+        print(f"sent {stats['sent']} events in {stats['messages']} messages in {stats['seconds']:.1f}s "
+              f"({stats['rate']:.0f}/s)\n")
         print("-- a few recommendations as they came out --")
         for doc in read_topic(settings, "recommendations", timeout_s=5, max_messages=5):
             print("  " + format_message("recommendations", doc))
@@ -377,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", default="", help="folder laid out like ../shared/data (default: that)")
         p.add_argument("--limit", type=int, default=None, help="replay only the first N events")
         p.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
+        p.add_argument("--single", action="store_true", help="one Kafka message per event (default: batched)")
+        p.add_argument("--batch-events", type=int, default=None,
+                       help="events per batched message (default ATTNFLOW_REPLAY_BATCH_EVENTS)")
         p.set_defaults(fn=fn)
     demo = sub.choices["demo"]
     demo.add_argument("--prefix", default="demo.", help="topic prefix of the demo's own namespace")

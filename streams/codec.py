@@ -13,6 +13,7 @@ import orjson
 
 from models.engine import Feedback, Recommendation
 from models.events import DEFAULT_SCENE, EVENT_TYPES, Event
+from models.state import MAX_MESSAGE_EVENTS
 
 MAX_ID_BYTES = 512
 _TYPES = frozenset(EVENT_TYPES)
@@ -85,6 +86,11 @@ def decode_event(raw: bytes, scenes: tuple[str, ...], sent_ts: float | None = No
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadEvent(f"not valid JSON: {exc}") from None
+    return _event_of(doc, scenes, sent_ts, max_future_s)
+
+
+def _event_of(doc, scenes: tuple[str, ...], sent_ts: float | None, max_future_s: float) -> Event:
+    """One parsed event document validated (:func:`decode_event`)."""
     if type(doc) is dict:  # the common case, checked in one go; anything unusual takes the path below
         user_id, item_id, etype, ts = doc.get("user_id"), doc.get("item_id"), doc.get("type"), doc.get("ts")
         scene, event_id = doc.get("scene"), doc.get("event_id")
@@ -97,6 +103,41 @@ def decode_event(raw: bytes, scenes: tuple[str, ...], sent_ts: float | None = No
                 and (event_id is None or (type(event_id) is str and len(event_id) <= MAX_ID_BYTES))):
             return Event(user_id, item_id, etype, float(ts), scene, event_id)
     return _checked(doc, scenes, sent_ts, max_future_s)
+
+
+def decode_events(raw: bytes, scenes: tuple[str, ...], sent_ts: float | None = None,
+                  max_future_s: float = MAX_FUTURE_S) -> tuple[list[tuple[int, Event]], list[tuple[int, bytes, str]]]:
+    """A message holding one event (a JSON object) or many (a JSON array of them), validated one by one.
+
+    Returns ``(events, bad)``: ``(index, event)`` of the good ones, in message order, and ``(index, raw,
+    reason)`` of each bad one, ``raw`` being that event's own JSON, so that a bad event in a batch is
+    dead-lettered alone and its neighbours apply. A single-event message is index 0. A message that
+    cannot be read at all (not JSON, an empty or oversized array) raises ``BadEvent``: it goes whole.
+
+    >>> good, bad = decode_events(b'[{"user_id":"u","item_id":"i","type":"view","ts":1},{"user_id":"u"}]',
+    ...                           ("default",))
+    >>> [(i, e.item_id) for i, e in good], bad
+    ([(0, 'i')], [(1, b'{"user_id":"u"}', "missing required field 'item_id'")])
+    >>> decode_events(b'{"user_id":"u","item_id":"i","type":"view","ts":1}', ("default",))[0][0][0]
+    0
+    """
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadEvent(f"not valid JSON: {exc}") from None
+    if type(doc) is not list:
+        return [(0, _event_of(doc, scenes, sent_ts, max_future_s))], []
+    if not doc:
+        raise BadEvent("batched message is an empty array: send at least one event")
+    if len(doc) > MAX_MESSAGE_EVENTS:
+        raise BadEvent(f"batched message holds {len(doc)} events, at most {MAX_MESSAGE_EVENTS}")
+    good, bad = [], []
+    for index, element in enumerate(doc):
+        try:
+            good.append((index, _event_of(element, scenes, sent_ts, max_future_s)))
+        except BadEvent as exc:
+            bad.append((index, orjson.dumps(element), str(exc)))
+    return good, bad
 
 
 def _timestamp(doc: dict, sent_ts: float | None, max_future_s: float) -> float:
@@ -297,14 +338,16 @@ def _as_text(value: bytes, cut: bool) -> str | None:
     return None
 
 
-def encode_deadletter(raw: bytes | None, reason: str, topic: str, partition: int, offset: int) -> bytes:
+def encode_deadletter(raw: bytes | None, reason: str, topic: str, partition: int, offset: int,
+                      index: int | None = None) -> bytes:
     """Dead-letter record: the original bytes (as text when UTF-8, else base64) and why it was refused.
 
     A value is carried up to ``DEADLETTER_VALUE_MAX_BYTES``; a longer one is cut to a prefix
     (``value_truncated``), since whole it may not fit in a Kafka message once encoded: base64 grows it
     by a third and JSON escapes a control byte to six. ``value_bytes`` is its full length, and
-    ``topic``/``partition``/``offset`` say where the whole value still is. A reason (which may quote
-    an exception) is cut to ``DEADLETTER_REASON_MAX_CHARS``, so a record stays within
+    ``topic``/``partition``/``offset`` say where the whole value still is; ``index`` is the event's
+    place in a batched message (its own JSON is the value), null when the record is the whole message.
+    A reason (which may quote an exception) is cut to ``DEADLETTER_REASON_MAX_CHARS``, so a record stays within
     ``DEADLETTER_RECORD_MAX_BYTES`` whatever it is given.
 
     >>> orjson.loads(encode_deadletter(b'{bad', "not valid JSON", "events", 2, 41))["value"]
@@ -317,8 +360,8 @@ def encode_deadletter(raw: bytes | None, reason: str, topic: str, partition: int
     kept = raw[:DEADLETTER_VALUE_MAX_BYTES]
     if len(reason) > DEADLETTER_REASON_MAX_CHARS:
         reason = reason[:DEADLETTER_REASON_MAX_CHARS - 3] + "..."
-    doc = {"reason": reason, "topic": topic, "partition": partition, "offset": offset, "failed_ts": time.time(),
-           "value_bytes": len(raw), "value_truncated": len(kept) < len(raw)}
+    doc = {"reason": reason, "topic": topic, "partition": partition, "offset": offset, "index": index,
+           "failed_ts": time.time(), "value_bytes": len(raw), "value_truncated": len(kept) < len(raw)}
     text = _as_text(kept, cut=doc["value_truncated"])
     if text is not None:
         doc["value"] = text

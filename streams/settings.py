@@ -65,6 +65,9 @@ class Settings:
     # under load, batches grow while the engine works, not while the window runs
     batch_size: int = 512
     batch_within_s: float = 0.005
+    # Events per Kafka message that ``attnflow replay`` and ``streams.replay.replay`` send (a JSON array,
+    # see streams.codec.decode_events); 1 = one message per event. The rank agent reads both framings
+    replay_batch_events: int = 200
     # Dynamic batching: events taken while the newest batch waits for the engine join it (up to
     # ``batch_size``), so the engine ranks what arrived while it was busy in one call; false = every
     # take is a batch of its own

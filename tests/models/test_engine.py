@@ -281,3 +281,20 @@ def test_scene_catalogues_and_hidden_items_apply_from_the_next_batch():
         assert not {"i5", "i1"} & set(rec.items), rec
     search = next(r for r in result.recommendations if r.scene == "search")
     assert set(search.items) <= {"i0", "i3", "i4"}              # i2 default-only, i1/i5 hidden
+
+
+def test_events_of_one_batched_message_are_fenced_by_their_index():
+    """Events sharing a Kafka offset (one batched message) are ordered by their index: a retry of the
+    message after its first half was applied applies only the second half, in the pending states too."""
+    store = MemoryStore()
+    engine = Engine(CFG, store)
+    message = [SourcedEvent(Event("u", f"i{n}", "view", float(n)), 0, 7, n) for n in range(6)]
+    first = engine.process(message[:3])  # not committed yet: the next call builds on the pending state
+    again = engine.process(message)
+    assert again.replayed == 3 and len(again.feedback) == 3
+    engine.commit(first)
+    engine.commit(again)
+    retry = Engine(CFG, store).process(message)
+    assert retry.replayed == 6 and not retry.recommendations
+    later = Engine(CFG, store).process([SourcedEvent(Event("u", "x", "view", 9.0), 0, 8, 0)])
+    assert later.replayed == 0 and len(later.recommendations) == 1

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from models.config import EngineConfig
-from models.state import FENCE_SLICE, StateCodec, StateLayoutError, append_history
+from models.state import FENCE_INDEX_SLICE, FENCE_SLICE, StateCodec, StateLayoutError, append_history
 from models.store import fence_of
 
 CFG = EngineConfig(dim=4, history=3, scenes=("default", "search"), k=2)
@@ -19,8 +19,19 @@ def test_encode_decode_round_trip_is_exact():
     assert all(len(v) == codec.dtype.itemsize for v in values)
     again = codec.decode(values)
     assert again.tobytes() == states.tobytes()
-    assert fence_of(values[1]) == (1, 2**40)
+    assert fence_of(values[1]) == (1, 2**40, 0)
     assert values[0][FENCE_SLICE] == np.array([3], "<i4").tobytes() + np.array([10], "<i8").tobytes()
+
+
+def test_fence_index_sits_where_the_store_reads_it_and_was_padding_before():
+    codec = StateCodec(CFG)
+    states = codec.decode([None])
+    states["partition"], states["offset"], states["fence_index"] = 2, 7, 513
+    value = codec.encode(states)[0]
+    assert fence_of(value) == (2, 7, 513)
+    assert value[FENCE_INDEX_SLICE] == (513).to_bytes(2, "little")
+    # states written before batched messages had zero padding there: they read as index 0
+    assert fence_of(codec.encode(codec.decode([None]))[0])[2] == 0
 
 
 def test_layout_change_is_detected_not_misread():

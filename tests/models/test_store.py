@@ -9,9 +9,9 @@ from models.state import StateCodec
 CODEC = StateCodec(EngineConfig(dim=2, history=2, scenes=("default",), k=1))
 
 
-def value(partition, offset, n_events=0):
+def value(partition, offset, n_events=0, index=0):
     state = CODEC.decode([None])
-    state["partition"], state["offset"], state["n_events"] = partition, offset, n_events
+    state["partition"], state["offset"], state["n_events"], state["fence_index"] = partition, offset, n_events, index
     return CODEC.encode(state)[0]
 
 
@@ -33,6 +33,17 @@ def test_fence_refuses_replays_and_zombies(store):
     assert read.states[2] is None
     # a user whose events moved to another partition (repartitioning) is not fenced off
     assert store.write_states(["a"], [value(3, 0, 2)]) == [True]
+
+
+def test_fence_orders_events_within_a_batched_message_by_index(store):
+    assert store.write_states(["a"], [value(0, 5, 1, index=3)]) == [True]
+    # the same message: an earlier or the same index is a replay, a later one is new
+    assert store.write_states(["a", "a"], [value(0, 5, 9, index=2), value(0, 5, 9, index=3)]) == [False, False]
+    assert store.write_states(["a"], [value(0, 5, 2, index=300)]) == [True]
+    # a later message wins whatever its index; an earlier one loses whatever its index
+    assert store.write_states(["a"], [value(0, 4, 9, index=65535)]) == [False]
+    assert store.write_states(["a"], [value(0, 6, 3, index=0)]) == [True]
+    assert CODEC.decode(store.read_batch(["a"], []).states)[0]["n_events"] == 3
 
 
 def test_catalogue_is_dense_shared_and_stable(store):
