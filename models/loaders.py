@@ -15,9 +15,9 @@ import numpy as np
 
 from models.events import DEFAULT_SCENE, TYPE_CODE, EventLog
 
+# The setting streams.settings.Settings.data_dir, read here directly: models/ imports nothing from streams/.
 DATA_ENV = "ATTNFLOW_DATA_DIR"
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-_DATA_CANDIDATES = (_REPO_ROOT.parent / "shared" / "data", Path("/work/shared/data"))
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repo
 
 # UTC hour ranges; the sources give no local time zone, so "daypart" is a UTC clock bucket.
 DAYPARTS = ("night", "morning", "afternoon", "evening")
@@ -28,10 +28,8 @@ class MalformedLineError(ValueError):
 
 
 def data_dir() -> Path:
-    """The folder that holds the datasets.
-
-    ``$ATTNFLOW_DATA_DIR`` if set, else the first existing of ``<repo>/../shared/data`` and
-    ``/work/shared/data``.
+    """The folder that holds the datasets: ``$ATTNFLOW_DATA_DIR`` if set, else ``../shared/data`` beside the
+    repository. ``FileNotFoundError`` (which the data tests turn into a skip) when it is not a directory.
 
     >>> os.environ[DATA_ENV] = "/nonexistent/attnflow-data"
     >>> try:
@@ -48,11 +46,9 @@ def data_dir() -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"${DATA_ENV} points to {path}, which is not a directory")
         return path
-    for path in _DATA_CANDIDATES:
-        if path.is_dir():
-            return path
-    looked = ", ".join(str(p) for p in _DATA_CANDIDATES)
-    raise FileNotFoundError(f"no dataset folder found: set ${DATA_ENV} or provide one of: {looked}")
+    if DEFAULT_DATA_DIR.is_dir():
+        return DEFAULT_DATA_DIR
+    raise FileNotFoundError(f"no dataset folder at {DEFAULT_DATA_DIR}: set ${DATA_ENV} to the logs' folder")
 
 
 _default_data_dir = data_dir  # ``load`` takes a ``data_dir`` argument that shadows the function
