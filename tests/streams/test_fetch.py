@@ -26,3 +26,16 @@ def test_aiokafka_still_builds_its_fetcher_from_those_attributes():
     source = inspect.getsource(AIOKafkaConsumer.start)
     assert "fetch_min_bytes=self._fetch_min_bytes" in source
     assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in source
+
+
+def test_faust_still_uses_the_defaults_the_settings_name():
+    """Nothing is patched at the defaults: they must stay what Faust and aiokafka use (a version change
+    that moves them shows here)."""
+    import faust.transport.drivers.aiokafka as driver
+
+    assert inspect.signature(AIOKafkaConsumer).parameters["fetch_min_bytes"].default == 1
+    assert "fetch_max_wait_ms=1500" in inspect.getsource(driver.AIOKafkaConsumerThread._create_worker_consumer)
+    assert fetch.FAUST_DEFAULTS == {"fetch_min_bytes": 1, "fetch_max_wait_ms": 1500}
+    before = AIOKafkaConsumerThread._create_worker_consumer
+    assert fetch.install(1, 1500) is False
+    assert AIOKafkaConsumerThread._create_worker_consumer is before
