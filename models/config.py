@@ -44,6 +44,14 @@ class EngineConfig:
     # Stored states of this earlier layout ("history=50 dim=64 k=20 scenes=default,home", keys left out
     # are this config's) are converted on read (models.state.migrate); "" = any other layout is refused.
     previous_layout: str = ""
+    # Catalogues of more than ``candidates_above`` items are ranked by the candidate stage
+    # (models.candidates): an IVF index over the item vectors proposes ``candidates`` items per user,
+    # ``candidates_nprobe`` of its ``candidates_lists`` cells searched (0: about 2 sqrt(items)), and the
+    # exact score re-ranks them with the history's own items; 0 = always the exact scan.
+    candidates_above: int = 0
+    candidates: int = 512
+    candidates_nprobe: int = 32
+    candidates_lists: int = 0
     # Each list carries its explanation (models.explain: this many most-attended history events and the
     # scene interests' weights); 0 = off.
     explain_events: int = 0

@@ -127,6 +127,7 @@ class Engine:
         self._id_array: np.ndarray | None = None  # _ids as an array for vectorised lookups
         self._mask_codes = np.array([TYPE_CODE[t] for t in cfg.mask_types], np.int8)
         self.catalogue = SceneCatalogue()  # which scenes may rank each item (the store's change log)
+        self.candidates = None  # models.candidates.CandidateRanker, once the catalogue passes candidates_above
         # States computed by ``process`` and not yet written by ``commit``: the next batch builds on
         # them, so a worker can rank batch N+1 while batch N's outputs are still being delivered.
         # ``commit`` may run on another thread than ``process`` (the rank worker writes on its own).
@@ -329,11 +330,9 @@ class Engine:
         Bp, Ep = cfg.bucket(B), cfg.bucket(max(n_events, cfg.max_batch))
         ranks = batching.rank_inputs(sub, prepared.now, prepared.scene, self._mask_codes)
         started = time.perf_counter()
-        interest, weight, top_items, top_scores = kernels.step(
-            self.params, batching.pad(sub["interest"].astype(np.float32), Bp, 0.0),
-            batching.pad(sub["interest_weight"], Bp, 0.0), batching.pad_fold(prepared.fold, Bp, Ep, S),
-            batching.pad_ranks(ranks, Bp), jnp.int32(self.n_items), self.item_scenes(),
-            k=cfg.k, chunk=cfg.item_chunk, gamma=cfg.interest_decay)
+        interest, weight, top_items, top_scores = self._step(
+            batching.pad(sub["interest"].astype(np.float32), Bp, 0.0), batching.pad(sub["interest_weight"], Bp, 0.0),
+            batching.pad_fold(prepared.fold, Bp, Ep, S), batching.pad_ranks(ranks, Bp))
         top_items, top_scores = np.asarray(top_items)[:B], np.asarray(top_scores)[:B]
         interest, weight = np.asarray(interest)[:B], np.asarray(weight)[:B]
         result.kernel_s = time.perf_counter() - started
@@ -391,6 +390,21 @@ class Engine:
         return explanations(self.params, interest, weight, ranks, self._item_ids(), self.cfg.scenes,
                             self.cfg.explain_events, bucket)
 
+    def _step(self, interest, weight, fold, ranks):
+        """``kernels.step`` over the whole catalogue, or through the candidate stage above
+        ``cfg.candidates_above`` items (``models.candidates``; its index follows ``self.params``)."""
+        cfg = self.cfg
+        if cfg.candidates_above and self.n_items > cfg.candidates_above:
+            if self.candidates is None:
+                from models.candidates import CandidateConfig, CandidateRanker
+
+                self.candidates = CandidateRanker(CandidateConfig(cfg.candidates, cfg.candidates_lists,
+                                                                  cfg.candidates_nprobe, seed=cfg.seed))
+            return self.candidates.step(self.params, interest, weight, fold, ranks, self.n_items,
+                                        self.item_scenes(), k=cfg.k, gamma=cfg.interest_decay)
+        return kernels.step(self.params, interest, weight, fold, ranks, jnp.int32(self.n_items), self.item_scenes(),
+                            k=cfg.k, chunk=cfg.item_chunk, gamma=cfg.interest_decay)
+
     def prime(self) -> None:
         """Load what the first batch would otherwise fetch: the catalogue's ids and scene masks, the newest
         parameter snapshot, and an item table sized for both (growing it changes the kernel's shapes)."""
@@ -424,9 +438,8 @@ class Engine:
                 slot=np.full(Ep, Bp * cfg.n_scenes, np.int32), later=np.zeros(Ep, np.int32),
                 slot_count=np.zeros((Bp, cfg.n_scenes), np.int32))
             ranks = batching.rank_inputs(states, np.zeros(Bp), np.zeros(Bp, np.int8), self._mask_codes)
-            out = kernels.step(self.params, np.zeros((Bp, cfg.n_scenes, cfg.dim), np.float32),
-                               np.zeros((Bp, cfg.n_scenes), np.float32), fold, ranks, jnp.int32(self.n_items),
-                               self.item_scenes(), k=cfg.k, chunk=cfg.item_chunk, gamma=cfg.interest_decay)
+            out = self._step(np.zeros((Bp, cfg.n_scenes, cfg.dim), np.float32),
+                             np.zeros((Bp, cfg.n_scenes), np.float32), fold, ranks)
             jax.block_until_ready(out)
             if cfg.explain_events:
                 explanations(self.params, states["interest"].astype(np.float32), states["interest_weight"], ranks,

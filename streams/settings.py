@@ -65,6 +65,13 @@ class Settings:
     # under load, batches grow while the engine works, not while the window runs
     batch_size: int = 512
     batch_within_s: float = 0.005
+    # The candidate stage (models.candidates) for catalogues above ``candidates_above`` items (0 = never):
+    # ``candidates`` items proposed per user by an IVF index, ``candidates_nprobe`` of its
+    # ``candidates_lists`` cells searched (0: about 2 sqrt(items)), then ranked by the exact score
+    candidates_above: int = 200000
+    candidates: int = 512
+    candidates_nprobe: int = 32
+    candidates_lists: int = 0
     # Events per Kafka message that ``attnflow replay`` and ``streams.replay.replay`` send (a JSON array,
     # see streams.codec.decode_events); 1 = one message per event. The rank agent reads both framings
     replay_batch_events: int = 200
@@ -298,7 +305,9 @@ class Settings:
                             interest_decay=self.interest_decay, mask_types=self.mask_types,
                             item_chunk=self.item_chunk, initial_capacity=self.initial_capacity,
                             max_batch=self.batch_size, seed=self.seed, previous_layout=self.state_migrate_from,
-                            explain_events=self.explain_events if self.explain else 0)
+                            explain_events=self.explain_events if self.explain else 0,
+                            candidates_above=self.candidates_above, candidates=self.candidates,
+                            candidates_nprobe=self.candidates_nprobe, candidates_lists=self.candidates_lists)
 
     def train_config(self):
         from models.training import TrainConfig

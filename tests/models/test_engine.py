@@ -298,3 +298,20 @@ def test_events_of_one_batched_message_are_fenced_by_their_index():
     assert retry.replayed == 6 and not retry.recommendations
     later = Engine(CFG, store).process([SourcedEvent(Event("u", "x", "view", 9.0), 0, 8, 0)])
     assert later.replayed == 0 and len(later.recommendations) == 1
+
+
+def test_above_its_threshold_the_engine_ranks_through_the_candidate_stage():
+    """With every item a candidate the lists are the exact scan's; a hidden item never shows."""
+    from dataclasses import replace
+
+    rows = [(f"u{n % 5}", f"i{n}", "click", float(n), "default") for n in range(40)]
+    exact, staged = Engine(CFG, MemoryStore()), Engine(replace(CFG, candidates_above=10, candidates=64),
+                                                       MemoryStore())
+    want = run(exact, batch(rows))
+    got = run(staged, batch(rows))
+    assert staged.candidates is not None and staged.candidates.builds == 1 and exact.candidates is None
+    assert [r.items for r in got.recommendations] == [r.items for r in want.recommendations]
+    hidden = got.recommendations[0].items[0]
+    staged.store.set_item_scenes([hidden], [0])
+    again = run(staged, batch([("u0", "i1", "view", 50.0, "default")], start=40))
+    assert hidden not in again.recommendations[0].items and staged.candidates.builds == 1
