@@ -25,8 +25,9 @@ import optax
 from models import kernels
 from models.batching import Examples
 from models.config import EngineConfig
-from models.params import (COUNTED, ITEM_INIT_NORM, NEIGHBOUR_TABLES, NEIGHBOURS, POPULARITY_HALF_LIVES, Params,
-                           capacity_for, grow, init_params, learned)
+from models.counts import TransitionCounts
+from models.params import (COUNTED, ITEM_INIT_NORM, NEIGHBOUR_WINDOW, POPULARITY_HALF_LIVES, Params, capacity_for,
+                           grow, init_params, learned)
 
 
 class TrainBatch(NamedTuple):
@@ -38,6 +39,10 @@ class TrainBatch(NamedTuple):
     scene: jax.Array       # [E]
     target: jax.Array      # [E]
     mask: jax.Array        # [E] 1 for real examples, 0 for padding
+    # what the example itself added to the counts it is trained against (``TransitionCounts``), taken
+    # out in the loss so that a counted example is not its own evidence (zeros: not counted):
+    own_pop: jax.Array     # [E, P] its decayed share of its target's popularity, per half-life
+    own_nbr: jax.Array     # [E, W] the transition count it added from its d-th newest source (1/d)
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,10 @@ def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, d
     the served ones: embeddings, popularity prior, repeat score and the history's transition neighbours
     (from the whole history: dropout only thins what the attention sees)."""
     hist_item = batch.hist_item
-    pairs = kernels.neighbour_pairs(params, hist_item, batch.scene)
+    pairs = kernels.neighbour_pairs(params, hist_item, batch.scene, (batch.target, batch.own_nbr))
+    # the target's popularity prior without the example's own count
+    pop = params.pop[batch.target]
+    held_out = (jnp.log1p(jnp.maximum(pop - batch.own_pop, 0.0)) - jnp.log1p(pop)) @ params.pop_gain     # [E]
     if dropout > 0:
         keep = jax.random.bernoulli(key, 1.0 - dropout, hist_item.shape)
         hist_item = jnp.where(keep, hist_item, -1)
@@ -83,11 +91,12 @@ def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, d
                                scene=batch.scene, exclude=jnp.full((hist_item.shape[0], 1), -1, jnp.int32))
     user, _ = kernels.user_vectors(params, jax.lax.stop_gradient(batch.interest), batch.weight, ranks)
     if drawn is not None:
-        losses = sampled_losses(params, user, hist_item, batch.target, drawn, n_items, pairs)
+        losses = sampled_losses(params, user, hist_item, batch.target, drawn, n_items, pairs, held_out)
     else:
         C = params.item_emb.shape[0]
         logits = user @ params.item_emb.T + params.item_bias + kernels.popularity_prior(params, 0, C)
         logits = kernels.pair_scores(kernels.copy_scores(logits, 0, hist_item, params), 0, pairs, params)
+        logits = logits.at[jnp.arange(logits.shape[0]), batch.target].add(held_out)
         logits = jnp.where(jnp.arange(logits.shape[1])[None, :] < n_items, logits, kernels.NEG_INF)
         picked = jnp.take_along_axis(logits, batch.target[:, None], axis=1)[:, 0]
         losses = jax.nn.logsumexp(logits, axis=1) - picked
@@ -95,7 +104,8 @@ def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, d
 
 
 def sampled_losses(params: Params, user: jax.Array, hist_item: jax.Array, target: jax.Array, drawn: jax.Array,
-                   n_items: jax.Array, pairs: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+                   n_items: jax.Array, pairs: tuple[jax.Array, jax.Array] | None = None,
+                   target_extra: jax.Array | None = None) -> jax.Array:
     """Per-example ``log Z - score(target)`` with ``Z`` estimated from a sample of the catalogue.
 
     ``Z`` = the terms of the target, of each distinct history item and of each distinct transition
@@ -104,35 +114,41 @@ def sampled_losses(params: Params, user: jax.Array, hist_item: jax.Array, target
     uniformly from the catalogue (``drawn``, shared by the batch), each standing for
     ``n_items / negatives`` items. Draws that hit an exact term are dropped, which keeps the estimate of
     the rest's sum unbiased. Item ids may be rows of a gathered sub-table (``sparse_train_step``);
-    ``n_items`` is always the catalogue's size.
+    ``n_items`` is always the catalogue's size. ``target_extra`` ([E], optional) is added to the
+    target's score (``nll``: its popularity prior without the example's own count).
     """
-    E = hist_item.shape[0]
-    R = params.item_emb.shape[0]
+    E, L = hist_item.shape
     if pairs is None:
         pairs = (jnp.full((E, 1), -1, jnp.int32), jnp.zeros((E, 1), jnp.float32))
-    slots = jnp.concatenate([hist_item, pairs[0]], axis=1)                               # [E, Q]
-    valid = slots >= 0
-    at = jnp.where(valid, slots, R)                                                      # R: dropped
-    rows = jnp.broadcast_to(jnp.arange(E)[:, None], at.shape)
-    # per example and item: the repeat and transition scores, and the first slot holding the item
-    # (each item's term counted once)
-    repeat = kernels.copy_scores(jnp.zeros((E, R + 1), jnp.float32), 0, hist_item, params)
-    extra_of = kernels.pair_scores(repeat, 0, pairs, params)
-    Q = slots.shape[1]
-    first_slot = jnp.full((E, R + 1), Q, jnp.int32).at[rows, at].min(jnp.broadcast_to(jnp.arange(Q), at.shape))
-    first = valid & (first_slot[rows, at] == jnp.arange(Q)[None, :]) & (slots != target[:, None])
+    # each distinct item of the history and the neighbours once, with its repeat weight (summed over its
+    # history slots) and transition evidence: a sort of each row's few hundred ids, nothing catalogue-sized
+    copy = kernels.copy_weights(params, hist_item)                                       # [E, L]
+    P = pairs[0].shape[1]
+    slots, (repeat, evidence) = kernels.merge_rows(
+        jnp.concatenate([hist_item, pairs[0]], axis=1),
+        jnp.concatenate([copy, jnp.zeros((E, P), copy.dtype)], axis=1),
+        jnp.concatenate([jnp.zeros((E, L), copy.dtype), pairs[1]], axis=1))
+    extra = repeat + params.nbr_scale * jnp.log1p(evidence)
+    is_target = slots == target[:, None]
+    first = (slots >= 0) & ~is_target
 
     def score(items):
-        return jnp.einsum("ed,e...d->e...", user, params.item_emb[items]) + params.item_bias[items] + prior[items]
+        return (jnp.einsum("ed,e...d->e...", user, params.item_emb[items]) + params.item_bias[items]
+                + kernels.popularity_prior_of(params, items))
 
-    prior = kernels.popularity_prior(params, 0, R)
-    target_score = score(target) + extra_of[jnp.arange(E), target]
-    items = jnp.where(valid, slots, 0)
-    slot_score = jnp.where(first, score(items) + extra_of[rows, at], kernels.NEG_INF)
-    exact = jnp.zeros((E, R + 1), bool).at[rows, at].set(True).at[jnp.arange(E), target].set(True)
-    hit = exact[:, drawn]
+    target_score = score(target) + jnp.sum(jnp.where(is_target, extra, 0.0), axis=1)
+    if target_extra is not None:
+        target_score = target_score + target_extra
+    slot_score = jnp.where(first, score(jnp.maximum(slots, 0)) + extra, kernels.NEG_INF)
+    # draws that are an exact term (a binary search per draw: merged rows are sorted but for the copies
+    # dropped to -1, which a running max fills with the id before them), or the target
+    ordered = jax.lax.cummax(slots, axis=1)
+    found = jax.vmap(lambda row: jnp.searchsorted(row, drawn))(ordered)
+    hit = (jnp.take_along_axis(ordered, jnp.minimum(found, slots.shape[1] - 1), axis=1) == drawn[None, :])
+    hit = hit | (drawn[None, :] == target[:, None])
     weight = jnp.log(n_items.astype(jnp.float32) / drawn.shape[0])
-    drawn_score = user @ params.item_emb[drawn].T + params.item_bias[drawn] + prior[drawn] + weight
+    drawn_score = (user @ params.item_emb[drawn].T + params.item_bias[drawn] + kernels.popularity_prior_of(params, drawn)
+                   + weight)
     drawn_score = jnp.where(hit, kernels.NEG_INF, drawn_score)
     log_z = jax.nn.logsumexp(jnp.concatenate([target_score[:, None], slot_score, drawn_score], axis=1), axis=1)
     return log_z - target_score
@@ -240,132 +256,6 @@ def _zeros(start, stop, dim):
     return jnp.zeros((stop - start, dim), jnp.float32), jnp.zeros((stop - start,), jnp.float32)
 
 
-class TransitionCounts:
-    """Online counts behind the model's priors: decayed target popularity, the scenes each item was a
-    target in, and item-to-item transitions compacted to each item's strongest successors.
-
-    Each training example (history before an event + the event) adds ``1 / d`` to the transition from
-    the ``d``-th newest history item to the target, d = 1..``window``, in two tables: over the whole
-    history (table 0) and over the history items in the event's scene (table 1), as ``TransitionKNN``
-    and its scene-history variant count. A row keeps ``NEIGHBOURS`` successors by Space-Saving (a new
-    successor in a full row replaces the weakest, inheriting its count as error), so memory is bounded;
-    a successor's share is its guaranteed count (count - error) over the row's total.
-
-    >>> counts = TransitionCounts(window=2)
-    >>> counts.observe(np.array([[-1, 5, 7]]), np.array([9]), np.array([0]))
-    >>> arrays = counts.arrays(16)
-    >>> arrays["nbr_item"][7, 0, :2].tolist(), arrays["nbr_weight"][7, 0, :1].tolist(), int(arrays["nbr_total"][5, 0])
-    ([9, -1], [1.0], 0)
-    """
-
-    def __init__(self, window: int = 3, half_lives=POPULARITY_HALF_LIVES):
-        self.window = window
-        self.keep = np.power(0.5, 1.0 / np.asarray(half_lives, np.float64))      # per example
-        self.capacity = 0
-        self.pop = np.zeros((0, len(half_lives)))
-        self.bits = np.zeros(0, np.uint32)
-        self.rows: list[dict] = [dict() for _ in NEIGHBOUR_TABLES]               # source -> {item: [count, err]}
-        self.totals: list[dict] = [dict() for _ in NEIGHBOUR_TABLES]
-        self.dirty: set = set()
-        self._arrays: dict | None = None    # device arrays, rebuilt when counts changed
-        self._numpy: dict | None = None     # host neighbour arrays, only dirty rows rewritten
-
-    def ensure(self, capacity: int) -> None:
-        if capacity > self.capacity:
-            grown = np.zeros((capacity, self.pop.shape[1]))
-            grown[: self.capacity] = self.pop
-            bits = np.zeros(capacity, np.uint32)
-            bits[: self.capacity] = self.bits
-            self.pop, self.bits, self.capacity = grown, bits, capacity
-            self._arrays = None
-
-    def resume(self, params: Params) -> None:
-        """Start from the counts a snapshot carries (Space-Saving errors are not kept: taken as 0)."""
-        self.ensure(params.item_emb.shape[0])
-        self.pop[: params.pop.shape[0]] = np.asarray(params.pop)
-        self.bits[: params.item_scene_bits.shape[0]] = np.asarray(params.item_scene_bits)
-        items, weights, totals = (np.asarray(params.nbr_item), np.asarray(params.nbr_weight),
-                                  np.asarray(params.nbr_total))
-        for source, table in zip(*np.nonzero(totals > 0)):
-            live = items[source, table] >= 0
-            self.rows[table][int(source)] = {int(i): [float(w) * float(totals[source, table]), 0.0] for i, w in
-                                             zip(items[source, table][live], weights[source, table][live])}
-            self.totals[table][int(source)] = float(totals[source, table])
-        self._arrays = None
-
-    def observe(self, hist_item: np.ndarray, target: np.ndarray, scene: np.ndarray) -> None:
-        """Count a batch of examples (in time order): histories ``[E, L]``, targets and scenes ``[E]``."""
-        E = len(target)
-        if E == 0:
-            return
-        self.ensure(int(max(target.max(), hist_item.max())) + 1)
-        decay = self.keep[None, :] ** np.arange(E - 1, -1, -1)[:, None]             # later examples decay less
-        self.pop *= self.keep[None, :] ** E
-        np.add.at(self.pop, target, decay)
-        np.bitwise_or.at(self.bits, target, np.left_shift(np.uint32(1), scene.astype(np.uint32)))
-        valid = hist_item >= 0
-        in_scene = valid & ((self.bits[np.maximum(hist_item, 0)] >> scene.astype(np.uint32)[:, None]) & 1 == 1)
-        pairs = []
-        for table, sources in enumerate((valid, in_scene)):
-            distance = np.cumsum(sources[:, ::-1], axis=1)[:, ::-1]                 # 1 = the newest source
-            example, slot = np.nonzero(sources & (distance <= self.window))
-            pairs.append((example, table, hist_item[example, slot], target[example], 1.0 / distance[example, slot]))
-        rows, totals, capacity = self.rows, self.totals, NEIGHBOURS
-        merged = sorted(((int(e), t, int(src), int(dst), float(w)) for example, t, source, dest, weight in pairs
-                         for e, src, dst, w in zip(example, source, dest, weight)), key=lambda p: p[0])
-        for _, table, source, item, weight in merged:
-            row = rows[table].get(source)
-            if row is None:
-                row = rows[table][source] = {}
-            totals[table][source] = totals[table].get(source, 0.0) + weight
-            entry = row.get(item)
-            if entry is not None:
-                entry[0] += weight
-            elif len(row) < capacity:
-                row[item] = [weight, 0.0]
-            else:
-                weakest = min(row, key=lambda i: row[i][0])
-                floor = row.pop(weakest)[0]
-                row[item] = [floor + weight, floor]
-            self.dirty.add(source)
-        self._arrays = None
-
-    def arrays(self, capacity: int) -> dict:
-        """The counted fields of ``Params`` (``models.params.COUNTED``) for a table of ``capacity`` rows."""
-        self.ensure(capacity)
-        if self._arrays is not None and self._arrays["pop"].shape[0] == capacity and not self.dirty:
-            return self._arrays
-        cache = self._numpy
-        if cache is None or cache["nbr_total"].shape[0] != capacity:
-            tables = len(NEIGHBOUR_TABLES)
-            cache = {"nbr_item": np.full((capacity, tables, NEIGHBOURS), -1, np.int32),
-                     "nbr_weight": np.zeros((capacity, tables, NEIGHBOURS), np.float32),
-                     "nbr_total": np.zeros((capacity, tables), np.float32)}
-            dirty = set().union(*(r.keys() for r in self.rows))
-        else:
-            dirty = self.dirty
-        for source in dirty:
-            for table in range(len(NEIGHBOUR_TABLES)):
-                row = self.rows[table].get(source)
-                cache["nbr_item"][source, table] = -1
-                cache["nbr_weight"][source, table] = 0.0
-                if not row:
-                    continue
-                total = self.totals[table][source]
-                items = np.fromiter(row.keys(), np.int32, len(row))
-                shares = np.array([(c - e) / total for c, e in row.values()], np.float32)
-                order = np.argsort(-shares, kind="stable")
-                cache["nbr_item"][source, table, : len(row)] = items[order]
-                cache["nbr_weight"][source, table, : len(row)] = shares[order]
-                cache["nbr_total"][source, table] = total
-        self.dirty = set()
-        self._numpy = cache
-        self._arrays = {"pop": jnp.asarray(self.pop[:capacity], jnp.float32),
-                        "item_scene_bits": jnp.asarray(self.bits[:capacity]),
-                        **{name: jnp.asarray(value) for name, value in cache.items()}}
-        return self._arrays
-
-
 class Trainer:
     """Online trainer: ``learn(examples, n_items)`` counts the examples' transitions and popularity and
     runs optax steps; ``params`` is what to publish (learned weights + counts).
@@ -400,6 +290,8 @@ class Trainer:
         self.before_step: Callable[[], object] | None = None
         self.buffer: Examples | None = None
         self._pending: list[Examples] = []
+        self._pending_at: list[np.ndarray] = []   # each pending example's place in the counts (``own``)
+        self._buffer_at: np.ndarray | None = None
         self._pending_n = 0
         self._buffer_len = 0
         self._buffer_pos = 0
@@ -415,6 +307,10 @@ class Trainer:
         self.counts = TransitionCounts(self.train_cfg.transition_window)
         self.counts.resume(params)
         self.weights = learned(params)
+        # the examples queued or remembered so far are not in these counts
+        self._pending_at = [np.full(len(at), -1, np.int64) for at in self._pending_at]
+        if self._buffer_at is not None:
+            self._buffer_at[:] = -1
 
     def warmup(self) -> None:
         """Compile the step ahead of the first examples (kept in the persistent cache when enabled)."""
@@ -444,6 +340,7 @@ class Trainer:
         if len(examples) == 0:
             return self.last_loss
         self.ensure_capacity(max(n_items, int(examples.target.max()) + 1))
+        self._pending_at.append(self.counts.observed + np.arange(len(examples)))
         self.counts.observe(np.asarray(examples.hist_item), np.asarray(examples.target),
                             np.asarray(examples.scene))
         self._pending.append(examples)
@@ -451,27 +348,31 @@ class Trainer:
         size = self.train_cfg.batch_size
         if self._pending_n < size:
             return self.last_loss
-        queued = _concat(self._pending)
+        queued, queued_at = _concat(self._pending), np.concatenate(self._pending_at)
         full = len(queued) - len(queued) % size
         self._pending = [_take(queued, np.arange(full, len(queued)))] if full < len(queued) else []
+        self._pending_at = [queued_at[full:]] if full < len(queued) else []
         self._pending_n = len(queued) - full
         losses = []
         for start in range(0, full, size):
-            losses.append(self._step(_take(queued, np.arange(start, start + size)), n_items))
-            self._remember(_take(queued, np.arange(start, start + size)))
+            rows = np.arange(start, start + size)
+            losses.append(self._step(_take(queued, rows), queued_at[rows], n_items))
+            self._remember(_take(queued, rows), queued_at[rows])
             for _ in range(self.train_cfg.replay_steps):
-                losses.append(self._step(_take(self.buffer, self.rng.integers(0, self._buffer_len, size)), n_items))
+                replay = self.rng.integers(0, self._buffer_len, size)
+                losses.append(self._step(_take(self.buffer, replay), self._buffer_at[replay], n_items))
         self.last_loss = float(np.mean(losses))
         return self.last_loss
 
-    def _step(self, examples: Examples, n_items: int) -> jax.Array:
+    def _step(self, examples: Examples, observed_at: np.ndarray, n_items: int) -> jax.Array:
         if self.before_step is not None:
             self.before_step()
         self.key, sub = jax.random.split(self.key)
         step, options = self._step_fn()
+        own = self.counts.own(observed_at, self.weights.nbr_gain.shape[1])
+        batch = to_batch(examples, self.train_cfg.batch_size, *own)
         self.weights, self.opt_state, loss = step(
-            self.weights, self.opt_state, counted_part(self.params), to_batch(examples, self.train_cfg.batch_size),
-            jnp.int32(n_items), sub, **options)
+            self.weights, self.opt_state, counted_part(self.params), batch, jnp.int32(n_items), sub, **options)
         self.steps += 1
         return loss
 
@@ -482,15 +383,17 @@ class Trainer:
             return sparse_train_step, {**options, "train": self.train_cfg}
         return train_step, options
 
-    def _remember(self, examples: Examples) -> None:
+    def _remember(self, examples: Examples, observed_at: np.ndarray) -> None:
         cap = self.train_cfg.buffer_size
         if cap <= 0:
             return
         if self.buffer is None:  # allocated on first use, shaped like the examples
             self.buffer = Examples(**{f: np.zeros((cap,) + getattr(examples, f).shape[1:], getattr(examples, f).dtype)
                                       for f in Examples.__dataclass_fields__})
+            self._buffer_at = np.zeros(cap, np.int64)
         n = min(len(examples), cap)
         where = (self._buffer_pos + np.arange(n)) % cap
+        self._buffer_at[where] = observed_at[-n:]
         for f in Examples.__dataclass_fields__:
             getattr(self.buffer, f)[where] = getattr(examples, f)[-n:]
         self._buffer_pos = (self._buffer_pos + n) % cap
@@ -507,11 +410,17 @@ def _take(examples: Examples, index: np.ndarray) -> Examples:
     return Examples(**{f: getattr(examples, f)[index] for f in Examples.__dataclass_fields__})
 
 
-def to_batch(examples: Examples, size: int) -> TrainBatch:
-    """Pad examples to exactly ``size`` rows (mask 0 for padding) so the step compiles once."""
+def to_batch(examples: Examples, size: int, own_pop: np.ndarray | None = None,
+             own_nbr: np.ndarray | None = None) -> TrainBatch:
+    """Pad examples to exactly ``size`` rows (mask 0 for padding) so the step compiles once. ``own_*``:
+    what each example added to the counts (``TransitionCounts.own``); None: not counted (zeros)."""
     from models.batching import pad
 
     n = len(examples)
+    if own_pop is None:
+        own_pop = np.zeros((n, len(POPULARITY_HALF_LIVES)), np.float32)
+    if own_nbr is None:
+        own_nbr = np.zeros((n, NEIGHBOUR_WINDOW), np.float32)
     return TrainBatch(
         hist_item=pad(examples.hist_item.astype(np.int32), size, -1),
         hist_type=pad(examples.hist_type.astype(np.int32), size, 0),
@@ -520,7 +429,9 @@ def to_batch(examples: Examples, size: int) -> TrainBatch:
         weight=pad(examples.weight.astype(np.float32), size, 0.0),
         scene=pad(examples.scene.astype(np.int32), size, 0),
         target=pad(examples.target.astype(np.int32), size, 0),
-        mask=pad(np.ones(n, np.float32), size, 0.0))
+        mask=pad(np.ones(n, np.float32), size, 0.0),
+        own_pop=pad(np.asarray(own_pop, np.float32), size, 0.0),
+        own_nbr=pad(np.asarray(own_nbr, np.float32), size, 0.0))
 
 
 # ---- the wire format of training examples (rank workers → train topic → trainer) -----------------
