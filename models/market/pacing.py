@@ -13,23 +13,24 @@ import numpy as np
 DAY_S = 86_400.0
 
 
-def day_of(ts) -> np.ndarray:
-    """The UTC day (days since 1970) of event times ``ts``: the period a daily budget is for.
+def day_of(ts, period_s: float = DAY_S) -> np.ndarray:
+    """The UTC day (days since 1970) of event times ``ts``: the period a daily budget is for (``period_s``:
+    another period length, as the offline simulation uses).
 
     >>> day_of(np.array([0.0, 86_399.9, 86_400.0])).tolist()
     [0, 0, 1]
     """
-    return np.floor(np.asarray(ts, np.float64) / DAY_S).astype(np.int64)
+    return np.floor(np.asarray(ts, np.float64) / period_s).astype(np.int64)
 
 
 def pass_rate(spent: np.ndarray, budget: np.ndarray, ts: float | np.ndarray, gain: float = 4.0,
-              lookahead: float = 1 / 24) -> np.ndarray:
+              lookahead: float = 1 / 24, period_s: float = DAY_S) -> np.ndarray:
     """Share of auctions a campaign takes part in, from what it spent today and when ``ts`` falls in the day.
 
     >>> pass_rate(np.array([0, 500, 1000]), np.array([1000, 1000, 1000]), 0.5 * DAY_S - 3600).round(3).tolist()
     [1.0, 1.0, 0.018]
     """
-    elapsed = (np.asarray(ts, np.float64) % DAY_S) / DAY_S
+    elapsed = (np.asarray(ts, np.float64) % period_s) / period_s
     plan = budget * np.minimum(elapsed + lookahead, 1.0)
     ahead = spent / np.maximum(plan, 1.0) - 1.0
     return np.where(ahead > 0, np.exp(-gain * ahead), 1.0)
