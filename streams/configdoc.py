@@ -58,7 +58,11 @@ def groups(source: str | None = None) -> list[tuple[str, list[tuple[str, str]]]]
 
 
 def _default(name: str) -> str:
-    f = next(f for f in fields(Settings) if f.name == name)
+    """The field's default as the page shows it; "?" for a field settings.py has but the imported class
+    has not (the file was edited after the import)."""
+    f = next((f for f in fields(Settings) if f.name == name), None)
+    if f is None:
+        return "?"
     value = f.default if f.default is not MISSING else f.default_factory()
     if name == "compile_cache_dir":
         return "`~/.cache/attnflow/jax`"

@@ -1,26 +1,16 @@
-"""Eager message delivery in Faust's consumer: the fix for most of Faust's own cost per event.
+"""Eager message delivery in Faust's consumer (``ATTNFLOW_EAGER_DELIVERY``, on by default).
 
-Faust hands every fetched message to the streams with
-``await self.wait_first(callback(message), self.suspend_flow.wait())`` (``Consumer._drain_messages``).
-mode's ``wait_first`` wraps each of its arguments, and the service's ``stopped`` and ``crashed``
-events, in a task, waits for the first to finish and cancels the other three: four tasks and an
-``asyncio.wait`` per message, so that a rebalance can interrupt a delivery blocked on a full stream
-buffer. Almost always the delivery does not block at all: it puts the message in a queue with room.
+Faust hands each fetched message to the streams with ``await self.wait_first(callback(message),
+self.suspend_flow.wait())``; mode's ``wait_first`` wraps every argument (and the service's ``stopped`` and
+``crashed`` events) in a task, waits for the first and cancels the rest, so that a rebalance can interrupt a
+delivery blocked on a full stream buffer. Almost no delivery blocks.
 
-:func:`install` gives Faust's ``Consumer`` a ``wait_first`` that first runs the first awaitable by
-hand. If it finishes without waiting (the common case), its result is returned and no task is
-made; the other awaitables, never started, are closed. If it has to wait, it goes on as a task,
-and the original ``wait_first`` waits for it and the rest exactly as before, so a rebalance still
-interrupts a blocked delivery.
-
-Before each delivery, Faust's conductor also awaits ``ProducerBuffer.wait_until_ebb``, which reads
-the buffer's ``size``: a lookup of the ``producer_threaded`` setting through Faust's settings
-descriptor, every message (about 6 µs a message under cProfile, with the check around it). attnflow's
-outputs do not go through that buffer at all (``streams/outbox.py``), so it is empty; with
-:func:`install`, the check reads the pending queue's length directly, and only a buffer over its
-limit (or a threaded producer's) takes Faust's own path.
-
-Set ``ATTNFLOW_EAGER_DELIVERY=false`` to run stock Faust.
+:func:`install` gives Faust's ``Consumer`` a ``wait_first`` that runs the delivery by hand first: if it
+finishes without waiting, no task is made; if it has to wait, it goes on as a task under the stock
+``wait_first``, so a rebalance still interrupts it. It also replaces ``ProducerBuffer.wait_until_ebb``, which
+Faust awaits before every delivery, by a direct length check while the (unthreaded) buffer is under its
+limit: attnflow's outputs never go through that buffer (``streams/outbox.py``). What it saves is measured in
+docs/performance.md; tests/streams/test_private_patches.py guards the internals it relies on.
 """
 from __future__ import annotations
 
@@ -79,7 +69,7 @@ async def eager_wait_first(self, *coros, timeout=None) -> WaitResults:
 
 
 async def lean_wait_until_ebb(self) -> None:
-    """``ProducerBuffer.wait_until_ebb`` that returns at once while the (unthreaded) buffer is under its limit."""
+    """``ProducerBuffer.wait_until_ebb``, returning at once while the unthreaded buffer is under its limit."""
     if self.queue is None and len(self.pending._queue) <= self.max_messages:
         return
     await _original_ebb(self)

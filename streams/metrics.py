@@ -2,6 +2,7 @@
 
 Rendered as Prometheus text at ``/metrics`` and as JSON at ``/stats`` (see ``streams.views``).
 """
+
 from __future__ import annotations
 
 import math
@@ -80,8 +81,11 @@ class Histogram(Quantiles):
     def prometheus(self, name: str, help_: str) -> list[str]:
         lines = [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
         lines += [f'{name}_bucket{{le="{b:g}"}} {n}' for b, n in zip(self.bounds, self.counts)]
-        return lines + [f'{name}_bucket{{le="+Inf"}} {self.count}', f"{name}_sum {self.total}",
-                        f"{name}_count {self.count}"]
+        return lines + [
+            f'{name}_bucket{{le="+Inf"}} {self.count}',
+            f"{name}_sum {self.total}",
+            f"{name}_count {self.count}",
+        ]
 
 
 def lag_lines(lags: dict) -> list[str]:
@@ -90,9 +94,13 @@ def lag_lines(lags: dict) -> list[str]:
     >>> lag_lines({("events", 1): 7})[-1]
     'attnflow_consumer_lag{topic="events",partition="1"} 7'
     """
-    lines = ["# HELP attnflow_consumer_lag messages of an assigned partition after this worker's committed offset",
-             "# TYPE attnflow_consumer_lag gauge"]
-    return lines + [f'attnflow_consumer_lag{{topic="{t}",partition="{p}"}} {n}' for (t, p), n in sorted(lags.items())]
+    lines = [
+        "# HELP attnflow_consumer_lag messages of an assigned partition after this worker's committed offset",
+        "# TYPE attnflow_consumer_lag gauge",
+    ]
+    return lines + [
+        f'attnflow_consumer_lag{{topic="{t}",partition="{p}"}} {n}' for (t, p), n in sorted(lags.items())
+    ]
 
 
 STAGES = ("to_agent", "queued", "engine", "deliver", "write")
@@ -138,8 +146,14 @@ class StageTimes:
         self.events[stage] += len(seconds)
 
     def snapshot(self) -> dict:
-        return {name: {**self.quantiles[name].summary(), "seconds": self.seconds[name], "events": self.events[name]}
-                for name in STAGES}
+        return {
+            name: {
+                **self.quantiles[name].summary(),
+                "seconds": self.seconds[name],
+                "events": self.events[name],
+            }
+            for name in STAGES
+        }
 
 
 @dataclass
@@ -175,7 +189,9 @@ class PipelineMetrics:
     latency_seconds: Histogram = field(default_factory=Histogram)  # produced -> outputs delivered and written
     batch_sizes: Quantiles = field(default_factory=Quantiles)
     stages: StageTimes = field(default_factory=StageTimes)
-    model_since: float = field(default_factory=time.time)  # when this worker started ranking with model_version
+    model_since: float = field(
+        default_factory=time.time
+    )  # when this worker started ranking with model_version
 
     def __setattr__(self, name, value):
         if name == "model_version" and getattr(self, "model_version", value) != value:
@@ -187,7 +203,8 @@ class PipelineMetrics:
 
         >>> from types import SimpleNamespace as F
         >>> m = PipelineMetrics(k=10)
-        >>> m.observe_feedbacks([F(hit=True, rank=1, list_age_s=3.0), F(hit=False, rank=None, list_age_s=None)])
+        >>> m.observe_feedbacks([F(hit=True, rank=1, list_age_s=3.0),
+        ...                      F(hit=False, rank=None, list_age_s=None)])
         >>> m.feedback, m.listed, m.hits, m.dcg
         (2, 1, 1, 1.0)
         """
@@ -201,20 +218,37 @@ class PipelineMetrics:
 
     def progress(self) -> dict:
         """The counters alone, without quantiles: cheap enough to poll many times a second."""
-        return {"uptime_s": time.time() - self.started, "ready": self.ready, "events": self.events,
-                "batches": self.batches, "recommendations": self.recommendations, "feedback": self.feedback,
-                "model_version": self.model_version}
+        return {
+            "uptime_s": time.time() - self.started,
+            "ready": self.ready,
+            "events": self.events,
+            "batches": self.batches,
+            "recommendations": self.recommendations,
+            "feedback": self.feedback,
+            "model_version": self.model_version,
+        }
 
     def snapshot(self) -> dict:
         listed = max(self.listed, 1)
         return {
-            **self.progress(), "replayed": self.replayed, "migrated": self.migrated, "fenced_skips": self.fenced_skips, "retries": self.retries,
-            "deadletters": dict(self.deadletters), "n_items": self.n_items,  # model_version: in progress()
-            "online": {"k": self.k, "events_with_list": self.listed, "hits": self.hits,
-                       "hr": self.hits / listed if self.listed else None,
-                       "ndcg": self.dcg / listed if self.listed else None},
-            "batch_seconds": self.batch_seconds.summary(), "kernel_seconds": self.kernel_seconds.summary(),
-            "latency_seconds": self.latency_seconds.summary(), "batch_size": self.batch_sizes.summary(),
+            **self.progress(),
+            "replayed": self.replayed,
+            "migrated": self.migrated,
+            "fenced_skips": self.fenced_skips,
+            "retries": self.retries,
+            "deadletters": dict(self.deadletters),
+            "n_items": self.n_items,  # model_version: in progress()
+            "online": {
+                "k": self.k,
+                "events_with_list": self.listed,
+                "hits": self.hits,
+                "hr": self.hits / listed if self.listed else None,
+                "ndcg": self.dcg / listed if self.listed else None,
+            },
+            "batch_seconds": self.batch_seconds.summary(),
+            "kernel_seconds": self.kernel_seconds.summary(),
+            "latency_seconds": self.latency_seconds.summary(),
+            "batch_size": self.batch_sizes.summary(),
             "stages": self.stages.snapshot(),
         }
 
@@ -230,40 +264,76 @@ class PipelineMetrics:
                 lines.append(f"# TYPE attnflow_{name} {kind}")
             lines.append(f"attnflow_{name}{labels} {value}")
 
-        metric("events_total", s["events"], "counter",
-               help_="events fully processed: outputs delivered, state written, offset committable")
+        metric(
+            "events_total",
+            s["events"],
+            "counter",
+            help_="events fully processed: outputs delivered, state written, offset committable",
+        )
         metric("batches_total", s["batches"], "counter", help_="micro-batches processed")
         metric("recommendations_total", s["recommendations"], "counter", help_="recommendation messages sent")
         metric("feedback_total", s["feedback"], "counter", help_="feedback messages sent")
-        metric("replayed_total", s["replayed"], "counter", help_="redelivered events skipped by the state fence")
-        metric("states_migrated_total", s["migrated"], "counter",
-               help_="stored states read in the previous layout (ATTNFLOW_STATE_MIGRATE_FROM) and converted")
-        metric("fenced_skips_total", s["fenced_skips"], "counter", help_="state writes refused: newer state stored")
-        metric("retries_total", s["retries"], "counter", help_="batches retried after a transient store error")
+        metric(
+            "replayed_total", s["replayed"], "counter", help_="redelivered events skipped by the state fence"
+        )
+        metric(
+            "states_migrated_total",
+            s["migrated"],
+            "counter",
+            help_="stored states read in the previous layout (ATTNFLOW_STATE_MIGRATE_FROM) and converted",
+        )
+        metric(
+            "fenced_skips_total",
+            s["fenced_skips"],
+            "counter",
+            help_="state writes refused: newer state stored",
+        )
+        metric(
+            "retries_total", s["retries"], "counter", help_="batches retried after a transient store error"
+        )
         lines.append("# HELP attnflow_deadletters_total events sent to the dead-letter topic, by reason")
         lines.append("# TYPE attnflow_deadletters_total counter")
         for reason, n in sorted(s["deadletters"].items()):
             lines.append(f'attnflow_deadletters_total{{reason="{reason}"}} {n}')
-        metric("online_hit_rate", s["online"]["hr"], help_=f"share of events whose item was in the last list (top {self.k})")
+        metric(
+            "online_hit_rate",
+            s["online"]["hr"],
+            help_=f"share of events whose item was in the last list (top {self.k})",
+        )
         metric("online_ndcg", s["online"]["ndcg"], help_="NDCG of the acted-on item in the last list")
         metric("model_version", s["model_version"], help_="parameter snapshot in use")
-        metric("model_age_seconds", round(time.time() - self.model_since, 3),
-               help_="seconds since this worker started ranking with the snapshot in use (grows if the trainer stops)")
+        metric(
+            "model_age_seconds",
+            round(time.time() - self.model_since, 3),
+            help_="seconds since this worker started ranking with the snapshot in use (grows while no "
+            "trainer publishes)",
+        )
         metric("catalogue_items", s["n_items"], help_="items known to this worker")
         metric("ready", int(s["ready"]), help_="1 once kernels are compiled and the agent consumes")
         for name in ("batch_seconds", "kernel_seconds", "latency_seconds", "batch_size"):
             for q in ("p50", "p95", "p99"):
-                metric(name, s[name][q], labels=f'{{quantile="{q[1:]}"}}',
-                       help_="" if q != "p50" else f"{name.replace('_', ' ')} over the last observations")
-        lines.extend(self.latency_seconds.prometheus(
-            "attnflow_produce_to_emit_seconds", "event produced -> its batch's outputs delivered and state written"))
+                metric(
+                    name,
+                    s[name][q],
+                    labels=f'{{quantile="{q[1:]}"}}',
+                    help_="" if q != "p50" else f"{name.replace('_', ' ')} over the last observations",
+                )
+        lines.extend(
+            self.latency_seconds.prometheus(
+                "attnflow_produce_to_emit_seconds",
+                "event produced -> its batch's outputs delivered and state written",
+            )
+        )
         lines.append("# HELP attnflow_stage_seconds seconds per stage of an event's way through the worker")
         lines.append("# TYPE attnflow_stage_seconds gauge")
         for stage, q in s["stages"].items():
             for p in ("p50", "p95", "p99"):
                 if q[p] is not None:
                     lines.append(f'attnflow_stage_seconds{{stage="{stage}",quantile="{p[1:]}"}} {q[p]}')
-        lines.append("# HELP attnflow_stage_event_seconds_total event-weighted seconds per stage (rate over events_total: mean per event)")
+        lines.append(
+            "# HELP attnflow_stage_event_seconds_total event-weighted seconds per stage (rate over "
+            "events_total: mean per event)"
+        )
         lines.append("# TYPE attnflow_stage_event_seconds_total counter")
         for stage, q in s["stages"].items():
             lines.append(f'attnflow_stage_event_seconds_total{{stage="{stage}"}} {q["seconds"]}')
@@ -289,37 +359,49 @@ class TrainerMetrics:
         return dict(self.__dict__)
 
     def prometheus(self) -> str:
-        lines = ["# HELP attnflow_train_examples_total training examples learned by this worker",
-                 "# TYPE attnflow_train_examples_total counter", f"attnflow_train_examples_total {self.examples}",
-                 "# HELP attnflow_train_steps_total optimiser steps taken by this worker",
-                 "# TYPE attnflow_train_steps_total counter", f"attnflow_train_steps_total {self.steps}",
-                 "# HELP attnflow_train_skipped_stale_total training messages skipped as older than TRAIN_MAX_LAG_S",
-                 "# TYPE attnflow_train_skipped_stale_total counter",
-                 f"attnflow_train_skipped_stale_total {self.skipped_stale}",
-                 "# HELP attnflow_train_skipped_budget_total training messages skipped while an in-process trainer "
-                 "was over TRAIN_MAX_SHARE",
-                 "# TYPE attnflow_train_skipped_budget_total counter",
-                 f"attnflow_train_skipped_budget_total {self.skipped_budget}",
-                 "# HELP attnflow_train_steps_without_gap_total optimiser steps an in-process trainer took while "
-                 "ranking was still busy after TRAIN_YIELD_S",
-                 "# TYPE attnflow_train_steps_without_gap_total counter",
-                 f"attnflow_train_steps_without_gap_total {self.steps_without_gap}",
-                 "# HELP attnflow_train_skipped_error_total training messages skipped because learning from them "
-                 "failed (the log says why)",
-                 "# TYPE attnflow_train_skipped_error_total counter",
-                 f"attnflow_train_skipped_error_total {self.skipped_error}",
-                 "# HELP attnflow_train_store_retries_total trainer store calls retried, or snapshots deferred, "
-                 "while the store was unavailable",
-                 "# TYPE attnflow_train_store_retries_total counter",
-                 f"attnflow_train_store_retries_total {self.retries}",
-                 "# HELP attnflow_published_model_version last parameter snapshot this worker published",
-                 "# TYPE attnflow_published_model_version gauge",
-                 f"attnflow_published_model_version {self.published_version}"]
+        lines = [
+            "# HELP attnflow_train_examples_total training examples learned by this worker",
+            "# TYPE attnflow_train_examples_total counter",
+            f"attnflow_train_examples_total {self.examples}",
+            "# HELP attnflow_train_steps_total optimiser steps taken by this worker",
+            "# TYPE attnflow_train_steps_total counter",
+            f"attnflow_train_steps_total {self.steps}",
+            "# HELP attnflow_train_skipped_stale_total training messages skipped as older than "
+            "TRAIN_MAX_LAG_S",
+            "# TYPE attnflow_train_skipped_stale_total counter",
+            f"attnflow_train_skipped_stale_total {self.skipped_stale}",
+            "# HELP attnflow_train_skipped_budget_total training messages skipped while an in-process "
+            "trainer "
+            "was over TRAIN_MAX_SHARE",
+            "# TYPE attnflow_train_skipped_budget_total counter",
+            f"attnflow_train_skipped_budget_total {self.skipped_budget}",
+            "# HELP attnflow_train_steps_without_gap_total optimiser steps an in-process trainer took while "
+            "ranking was still busy after TRAIN_YIELD_S",
+            "# TYPE attnflow_train_steps_without_gap_total counter",
+            f"attnflow_train_steps_without_gap_total {self.steps_without_gap}",
+            "# HELP attnflow_train_skipped_error_total training messages skipped because learning from them "
+            "failed (the log says why)",
+            "# TYPE attnflow_train_skipped_error_total counter",
+            f"attnflow_train_skipped_error_total {self.skipped_error}",
+            "# HELP attnflow_train_store_retries_total trainer store calls retried, or snapshots deferred, "
+            "while the store was unavailable",
+            "# TYPE attnflow_train_store_retries_total counter",
+            f"attnflow_train_store_retries_total {self.retries}",
+            "# HELP attnflow_published_model_version last parameter snapshot this worker published",
+            "# TYPE attnflow_published_model_version gauge",
+            f"attnflow_published_model_version {self.published_version}",
+        ]
         if self.published_ts is not None:
-            lines += ["# HELP attnflow_published_model_timestamp_seconds when this worker published its last snapshot",
-                      "# TYPE attnflow_published_model_timestamp_seconds gauge",
-                      f"attnflow_published_model_timestamp_seconds {self.published_ts}"]
+            lines += [
+                "# HELP attnflow_published_model_timestamp_seconds when this worker published its last "
+                "snapshot",
+                "# TYPE attnflow_published_model_timestamp_seconds gauge",
+                f"attnflow_published_model_timestamp_seconds {self.published_ts}",
+            ]
         if self.loss is not None:
-            lines += ["# HELP attnflow_train_loss mean next-item cross-entropy of recent steps",
-                      "# TYPE attnflow_train_loss gauge", f"attnflow_train_loss {self.loss}"]
+            lines += [
+                "# HELP attnflow_train_loss mean next-item cross-entropy of recent steps",
+                "# TYPE attnflow_train_loss gauge",
+                f"attnflow_train_loss {self.loss}",
+            ]
         return "\n".join(lines) + "\n"

@@ -5,25 +5,45 @@ block between the marker comments of each, from the files the evaluation and ben
 with the command behind each table: a few headline tables in the README, every table in
 docs/performance.md; it also regenerates docs/configuration.md from ``streams.settings``.
 """
+
 from __future__ import annotations
 
 import json
 import shlex
 from pathlib import Path
 
-from streams.benchtables import (_cpu_lines, _fmt, _profile_lines, _provenance, _share, _thread_lines,  # noqa: F401
-                                 bench_tables, engine_tables, generic_table, kernel_tables)
+from streams.benchtables import (
+    _cpu_lines,
+    _fmt,
+    _profile_lines,
+    _provenance,
+    _share,
+    _thread_lines,  # noqa: F401
+    bench_tables,
+    engine_tables,
+    generic_table,
+    kernel_tables,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 # Published full-ranking leave-one-out numbers on Amazon Beauty (from the issue / papers), for reference.
-PUBLISHED_BEAUTY = {"SASRec (published)": {"HR@20": 0.0894, "NDCG@20": 0.0386},
-                    "ICSRec (published, best)": {"HR@20": 0.1298, "NDCG@20": 0.0663}}
+PUBLISHED_BEAUTY = {
+    "SASRec (published)": {"HR@20": 0.0894, "NDCG@20": 0.0386},
+    "ICSRec (published, best)": {"HR@20": 0.1298, "NDCG@20": 0.0663},
+}
 
 
 # The README's quality table leaves variants (attention_full_softmax) to docs/performance.md.
-README_MODELS = ("attention", "attention_no_transfer", "transition_knn", "scene_history_knn", "popularity",
-                 "scene_popularity", "river_mf")
+README_MODELS = (
+    "attention",
+    "attention_no_transfer",
+    "transition_knn",
+    "scene_history_knn",
+    "popularity",
+    "scene_popularity",
+    "river_mf",
+)
 
 
 def _load(path: Path):
@@ -64,11 +84,16 @@ def eval_tables(data: dict, loo_too: bool = True, models: tuple[str, ...] | None
     preq = [e for e in entries if e["protocol"] == "prequential" and not _scene_restricted(e)]
     if preq:
         models = sorted({e["model"] for e in preq}, key=lambda m: (m != "attention", m))
-        out += ["### Prequential full-ranking (test-then-train over each whole log)", "",
-                "HR@10 / NDCG@10 per dataset and model, the best in bold; each cell replays the whole log, and the "
-                "commands that wrote them are listed under the table.", "",
-                "| dataset | events | " + " | ".join(models) + " |",
-                "|---|---|" + "---|" * len(models)]
+        out += [
+            "### Prequential full-ranking (test-then-train over each whole log)",
+            "",
+            "HR@10 / NDCG@10 per dataset and model, the best in bold; each cell replays the whole log, and "
+            "the "
+            "commands that wrote them are listed under the table.",
+            "",
+            "| dataset | events | " + " | ".join(models) + " |",
+            "|---|---|" + "---|" * len(models),
+        ]
         for dataset in sorted({e["dataset"] for e in preq}):
             row = {e["model"]: e for e in preq if e["dataset"] == dataset}
             n = next(iter(row.values()))["n_events"]
@@ -86,13 +111,18 @@ def eval_tables(data: dict, loo_too: bool = True, models: tuple[str, ...] | None
     out += scene_tables(data)
     loo = [e for e in entries if e["protocol"] == "loo"] if loo_too else []
     if loo:
-        out += ["### Leave-one-out full ranking (last item test, second-to-last validation, all items ranked)", "",
-                "| dataset | model | valid HR@10 | test HR@10 | test NDCG@10 | test HR@20 | test NDCG@20 |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            "### Leave-one-out full ranking (last item test, second-to-last validation, all items ranked)",
+            "",
+            "| dataset | model | valid HR@10 | test HR@10 | test NDCG@10 | test HR@20 | test NDCG@20 |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for e in sorted(loo, key=lambda e: (e["dataset"], e["model"])):
             v, t = e["result"]["valid"], e["result"]["test"]
-            out.append(f"| {e['dataset']} | {e['model']} | {v['HR@10']:.4f} | {t['HR@10']:.4f} | {t['NDCG@10']:.4f} "
-                       f"| {t['HR@20']:.4f} | {t['NDCG@20']:.4f} |")
+            out.append(
+                f"| {e['dataset']} | {e['model']} | {v['HR@10']:.4f} | {t['HR@10']:.4f} | {t['NDCG@10']:.4f} "
+                f"| {t['HR@20']:.4f} | {t['NDCG@20']:.4f} |"
+            )
         if any(e["dataset"] == "amazon-beauty" for e in loo):
             for name, m in PUBLISHED_BEAUTY.items():
                 out.append(f"| amazon-beauty | {name} | | | | {m['HR@20']:.4f} | {m['NDCG@20']:.4f} |")
@@ -101,7 +131,10 @@ def eval_tables(data: dict, loo_too: bool = True, models: tuple[str, ...] | None
         machines = {json.dumps(e.get("machine", {}), sort_keys=True) for e in entries}
         out += [f"Machine(s): {'; '.join(sorted(machines))}", ""]
     else:
-        out += [f"Machine(s): {', '.join(sorted({_machine_short(e.get('machine') or {}) for e in entries}))}", ""]
+        out += [
+            f"Machine(s): {', '.join(sorted({_machine_short(e.get('machine') or {}) for e in entries}))}",
+            "",
+        ]
     return out
 
 
@@ -137,23 +170,44 @@ def scene_tables(data: dict) -> list[str]:
     entries = [e for e in data.get("entries", []) if e["protocol"] == "prequential" and _scene_restricted(e)]
     out = []
     for dataset in sorted({e["dataset"] for e in entries}):
-        rows = sorted((e for e in entries if e["dataset"] == dataset), key=lambda e: (e["model"] != "attention", e["model"]))
+        rows = sorted(
+            (e for e in entries if e["dataset"] == dataset),
+            key=lambda e: (e["model"] != "attention", e["model"]),
+        )
         first = rows[0]["result"]["metrics"]
         scenes, into = list(first["by_scene"]), list(first.get("scene_switch_by_scene", {}))
 
         def groups(m):
-            return ([m["overall"]] + [m["by_scene"][s] for s in scenes] + [m["scene_switch"], m["scene_stay"]]
-                    + [m["scene_switch_by_scene"][s] for s in into])
+            return (
+                [m["overall"]]
+                + [m["by_scene"][s] for s in scenes]
+                + [m["scene_switch"], m["scene_stay"]]
+                + [m["scene_switch_by_scene"][s] for s in into]
+            )
 
-        names = ["overall"] + [f"scene {s}" for s in scenes] + ["scene switch", "scene stay"] + [f"switch into {s}"
-                                                                                              for s in into]
-        out += [f"### Per scene and on scene switches: {dataset} (HR@10)", "",
-                "Every list is ranked over the event's scene only. A *scene switch*: the user's previous event was "
-                "in the other scene; a *stay*: in the same one.", "",
-                "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
-                "| *events* | " + " | ".join(f"*{g['n']:,}*" for g in groups(first)) + " |"]
+        names = (
+            ["overall"]
+            + [f"scene {s}" for s in scenes]
+            + ["scene switch", "scene stay"]
+            + [f"switch into {s}" for s in into]
+        )
+        out += [
+            f"### Per scene and on scene switches: {dataset} (HR@10)",
+            "",
+            "Every list is ranked over the event's scene only. A *scene switch*: the user's previous event "
+            "was "
+            "in the other scene; a *stay*: in the same one.",
+            "",
+            "| model | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+            "| *events* | " + " | ".join(f"*{g['n']:,}*" for g in groups(first)) + " |",
+        ]
         for e in rows:
-            out.append(f"| {e['model']} | " + " | ".join(f"{g['HR@10']:.4f}" for g in groups(e["result"]["metrics"])) + " |")
+            out.append(
+                f"| {e['model']} | "
+                + " | ".join(f"{g['HR@10']:.4f}" for g in groups(e["result"]["metrics"]))
+                + " |"
+            )
         out += ["", f"Command(s): `{_command(rows)}`", ""]
     return out
 
@@ -163,15 +217,24 @@ def serve_tables(data: dict) -> list[str]:
     summary = data.get("summary") or {}
     if not isinstance(summary, dict) or not summary:
         return []
-    out = ["### Request path: `GET /recommendations` on `attnflow serve` (real Redis; medians over rounds)", "",
-           "| batching | load | requests/s | p50 ms | p99 ms | requests per kernel call | non-2xx |",
-           "|---|---|---|---|---|---|---|"]
-    loads = {"closed_c1": "1 connection, closed loop", "closed_c16": "16 connections, closed loop",
-             "rate_open_loop": f"open loop at {_fmt((data.get('parameters') or {}).get('rate'))}/s"}
+    out = [
+        "### Request path: `GET /recommendations` on `attnflow serve` (real Redis; medians over rounds)",
+        "",
+        "| batching | load | requests/s | p50 ms | p99 ms | requests per kernel call | non-2xx |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    loads = {
+        "closed_c1": "1 connection, closed loop",
+        "closed_c16": "16 connections, closed loop",
+        "rate_open_loop": f"open loop at {_fmt((data.get('parameters') or {}).get('rate'))}/s",
+    }
     for mode, by_load in summary.items():
         for load, r in by_load.items():
-            out.append(f"| {mode} | {loads.get(load, load)} | {_fmt(r.get('rps'))} | {_fmt(r.get('p50_ms'), 1)} "
-                       f"| {_fmt(r.get('p99_ms'), 1)} | {_fmt(r.get('requests_per_call'), 2)} | {_fmt(r.get('non_2xx'))} |")
+            out.append(
+                f"| {mode} | {loads.get(load, load)} | {_fmt(r.get('rps'))} | {_fmt(r.get('p50_ms'), 1)} "
+                f"| {_fmt(r.get('p99_ms'), 1)} | {_fmt(r.get('requests_per_call'), 2)} | "
+                f"{_fmt(r.get('non_2xx'))} |"
+            )
     return out + _provenance(data)
 
 
@@ -183,21 +246,37 @@ def bench_headline(data: dict) -> list[str]:
         m = by_variant.get("pipeline")
         if not m:
             continue
-        rows.append(f"| {int(items):,} | {_fmt(m.get('events_per_s_per_worker'))} | {_fmt(m.get('latency@0.50_rate'))} "
-                    f"| {_fmt(m.get('latency@0.50_p50_ms'))} | {_fmt(m.get('latency@0.50_p99_ms'))} "
-                    f"| {_share(m.get('latency@0.50_within_slo'), 1)} | {_fmt(m.get('kernel_ms_p50'), 1)} |")
+        rows.append(
+            f"| {int(items):,} | {_fmt(m.get('events_per_s_per_worker'))} | "
+            f"{_fmt(m.get('latency@0.50_rate'))} "
+            f"| {_fmt(m.get('latency@0.50_p50_ms'))} | {_fmt(m.get('latency@0.50_p99_ms'))} "
+            f"| {_share(m.get('latency@0.50_within_slo'), 1)} | {_fmt(m.get('kernel_ms_p50'), 1)} |"
+        )
     if not rows:
         return []
-    return ["### Pipeline: one rank worker with its in-process trainer (real Kafka + Redis; medians of runs)", "",
-            "| items | max events/s | latency measured at (events/s) | p50 ms | p99 ms | within 50 ms | kernel p50 ms |",
-            "|---|---|---|---|---|---|---|", *rows,
-            "", "Latency: event produced → its recommendation delivered, at half the measured maximum. Every variant, "
-            "the CPU split and the profiles: docs/performance.md.", "",
-            f"Command: `{_argv(data.get('command'))}`; machine: {_machine_short(data.get('machine') or {})}", ""]
+    return [
+        "### Pipeline: one rank worker with its in-process trainer (real Kafka + Redis; medians of runs)",
+        "",
+        "| items | max events/s | latency measured at (events/s) | p50 ms | p99 ms | within 50 ms | kernel "
+        "p50 ms |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Latency: event produced → its recommendation delivered, at half the measured maximum. Every "
+        "variant, "
+        "the CPU split and the profiles: docs/performance.md.",
+        "",
+        f"Command: `{_argv(data.get('command'))}`; machine: {_machine_short(data.get('machine') or {})}",
+        "",
+    ]
 
 
-FAULT_LABELS = {"worker_kill": "worker SIGKILLed", "redis_master_kill": "Redis master SIGKILLed (replica promoted)",
-                "broker_kill": "Kafka broker SIGKILLed, restarted", "redis_outage": "every Redis node stopped, restarted"}
+FAULT_LABELS = {
+    "worker_kill": "worker SIGKILLed",
+    "redis_master_kill": "Redis master SIGKILLed (replica promoted)",
+    "broker_kill": "Kafka broker SIGKILLed, restarted",
+    "redis_outage": "every Redis node stopped, restarted",
+}
 
 
 def fault_tables(data: dict, brief: bool = False) -> list[str]:
@@ -205,24 +284,36 @@ def fault_tables(data: dict, brief: bool = False) -> list[str]:
     runs = data.get("scenarios") or []
     if not runs:
         return []
-    out = ["### Faults: nothing lost, nothing applied twice", "",
-           f"{data.get('events_per_scenario', 0):,} events per run, 3 workers, 6 partitions, Redis Cluster "
-           "(3 masters + 3 replicas, `WAIT 1`) and 3 Kafka brokers (replication 3, `min.insync.replicas` 2); "
-           "after the run every user's state is recomputed from the events topic.", "",
-           "| fault | down (s) | resumed after (s) | lost | applied twice | wrong state | feedback missing "
-           "| replays skipped by fence | store retries | passed |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "### Faults: nothing lost, nothing applied twice",
+        "",
+        f"{data.get('events_per_scenario', 0):,} events per run, 3 workers, 6 partitions, Redis Cluster "
+        "(3 masters + 3 replicas, `WAIT 1`) and 3 Kafka brokers (replication 3, `min.insync.replicas` 2); "
+        "after the run every user's state is recomputed from the events topic.",
+        "",
+        "| fault | down (s) | resumed after (s) | lost | applied twice | wrong state | feedback missing "
+        "| replays skipped by fence | store retries | passed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
         wrong = r["users_missing"] + r["users_wrong_fence"] + r["users_wrong_history"]
-        out.append(f"| {FAULT_LABELS.get(r['scenario'], r['scenario'])} | {_fmt(r['fault_duration_s'], 1)} "
-                   f"| {_fmt(r['recovery_s'], 1)} | {r['events_lost']} | {r['events_applied_twice']} | {wrong} "
-                   f"| {r['feedback_missing']} | {_fmt(r['replayed_skipped_by_fence'])} | {_fmt(r['retries'])} "
-                   f"| {'yes' if r.get('passed') else '**no**'} |")
-    out += ["", "*Resumed after*: from the fault until every partition that still had events committed past "
-            "where it stood."]
+        out.append(
+            f"| {FAULT_LABELS.get(r['scenario'], r['scenario'])} | {_fmt(r['fault_duration_s'], 1)} "
+            f"| {_fmt(r['recovery_s'], 1)} | {r['events_lost']} | {r['events_applied_twice']} | {wrong} "
+            f"| {r['feedback_missing']} | {_fmt(r['replayed_skipped_by_fence'])} | {_fmt(r['retries'])} "
+            f"| {'yes' if r.get('passed') else '**no**'} |"
+        )
+    out += [
+        "",
+        "*Resumed after*: from the fault until every partition that still had events committed past "
+        "where it stood.",
+    ]
     if brief:
-        return out + ["", f"Command: `{_argv(data.get('command'))}`; machine: {_machine_short(data.get('machine') or {})}",
-                      ""]
+        return out + [
+            "",
+            f"Command: `{_argv(data.get('command'))}`; machine: {_machine_short(data.get('machine') or {})}",
+            "",
+        ]
     return out + _provenance(data)
 
 

@@ -1,16 +1,9 @@
-"""Faust's ``Monitor`` without its bookkeeping per message: about 2.5 µs of the event loop per event.
+"""Faust's ``Monitor`` without the four hooks it runs for every message (``ATTNFLOW_FAUST_MESSAGE_STATS``).
 
-Faust always installs its ``Monitor`` sensor. For every message it runs four hooks through the
-sensor delegate: ``on_message_in`` and ``on_message_out`` (counters, and the message's time in and
-out) and ``on_stream_event_in`` and ``on_stream_event_out`` (counters, the stream's and task's
-names looked up, a state dict per event). Nothing in Faust reads what they record back; it is there
-for Faust's own stats views and sensors, and attnflow's metrics (``streams/metrics.py``) count the
-same things per batch. Measured outside Faust's loop (the four calls through the delegate, 200k
-messages): 3.1 µs per message with the Monitor, 0.6 µs with no sensor.
-
-``LeanMonitor`` keeps the Monitor (Faust's consumer reports commits and end offsets to it, and its
-rebalance and assignment hooks are rare) but drops those four. ``ATTNFLOW_FAUST_MESSAGE_STATS=true``
-runs the stock one.
+Faust always installs a ``Monitor``; per message it calls ``on_message_in`` / ``on_message_out`` and
+``on_stream_event_in`` / ``on_stream_event_out``, which only feed Faust's own stats views. attnflow counts the
+same per batch (``streams/metrics.py``), so ``LeanMonitor`` empties those four and keeps the rest (commits,
+end offsets, rebalances). The cost it saves is measured in docs/performance.md; ``true`` runs the stock one.
 """
 from __future__ import annotations
 

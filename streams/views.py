@@ -1,5 +1,6 @@
 """Web views of a rank worker: ``/metrics`` (Prometheus), ``/stats`` (JSON; ``/stats?brief=1``: counters
 only, no quantiles), ``/ready`` (probe), ``/recommendations`` (request-time lists, ``streams.serving``)."""
+
 from __future__ import annotations
 
 from streams.metrics import lag_lines
@@ -28,17 +29,23 @@ def register(app, worker, trainer) -> None:
     @app.page("/metrics")
     async def metrics(web, request):
         lag = "\n".join(lag_lines(consumer_lags(app))) + "\n"
-        return web.text(worker.metrics.prometheus() + trainer.metrics.prometheus() + serving_text() + lag,
-                        content_type="text/plain; version=0.0.4")
+        return web.text(
+            worker.metrics.prometheus() + trainer.metrics.prometheus() + serving_text() + lag,
+            content_type="text/plain; version=0.0.4",
+        )
 
     @app.page("/stats")
     async def stats(web, request):
         if request.query.get("brief"):  # counters only: for pollers that ask many times a second
             return web.json(worker.metrics.progress())
-        return web.json({**worker.metrics.snapshot(), "trainer": trainer.metrics.snapshot(),
-                         **({"serving": serving.stats()} if serving is not None else {}),
-                         **({"market": market.report()} if (market := getattr(worker.engine, "market", None))
-                            else {})})
+        return web.json(
+            {
+                **worker.metrics.snapshot(),
+                "trainer": trainer.metrics.snapshot(),
+                **({"serving": serving.stats()} if serving is not None else {}),
+                **({"market": market.report()} if (market := getattr(worker.engine, "market", None)) else {}),
+            }
+        )
 
     @app.page("/ready")
     async def ready(web, request):

@@ -1,6 +1,7 @@
 """docker-compose.yml: the monitoring profile runs Prometheus and Grafana over files that exist, and the
 scrape targets are the services and ports the pipeline's processes listen on. ``docker compose config``
 checks the whole file where the compose CLI exists; the rest needs only pyyaml."""
+
 from __future__ import annotations
 
 import shutil
@@ -23,8 +24,25 @@ def test_docker_compose_config_accepts_the_file_with_every_profile():
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
         pytest.skip("the docker compose CLI is not installed")
-    done = subprocess.run([docker, "compose", "--profile", "monitoring", "--profile", "replay", "--profile", "tools",
-                           "-f", str(COMPOSE), "config", "--quiet"], capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(
+        [
+            docker,
+            "compose",
+            "--profile",
+            "monitoring",
+            "--profile",
+            "replay",
+            "--profile",
+            "tools",
+            "-f",
+            str(COMPOSE),
+            "config",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -45,4 +63,6 @@ def test_prometheus_scrapes_the_ports_the_services_listen_on(compose):
     assert targets == {"worker": 6066, "trainer": 6166, "serve": 6070}  # web port; trainer: + 100; serve port
     for name in targets:
         env = compose["services"][name].get("environment", {})
-        assert isinstance(env, dict) and env.get("ATTNFLOW_WEB_HOST") == "0.0.0.0", name  # reachable by Prometheus
+        assert isinstance(env, dict) and env.get("ATTNFLOW_WEB_HOST") == "0.0.0.0", (
+            name
+        )  # reachable by Prometheus

@@ -3,6 +3,7 @@
 The worker runs with its in-process trainer and a short snapshot interval, gets valid events, one bad one
 and one request, and is scraped until every queried series has a sample (or the time runs out).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,7 +42,12 @@ def test_a_real_worker_exports_every_metric_the_dashboard_queries(settings, redi
         for wave in range(2):  # the second wave's events find the lists the first wave made: online HR
             for i in range(32):
                 user = f"user-{i % 8}"
-                doc = {"user_id": user, "item_id": f"sku-{i % 13}", "type": "click", "ts": 1_700_000_000.0 + i}
+                doc = {
+                    "user_id": user,
+                    "item_id": f"sku-{i % 13}",
+                    "type": "click",
+                    "ts": 1_700_000_000.0 + i,
+                }
                 producer.send(topic, key=user.encode(), value=orjson.dumps(doc))
             producer.flush(30)
             wait_for(settings.web_port, 32 * (wave + 1))
@@ -60,4 +66,6 @@ def test_a_real_worker_exports_every_metric_the_dashboard_queries(settings, redi
         stop_worker(worker)
         producer.close()
     missing = sorted(wanted - have)
-    assert missing == [], f"{missing} queried but not exported by a real worker (log: {tmp_path / 'worker.log'})"
+    assert missing == [], (
+        f"{missing} queried but not exported by a real worker (log: {tmp_path / 'worker.log'})"
+    )

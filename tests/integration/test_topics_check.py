@@ -1,5 +1,6 @@
 """``attnflow topics --check`` and ``ensure_topics`` on the real broker: a partition count that differs from
 the settings is reported and refused, never changed or ignored."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,14 @@ pytestmark = pytest.mark.integration
 
 
 def topics_command(settings, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streams.cli", "topics", *args], cwd=REPO, capture_output=True,
-                          text=True, env={**os.environ, **settings.as_env()}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", "topics", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **settings.as_env()},
+        timeout=120,
+    )
 
 
 def test_check_reports_missing_topics_and_a_changed_partition_count(settings):
@@ -35,8 +42,13 @@ def test_check_reports_missing_topics_and_a_changed_partition_count(settings):
     wider = dataclasses.replace(settings, partitions=settings.partitions + 2)
     have, problems = check_topics(wider)
     assert have[names.events] == settings.partitions
-    assert any(p.startswith(f"topic {names.events} has {settings.partitions} partitions, the settings ask for "
-                            f"{wider.partitions}") for p in problems)
+    assert any(
+        p.startswith(
+            f"topic {names.events} has {settings.partitions} partitions, the settings ask for "
+            f"{wider.partitions}"
+        )
+        for p in problems
+    )
     with pytest.raises(PartitionMismatch):
         ensure_topics(wider)  # refuses; does not add partitions
     refused = topics_command(wider)

@@ -2,6 +2,7 @@
 
 Here the exporters are fed by hand; tests/integration/test_metrics_exported.py scrapes a real worker.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,12 @@ def alert_exprs() -> list[str]:
         if stripped.startswith("expr:"):
             current = [stripped[5:].strip()]
             exprs.append(current)
-        elif current is not None and stripped and not re.match(r"^[a-z_]+:", stripped) and not stripped.startswith("-"):
+        elif (
+            current is not None
+            and stripped
+            and not re.match(r"^[a-z_]+:", stripped)
+            and not stripped.startswith("-")
+        ):
             current.append(stripped)
         else:
             current = None
@@ -47,8 +53,12 @@ def alert_exprs() -> list[str]:
 def queried_metrics() -> set[str]:
     """Every metric name the dashboard and the alerts query, histogram series mapped to their base name."""
     names = {m for expr in dashboard_exprs() + alert_exprs() for m in METRIC.findall(expr)}
-    return {re.sub(r"_(bucket|sum|count)$", "", n) if n.endswith(("_bucket", "_sum", "_count"))
-            and n.startswith("attnflow_produce_to_emit") else n for n in names}
+    return {
+        re.sub(r"_(bucket|sum|count)$", "", n)
+        if n.endswith(("_bucket", "_sum", "_count")) and n.startswith("attnflow_produce_to_emit")
+        else n
+        for n in names
+    }
 
 
 def exported_names(text: str) -> set[str]:
@@ -81,7 +91,12 @@ def test_every_queried_metric_is_exported():
     worker = PipelineMetrics(k=10)
     worker.observe_feedbacks([SimpleNamespace(hit=True, rank=1, list_age_s=1.0)])
     worker.deadletters["not valid JSON"] += 1
-    for quantiles in (worker.batch_seconds, worker.kernel_seconds, worker.latency_seconds, worker.batch_sizes):
+    for quantiles in (
+        worker.batch_seconds,
+        worker.kernel_seconds,
+        worker.latency_seconds,
+        worker.batch_sizes,
+    ):
         quantiles.add(0.01)
     for stage in ("engine", "write"):
         worker.stages.add(stage, 0.01)
@@ -89,8 +104,18 @@ def test_every_queried_metric_is_exported():
     serving = ServingMetrics()
     serving.responses[200] += 1
     serving.latency_seconds.add(0.001)
-    text = worker.prometheus() + trainer.prometheus() + serving.prometheus() + "\n".join(lag_lines({("events", 0): 3}))
+    text = (
+        worker.prometheus()
+        + trainer.prometheus()
+        + serving.prometheus()
+        + "\n".join(lag_lines({("events", 0): 3}))
+    )
     missing = sorted(queried_metrics() - exported_names(text))
     assert missing == [], f"the dashboard or alerts query metrics no worker exports: {missing}"
-    assert {"attnflow_consumer_lag", "attnflow_produce_to_emit_seconds", "attnflow_model_age_seconds",
-            "attnflow_online_hit_rate", "attnflow_batch_size"} <= queried_metrics()
+    assert {
+        "attnflow_consumer_lag",
+        "attnflow_produce_to_emit_seconds",
+        "attnflow_model_age_seconds",
+        "attnflow_online_hit_rate",
+        "attnflow_batch_size",
+    } <= queried_metrics()
