@@ -438,10 +438,15 @@ def main(argv=None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kafka", "aiokafka"):  # client chatter drowns the tool's own output
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from streams.topics import PartitionMismatch
+
     try:
         return args.fn(args, settings) or 0
     except KeyboardInterrupt:
         return 130
+    except PartitionMismatch as exc:  # a worker, replay or catalogue refused to use topics of another layout
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -53,4 +53,7 @@ def test_check_reports_missing_topics_and_a_changed_partition_count(settings):
         ensure_topics(wider)  # refuses; does not add partitions
     refused = topics_command(wider)
     assert refused.returncode == 1 and "the settings ask for" in refused.stderr
+    worker = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], cwd=REPO, capture_output=True,
+                            text=True, env={**os.environ, **wider.as_env()}, timeout=120)
+    assert worker.returncode == 1 and "error: topic" in worker.stderr and "Traceback" not in worker.stderr
     assert check_topics(settings)[0][names.events] == settings.partitions  # unchanged
