@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from models.events import DEFAULT_SCENE, TYPE_CODE, EventLog
+from models.splits import head, leave_one_out, subset  # noqa: F401 -- part of this module's interface
 
 # The setting streams.settings.Settings.data_dir, read here directly: models/ imports nothing from streams/.
 DATA_ENV = "ATTNFLOW_DATA_DIR"
@@ -398,60 +399,6 @@ def load(name: str, data_dir: str | Path | None = None, **opts) -> EventLog:
         raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)} (aliases {sorted(ALIASES)})")
     root = Path(data_dir) if data_dir is not None else _default_data_dir()
     return DATASETS[key](root, **opts)
-
-
-def subset(log: EventLog, index: np.ndarray, name: str | None = None) -> EventLog:
-    """Rows ``index`` of ``log`` (kept in the given order) with the SAME id spaces (users, items,
-    scenes), so indices stay comparable with the full log.
-
-    >>> log = EventLog.from_columns("toy", ["a", "b", "a"], ["x", "y", "z"], [0, 0, 0], [1.0, 2.0, 3.0])
-    >>> part = subset(log, np.array([0, 2]))
-    >>> part.item.tolist(), part.n_items
-    ([0, 2], 3)
-    """
-    index = np.asarray(index)
-    return EventLog(name=name or log.name, user=log.user[index], item=log.item[index], type=log.type[index],
-                    ts=log.ts[index], scene=log.scene[index], user_ids=log.user_ids, item_ids=log.item_ids,
-                    scene_names=log.scene_names, notes=log.notes, extra=dict(log.extra))
-
-
-def leave_one_out(log: EventLog) -> tuple[EventLog, EventLog, EventLog]:
-    """Split for the SASRec-family protocol: per user, the last event is test, the second-to-last is
-    validation, the rest is train. Users with fewer than 3 events stay wholly in train (no valid/test row).
-
-    All three logs are time-ordered and share ``log``'s id spaces.
-
-    >>> log = EventLog.from_columns("toy", list("aaaabb"), list("pqrstu"), [0] * 6, [0, 1, 2, 3, 0, 1])
-    >>> train, valid, test = leave_one_out(log)
-    >>> [log.item_ids[i] for i in train.item], [log.item_ids[i] for i in valid.item], [log.item_ids[i] for i in test.item]
-    (['p', 't', 'q', 'u'], ['r'], ['s'])
-    """
-    n = len(log)
-    # Position of each event from the end of its user's history: 0 = last, 1 = second-to-last.
-    order = np.lexsort((np.arange(n), log.user))  # by user, then by time (the log is time-ordered)
-    sorted_users = log.user[order]
-    ends = np.r_[np.flatnonzero(sorted_users[1:] != sorted_users[:-1]), n - 1] if n else np.array([], int)
-    counts = np.diff(np.r_[-1, ends])
-    from_end = np.empty(n, np.int64)
-    from_end[order] = np.repeat(ends, counts) - np.arange(n)
-    history = np.empty(n, np.int64)
-    history[order] = np.repeat(counts, counts)
-    eligible = history >= 3
-    test = np.flatnonzero(eligible & (from_end == 0))
-    valid = np.flatnonzero(eligible & (from_end == 1))
-    train = np.flatnonzero(~eligible | (from_end >= 2))
-    return (subset(log, train, f"{log.name}/train"), subset(log, valid, f"{log.name}/valid"),
-            subset(log, test, f"{log.name}/test"))
-
-
-def head(log: EventLog, n: int) -> EventLog:
-    """The first ``n`` events (in time order) of ``log``, id spaces kept.
-
-    >>> log = EventLog.from_columns("toy", ["a", "b"], ["x", "y"], [0, 0], [1.0, 2.0])
-    >>> len(head(log, 1))
-    1
-    """
-    return subset(log, np.arange(min(n, len(log))), log.name)
 
 
 __all__ = ["DATASETS", "ALIASES", "DATA_ENV", "MalformedLineError", "data_dir", "load", "subset",
