@@ -262,9 +262,8 @@ def bench_headline(data: dict) -> list[str]:
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "Latency: event produced → its recommendation delivered, at half the measured maximum. Every "
-        "variant, "
-        "the CPU split and the profiles: docs/performance.md.",
+        "Latency: event time → its recommendation's Kafka timestamp, at half the measured maximum. "
+        "Every variant, the CPU split and the profiles: docs/performance.md.",
         "",
         f"Command: `{_argv(data.get('command'))}`; machine: {_machine_short(data.get('machine') or {})}",
         "",
