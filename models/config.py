@@ -50,8 +50,9 @@ class EngineConfig:
     # exact score re-ranks them with the history's own items; 0 = always the exact scan.
     candidates_above: int = 0
     candidates: int = 512
-    candidates_nprobe: int = 32
+    candidates_nprobe: int = 64
     candidates_lists: int = 0
+    candidates_threads: int = 1
     # Each list carries its explanation (models.explain: this many most-attended history events and the
     # scene interests' weights); 0 = off.
     explain_events: int = 0

@@ -70,8 +70,9 @@ class Settings:
     # ``candidates_lists`` cells searched (0: about 2 sqrt(items)), then ranked by the exact score
     candidates_above: int = 200000
     candidates: int = 512
-    candidates_nprobe: int = 32
+    candidates_nprobe: int = 64
     candidates_lists: int = 0
+    candidates_threads: int = 1  # faiss threads for the index (0: one per core)
     # Events per Kafka message that ``attnflow replay`` and ``streams.replay.replay`` send (a JSON array,
     # see streams.codec.decode_events); 1 = one message per event. The rank agent reads both framings
     replay_batch_events: int = 200
@@ -307,7 +308,8 @@ class Settings:
                             max_batch=self.batch_size, seed=self.seed, previous_layout=self.state_migrate_from,
                             explain_events=self.explain_events if self.explain else 0,
                             candidates_above=self.candidates_above, candidates=self.candidates,
-                            candidates_nprobe=self.candidates_nprobe, candidates_lists=self.candidates_lists)
+                            candidates_nprobe=self.candidates_nprobe, candidates_lists=self.candidates_lists,
+                            candidates_threads=self.candidates_threads)
 
     def train_config(self):
         from models.training import TrainConfig

@@ -94,13 +94,13 @@ def test_masks_and_exclusions_hold_exactly_also_for_changes_after_the_build():
 def test_items_added_after_the_build_are_candidates_and_a_new_snapshot_rebuilds():
     params, interest, weight, ranks = synthetic(seed=4)
     masks = np.full(params.item_emb.shape[0], 3, np.uint32)
-    ranker = CandidateRanker(CandidateConfig(candidates=50))
     user, _ = kernels.user_vectors(params, interest, weight, ranks)
-    ranker.rank_users(params, user, ranks, 3000, masks, k=CFG.k)
-    # item 3000 is new (assigned after the build) and scores far above every other for user 0
+    # row 3000 (growth padding until an item is assigned to it) scores far above every other for user 0
     params = params._replace(item_emb=params.item_emb.at[3000].set(50.0 * user[0] / jnp.linalg.norm(user[0])))
-    ranker.index.params = params  # the same snapshot as far as the index knows: extend, not rebuild
-    items, _ = ranker.rank_users(params, user, ranks, 3001, masks, k=CFG.k)
+    ranker = CandidateRanker(CandidateConfig(candidates=50))
+    first, _ = ranker.rank_users(params, user, ranks, 3000, masks, k=CFG.k)
+    assert 3000 not in np.asarray(first)
+    items, _ = ranker.rank_users(params, user, ranks, 3001, masks, k=CFG.k)  # item 3000 assigned since
     assert int(np.asarray(items)[0, 0]) == 3000 and ranker.builds == 1 and ranker.index.n_indexed == 3001
     ranker.rank_users(params._replace(item_emb=params.item_emb * 1.0), user, ranks, 3001, masks, k=CFG.k)
     assert ranker.builds == 2
@@ -110,8 +110,7 @@ def test_rerank_dedupes_history_and_neighbour_items_it_is_also_given():
     params, interest, weight, ranks = synthetic(seed=6)
     user, _ = kernels.user_vectors(params, interest, weight, ranks)
     proposed = np.concatenate([ranks.hist_item, ranks.hist_item], axis=1)  # every history item, twice
-    items, _ = rerank(params, user, ranks, jnp.asarray(proposed), jnp.int32(3000),
-                      jnp.full(params.item_emb.shape[0], 3, jnp.uint32), k=CFG.k)
+    items, _ = rerank(params, user, ranks, proposed, 3000, np.full(params.item_emb.shape[0], 3, np.uint32), k=CFG.k)
     for row in np.asarray(items):
         shown = row[row >= 0]
         assert len(set(shown.tolist())) == len(shown)
