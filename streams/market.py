@@ -141,7 +141,7 @@ def market_for(settings):
 
     cfg = MarketConfig(ranks=settings.market_ranks(), reserve=to_micros(settings.reserve_price),
                        window_s=settings.attribution_window_s, pacing=settings.pacing, gain=settings.pacing_gain,
-                       prior_ctr=settings.calibration_prior_ctr)
+                       prior_ctr=settings.calibration_prior_ctr, quality_floor=settings.sponsored_quality_floor)
     return Market(cfg, settings.engine_config().scenes)
 
 

@@ -129,6 +129,9 @@ class Settings:
     pacing_gain: float = 4.0
     calibration_prior_ctr: float = 0.01
     ledger_interval_s: float = 1.0
+    # An ad takes a slot only with a pCTR of at least this times that of the organic item it pushes off the
+    # first 10 positions (0 = no floor; docs/market.md shows what it trades: revenue for list quality)
+    sponsored_quality_floor: float = 0.0
     # Event validation: an event's ts may be at most this many seconds after its Kafka record's own
     # timestamp (later ones go to the dead-letter topic, see streams.codec.ts_limit)
     max_future_s: float = 86400.0
@@ -250,9 +253,10 @@ class Settings:
                              f"({settings.history})")
         settings.market_ranks()  # a bad SPONSORED_SLOTS / _RANKS fails at start-up
         if settings.reserve_price < 0 or settings.attribution_window_s <= 0 or settings.pacing_gain <= 0 \
+                or settings.sponsored_quality_floor < 0 \
                 or not 0 < settings.calibration_prior_ctr < 1:
-            raise ValueError(f"{PREFIX}RESERVE_PRICE must be at least 0, ATTRIBUTION_WINDOW_S and PACING_GAIN "
-                             "positive, CALIBRATION_PRIOR_CTR in (0, 1)")
+            raise ValueError(f"{PREFIX}RESERVE_PRICE and SPONSORED_QUALITY_FLOOR must be at least 0, "
+                             "ATTRIBUTION_WINDOW_S and PACING_GAIN positive, CALIBRATION_PRIOR_CTR in (0, 1)")
         if settings.event_loop not in ("auto", "uvloop", "asyncio"):
             raise ValueError(f"{PREFIX}EVENT_LOOP={settings.event_loop!r}: expected auto, uvloop or asyncio")
         from models.state import previous_layout

@@ -39,6 +39,10 @@ class MarketConfig:
     gain: float = 4.0
     prior_ctr: float = 0.01
     mechanism: str = "gsp"
+    # an ad needs a pCTR of at least quality_floor x that of the organic item it pushes off the first
+    # quality_rank positions (0: no floor); see docs/results/market.json for the trade-off
+    quality_floor: float = 0.0
+    quality_rank: int = 10
 
     @property
     def slots(self) -> int:
@@ -153,6 +157,9 @@ class Market:
                                                   ).astype(bool)
             eligible &= ~(table.item[None, :, None] == top_items[:, None, :]).any(axis=2)    # shown organically
             eligible &= ~(table.item[None, :, None] == ranks.exclude[:, None, :]).any(axis=2)
+            if cfg.quality_floor:
+                displaced = top_scores[:, min(cfg.quality_rank, K) - 1]
+                eligible &= pctr >= cfg.quality_floor * self.calibrator.predict(displaced)[:, None]
             sold = run_auction(table.bid, table.campaign, table.item, pctr, eligible, cfg.slots, cfg.reserve,
                                cfg.mechanism)
             ad_item = np.where(sold.filled, table.item[np.maximum(sold.ad, 0)], -1)

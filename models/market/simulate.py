@@ -32,11 +32,20 @@ from models.market.pacing import DAY_S, can_pay, pass_rate, throttle
 from models.market.scoring import score_items
 
 DEFAULT_OUT = "docs/results/market.json"
-DESIGNS = {  # name -> (mechanism, pacing[, 1-based slot ranks instead of the run's])
-    "gsp_attention_paced": ("gsp", True), "gsp_attention": ("gsp", False),
-    "first_price_paced": ("first_price", True), "first_price": ("first_price", False),
-    "bid_only_paced": ("bid_only", True), "bid_only": ("bid_only", False),
-    "gsp_attention_paced_ranks_10_20": ("gsp", True, (10, 20)),
+# name -> the design: mechanism, pacing, and optionally 1-based slot ranks other than the run's, a quality floor
+# (an ad needs a pCTR of at least floor x that of the organic item it pushes off the first eval_k positions)
+# and a pacing gain other than the run's
+DESIGNS = {
+    "gsp_attention_paced": {"mechanism": "gsp", "pacing": True},
+    "gsp_attention": {"mechanism": "gsp", "pacing": False},
+    "first_price_paced": {"mechanism": "first_price", "pacing": True},
+    "first_price": {"mechanism": "first_price", "pacing": False},
+    "bid_only_paced": {"mechanism": "bid_only", "pacing": True},
+    "bid_only": {"mechanism": "bid_only", "pacing": False},
+    "gsp_attention_paced_ranks_10_20": {"mechanism": "gsp", "pacing": True, "ranks": (10, 20)},
+    "gsp_attention_paced_gain_16": {"mechanism": "gsp", "pacing": True, "gain": 16.0},
+    "gsp_attention_paced_floor_0.8": {"mechanism": "gsp", "pacing": True, "floor": 0.8},
+    "gsp_attention_paced_floor_0.9": {"mechanism": "gsp", "pacing": True, "floor": 0.9},
 }
 
 
@@ -92,6 +101,8 @@ class Design:
     mechanism: str
     pacing: bool
     ranks: tuple[int, ...]                              # 0-based slot positions
+    floor: float
+    gain: float
     calibrator: ScoreCalibrator
     spent: np.ndarray                                   # [P, C] micros
     revenue: int = 0
@@ -120,8 +131,9 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
     # even plan is even over traffic (a perfect traffic forecast; the log's own time is bursty)
     period_events = len(log) / periods
     C = len(campaigns.bid)
-    state = {name: Design(name, spec[0], spec[1], tuple(r - 1 for r in spec[2]) if len(spec) > 2 else tuple(ranks),
-                          ScoreCalibrator(prior_ctr=prior_ctr), np.zeros((periods, C), np.int64))
+    state = {name: Design(name, spec["mechanism"], spec["pacing"],
+                          tuple(r - 1 for r in spec.get("ranks") or [r + 1 for r in ranks]), spec.get("floor", 0.0),
+                          spec.get("gain", gain), ScoreCalibrator(prior_ctr=prior_ctr), np.zeros((periods, C), np.int64))
              for name, spec in designs.items()}
     for design in state.values():
         if not all(0 <= r < k for r in design.ranks):
@@ -166,10 +178,15 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
             spent = design.spent[period]                                                     # [B, C]
             live = can_pay(spent, campaigns.budget[None, :], campaigns.bid[None, :])
             if design.pacing:
-                live &= throttle(pass_rate(spent, campaigns.budget[None, :], frac[:, None] * DAY_S, gain), keys)
+                live &= throttle(pass_rate(spent, campaigns.budget[None, :], frac[:, None] * DAY_S, design.gain), keys)
             pctr = design.calibrator.predict(ad_scores)
+            if design.floor:  # the organic item an ad would push off the first eval_k positions sets a floor
+                live_ads = pctr >= design.floor * design.calibrator.predict(list_scores[:, min(eval_k, k) - 1])[:, None]
+            else:
+                live_ads = True
             sold = run_auction(campaigns.bid[campaigns.campaign], campaigns.campaign, campaigns.item, pctr,
-                               base & live[:, campaigns.campaign], len(design.ranks), reserve, design.mechanism)
+                               base & live[:, campaigns.campaign] & live_ads, len(design.ranks), reserve,
+                               design.mechanism)
             ad_item = np.where(sold.filled, campaigns.item[np.maximum(sold.ad, 0)], -1)
             shown, slot = place(lists, ad_item, design.ranks)
             design.offered += B * len(design.ranks)
@@ -213,6 +230,7 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
         budget_total = int(campaigns.budget.sum()) * periods
         results[design.name] = {
             "mechanism": design.mechanism, "pacing": design.pacing, "sponsored_ranks": [r + 1 for r in design.ranks],
+            "quality_floor": design.floor, "pacing_gain": design.gain if design.pacing else None,
             "revenue": design.revenue / MICROS, "clicks": design.clicks,
             "mean_price": design.revenue / MICROS / design.clicks if design.clicks else None,
             "fill_rate": design.filled / design.offered if design.offered else 0.0,

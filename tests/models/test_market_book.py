@@ -129,3 +129,11 @@ def test_candidate_scores_are_the_kernels_scores_of_those_items():
         for item, score in zip(np.asarray(items)[b], np.asarray(scores)[b]):
             assert got[b, np.searchsorted(unique, item)] == pytest.approx(float(score), rel=1e-5, abs=1e-5)
     assert result.recommendations
+
+
+def test_a_quality_floor_above_the_displaced_organic_items_pctr_keeps_every_ad_out():
+    for floor, shown in ((1.0, True), (1.01, False)):  # before feedback every pCTR is the prior: equal
+        p = Pipeline(quality_floor=floor, quality_rank=CFG.k)
+        put(p.store, campaign("c1", ["i2", "i3", "i4", "i5"], 0.5))
+        result = warm(p)
+        assert any(rec.sponsored for rec in result.recommendations) == shown

@@ -24,7 +24,8 @@ def run(designs):
 
 
 def test_every_design_is_reported_and_none_overspends():
-    designs = {**{name: spec for name, spec in DESIGNS.items() if len(spec) == 2}, "low": ("gsp", True, (5, 10))}
+    designs = {**{name: spec for name, spec in DESIGNS.items() if "ranks" not in spec},
+               "low": {"mechanism": "gsp", "pacing": True, "ranks": (5, 10)}}
     report, campaigns = run(designs)
     assert set(report["designs"]) == set(designs) and report["designs"]["low"]["sponsored_ranks"] == [5, 10]
     budget = campaigns.budget.sum() * report["periods"] / 1e6
