@@ -303,12 +303,13 @@ def cmd_report(args, settings):
     print("README results block rewritten from docs/results/*.json")
 
 
-def cmd_catalogue(args, settings):
-    from streams.catalogue import read_catalogue_file
+def _push_file(args, settings, read_file, topic: str, what: str) -> int:
+    """Send the messages of a catalogue or campaigns file; a file with bad lines sends nothing unless
+    ``--skip-bad`` (the first 20 reasons are printed either way)."""
     from streams.replay import replay
-    from streams.topics import TopicNames, ensure_topics
+    from streams.topics import ensure_topics
 
-    messages, errors = read_catalogue_file(args.file, settings.scenes)
+    messages, errors = read_file(args.file, settings.scenes)
     for error in errors[:20]:
         print(error, file=sys.stderr)
     if errors and not args.skip_bad:
@@ -316,29 +317,24 @@ def cmd_catalogue(args, settings):
               file=sys.stderr)
         return 1
     ensure_topics(settings)
-    result = replay(settings, messages, total=len(messages), raw=True, topic=TopicNames.of(settings).catalogue)
-    print(f"sent {result['sent']} catalogue changes to {result['topic']}"
+    result = replay(settings, messages, total=len(messages), raw=True, topic=topic)
+    print(f"sent {result['sent']} {what} to {result['topic']}"
           + (f"; skipped {len(errors)} bad line(s)" if errors else ""))
     return 0
+
+
+def cmd_catalogue(args, settings):
+    from streams.catalogue import read_catalogue_file
+    from streams.topics import TopicNames
+
+    return _push_file(args, settings, read_catalogue_file, TopicNames.of(settings).catalogue, "catalogue changes")
 
 
 def cmd_campaigns(args, settings):
     from streams.market import read_campaigns_file
-    from streams.replay import replay
-    from streams.topics import TopicNames, ensure_topics
+    from streams.topics import TopicNames
 
-    messages, errors = read_campaigns_file(args.file, settings.scenes)
-    for error in errors[:20]:
-        print(error, file=sys.stderr)
-    if errors and not args.skip_bad:
-        print(f"{len(errors)} bad line(s), nothing sent (--skip-bad sends the {len(messages)} good ones)",
-              file=sys.stderr)
-        return 1
-    ensure_topics(settings)
-    result = replay(settings, messages, total=len(messages), raw=True, topic=TopicNames.of(settings).campaigns)
-    print(f"sent {result['sent']} campaign messages to {result['topic']}"
-          + (f"; skipped {len(errors)} bad line(s)" if errors else ""))
-    return 0
+    return _push_file(args, settings, read_campaigns_file, TopicNames.of(settings).campaigns, "campaign messages")
 
 
 def cmd_market_sim(args, settings):
