@@ -159,14 +159,18 @@ class RankWorker:
         """Take one micro-batch of Faust events; returns once fewer than ``depth`` batches are in flight.
 
         The events stay referenced (Faust's own ack after the loop body does not make them
-        committable) until :meth:`_complete` acks them.
+        committable) until :meth:`_complete` acks them. A take of batched messages that holds more than
+        ``batch_size`` events is cut into batches of at most that many (a message is never cut), so that
+        batches still overlap in the pipeline and are acked as they finish.
         """
         started, taken = time.perf_counter(), time.time()
-        events = list(events)
-        batch, produced = [], []
-        dead: list[DeadLetter] = []
+        limit = self.settings.batch_size
+        groups = [([], [], [], [])]  # (Faust events, sourced events, dead letters, produce times) per batch
         scenes, max_future_s = self.cfg.scenes, self.settings.max_future_s
         for event in events:
+            messages, batch, dead, produced = groups[-1]
+            before = (len(batch), len(dead), len(produced))
+            messages.append(event)
             message = event.message
             message.incref()
             try:
@@ -183,13 +187,25 @@ class RankWorker:
             if len(decoded) == 1:
                 batch.append(SourcedEvent(decoded[0][1], message.partition, message.offset, decoded[0][0]))
                 produced.append(message.timestamp)
-            else:
-                batch += [SourcedEvent(e, message.partition, message.offset, i) for i, e in decoded]
-                produced += [message.timestamp] * len(decoded)
-        self.metrics.stages.add_each("to_agent", [taken - ts for ts in produced if ts])
+                continue
+            batch += [SourcedEvent(e, message.partition, message.offset, i) for i, e in decoded]
+            produced += [message.timestamp] * len(decoded)
+            if len(batch) + len(dead) > limit and len(messages) > 1:  # this message starts the next batch
+                b, d, t = before
+                groups.append(([messages.pop()], batch[b:], dead[d:], produced[t:]))
+                del batch[b:], dead[d:], produced[t:]
+        self.metrics.stages.add_each("to_agent", [taken - ts for group in groups for ts in group[3] if ts])
+        for group in groups:
+            if group[0]:
+                await self._enqueue(*group, started)
+
+    async def _enqueue(self, events: list, batch: list[SourcedEvent], dead: list[DeadLetter], produced: list[float],
+                       started: float) -> None:
+        """One batch into the pipeline: joins the newest batch still waiting for the engine when both fit
+        in ``batch_size`` events, else starts its own; waits while ``depth`` batches are in flight."""
         newest = self._inflight[-1] if self._inflight else None
         if (self.merge and newest is not None and not newest.sealed
-                and len(newest.events) + len(events) <= self.settings.batch_size):
+                and len(newest.batch) + len(newest.dead) + len(batch) + len(dead) <= self.settings.batch_size):
             newest.absorb(events, batch, dead, produced, started)
             return
         loop = asyncio.get_running_loop()

@@ -32,7 +32,10 @@ topic with its own consumer group:
   ``ATTNFLOW_FAUST_MESSAGE_STATS=1``, ``ATTNFLOW_FAUST_CYTHON_OPTIMIZATIONS=0``);
 - ``pipeline_stub``: ``tests.benchmarks.stub_app``, the real rank worker with a stub engine (Faust, the
   agent and its outputs, without Redis or JAX: what the worker costs around the engine);
-- ``raw_aiokafka``: an aiokafka consumer in this process (the transport's ceiling).
+- ``raw_aiokafka``: an aiokafka consumer in this process (the transport's ceiling);
+- ``pipeline_batched`` / ``pipeline_notrain_batched``: ``pipeline`` / ``pipeline_notrain`` reading the
+  same backlog sent as batched messages (JSON arrays of ``--batch-events`` events, grouped by partition
+  as ``streams.replay`` sends them), from a topic of their own produced in the same run.
 
 Measured: max throughput from the backlog (worker ``/stats`` event counters, which the rank worker
 advances when a batch is done: outputs delivered and state written; from the first batch done to the
@@ -72,7 +75,11 @@ from tests.benchmarks.cpu import CpuMeter, listener_pid, process_cpu_s
 
 VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "noop_faust_eager", "pipeline_stub", "pipeline",
             "pipeline_notrain", "pipeline_notrain_stock", "pipeline_notrain_d1", "pipeline_notrain_d2",
-            "pipeline_nomerge", "pipeline_split", "pipeline_2w", "naive")
+            "pipeline_nomerge", "pipeline_split", "pipeline_2w", "naive", "pipeline_batched",
+            "pipeline_notrain_batched")
+# Variants that read the same backlog sent as batched messages (``streams.codec.encode_events``: a JSON
+# array of up to ``--batch-events`` events a message, grouped by partition as ``streams.replay`` does)
+BATCHED_VARIANTS = ("pipeline_batched", "pipeline_notrain_batched")
 # Latency phases cost ~10-20 s each: the design and its baseline at every rate; the rank path alone
 # (no trainer in the worker) at 50% on the first catalogue, to show what the trainer costs in latency.
 # Faust as released: no eager delivery, the stock Monitor with its per-message hooks, no Cython fast paths
@@ -94,6 +101,8 @@ WORKER_VARIANTS = {
     "noop_faust_eager": ("noop", {}),  # Faust as the worker configures it (eager delivery, lean Monitor, Cython paths)
     # the real rank worker with a stub engine (tests/benchmarks/stub_app.py): Faust, agent and outputs
     "pipeline_stub": ("stub", {"train_enabled": False}),
+    "pipeline_batched": ("pipeline", {}),
+    "pipeline_notrain_batched": ("pipeline", {"train_enabled": False}),
 }
 LATENCY_VARIANTS = ("pipeline", "naive", "pipeline_notrain", "pipeline_notrain_stock", "pipeline_notrain_d1",
                     "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_split")
@@ -159,6 +168,24 @@ class Dataset:
         """Columns for ``n`` live events; the caller stamps ``ts`` at send time."""
         users, items, types, scenes = self._columns(n)
         return [(f"u{u}", self.item_ids[i], EVENT_TYPES[t], SCENES[s]) for u, i, t, s in zip(users, items, types, scenes)]
+
+
+def batched(pairs: list[tuple[bytes, bytes]], partitions: int, max_events: int) -> list[tuple[bytes, bytes]]:
+    """The same events as batched messages: per partition of each key (Kafka's murmur2), in order, up to
+    ``max_events`` a message, keyed by its first event's key (which hashes to that partition too)."""
+    from kafka.partitioner.default import murmur2
+
+    groups: dict[int, list] = collections.defaultdict(list)
+    out = []
+    for key, value in pairs:
+        p = (murmur2(key) & 0x7FFFFFFF) % partitions
+        group = groups[p]
+        group.append((key, value))
+        if len(group) == max_events:
+            out.append((group[0][0], b"[" + b",".join(v for _, v in group) + b"]"))
+            groups[p] = []
+    out += [(g[0][0], b"[" + b",".join(v for _, v in g) + b"]") for g in groups.values() if g]
+    return out
 
 
 def producer(settings: Settings, linger_ms: int):
@@ -860,6 +887,13 @@ def run_once(ctx: Context, run: int, n_items: int, variants: list[str], first_ca
     result: dict = {"n_items": n_items, "topic_prefix": prefix, "load_average": os.getloadavg()}
     result["produce"] = produce_backlog(ds_settings, backlog)
     log(f"run {run}, {n_items} items: backlog of {args.events} events produced at {result['produce']['rate']:.0f}/s")
+    batched_settings = None
+    if any(name in BATCHED_VARIANTS for name in variants):
+        batched_settings = replace(ds_settings, topic_prefix=prefix + "batched.")
+        ensure_topics(batched_settings)
+        messages = batched(backlog, batched_settings.partitions, args.batch_events)
+        result["produce_batched"] = {**produce_backlog(batched_settings, messages), "events": len(backlog),
+                                     "messages": len(messages), "events_per_message": args.batch_events}
     max_rates: dict = {}
     for name in variants:
         if name in FIRST_CATALOGUE_ONLY and not first_catalogue and not args.every_variant_everywhere:
@@ -868,7 +902,8 @@ def run_once(ctx: Context, run: int, n_items: int, variants: list[str], first_ca
             result[name] = asyncio.run(_raw_consume(ds_settings, TopicNames.of(ds_settings).events,
                                                     f"bench-{ctx.tag}-raw-{n_items}-r{run}", args.events, args.cap_s))
         else:
-            result[name] = run_worker_variant(ctx, name, ds_settings, dataset, run, max_rates)
+            own = batched_settings if name in BATCHED_VARIANTS else ds_settings
+            result[name] = run_worker_variant(ctx, name, own, dataset, run, max_rates)
         rate = (result[name].get("throughput") or result[name]).get("events_per_s")
         max_rates[name] = rate
         log(f"run {run}, {n_items} items, {name}: "
@@ -877,6 +912,8 @@ def run_once(ctx: Context, run: int, n_items: int, variants: list[str], first_ca
         from streams.topics import delete_topics
 
         delete_topics(ds_settings)
+        if batched_settings is not None:
+            delete_topics(batched_settings)
     return result
 
 
@@ -981,6 +1018,9 @@ def ratios(med: dict) -> dict:
             "pipeline_notrain_over_depth2": ratio(own("pipeline_notrain"), own("pipeline_notrain_d2")),
             "pipeline_over_nomerge": ratio(get("pipeline"), own("pipeline_nomerge")),
             "pipeline_split_over_pipeline": ratio(own("pipeline_split"), get("pipeline")),
+            # the same events, batched messages over one event per message (same run, same catalogue)
+            "pipeline_batched_over_single": ratio(own("pipeline_batched"), own("pipeline")),
+            "pipeline_notrain_batched_over_single": ratio(own("pipeline_notrain_batched"), own("pipeline_notrain")),
         }
     return out
 
@@ -1070,6 +1110,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--naive-cap-s", type=float, default=None, help="same for the naive baseline")
     parser.add_argument("--profile", action="store_true",
                         help="one extra pipeline run under py-spy (first catalogue): at max throughput and at 50%%")
+    parser.add_argument("--batch-events", type=int, default=200,
+                        help="events per message of the batched variants' backlog (%(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep-topics", dest="delete_topics", action="store_false")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/attnflow-bench"))
@@ -1106,7 +1148,7 @@ def main(argv=None) -> dict:
         "latency_fractions": args.latency_fractions,
         "latency_base_rate": args.latency_base_rate, "cap_s": args.cap_s,
         "naive_cap_s": args.naive_cap_s, "kafka": base.kafka_bootstrap, "redis": base.redis_url,
-        "variants": args.variants, "first_catalogue_only": list(FIRST_CATALOGUE_ONLY),
+        "variants": args.variants, "first_catalogue_only": list(FIRST_CATALOGUE_ONLY), "batch_events": args.batch_events,
         "latency_fractions_other": args.latency_fractions_other,
         "notes": ["raw_aiokafka and noop_faust read item ids never: measured on the first catalogue only",
                   "naive phases stop after naive_cap_s; its rate is over that window",

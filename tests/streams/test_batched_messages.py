@@ -75,6 +75,8 @@ def test_batched_messages_give_the_states_lists_and_feedback_of_single_event_mes
     values = [encode_events(events[i:i + 8]) for i in range(0, len(events), 8)]
     run(many, [messages(values[i:i + 4], i) for i in range(0, len(values), 4)])
     assert many.metrics.events == one.metrics.events == len(events)
+    # each take of 32 events went as two batches of 16: batches still pipeline and are acked as they finish
+    assert many.metrics.batches - 1 == one.metrics.batches - 1 == len(events) // 16
     for user in USERS:
         assert model_state(batched, user, one.engine.codec) == model_state(single, user, one.engine.codec)
     last = {}
