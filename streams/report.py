@@ -350,12 +350,27 @@ def render(folder: Path = REPO / "docs" / "results") -> str:
     serve = _load(folder / "serve.json")
     if serve:
         lines += serve_tables(serve)
+    lines += scale_tables(folder)
     faults = _load(folder / "faults.json")
     if faults:
         lines += fault_tables(faults)
     if not lines:
         lines = ["No measured results yet."]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def scale_tables(folder: Path) -> list[str]:
+    """The candidate stage, batched messages and the GPU path (``streams.scaletables``)."""
+    from streams.scaletables import batched_tables, candidate_tables, gpu_tables
+
+    lines: list[str] = []
+    candidates = _load(folder / "candidates.json")
+    if candidates:
+        lines += candidate_tables(candidates)
+    batched = _load(folder / "bench_batched.json")
+    if batched:
+        lines += batched_tables(batched)
+    return lines + gpu_tables(_load(folder / "kernel_gpu.json"), _load(folder / "engine_gpu.json"))
 
 
 def replace_block(path: Path, body: str) -> None:

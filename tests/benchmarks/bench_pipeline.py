@@ -35,7 +35,8 @@ topic with its own consumer group:
 - ``raw_aiokafka``: an aiokafka consumer in this process (the transport's ceiling);
 - ``pipeline_batched`` / ``pipeline_notrain_batched``: ``pipeline`` / ``pipeline_notrain`` reading the
   same backlog sent as batched messages (JSON arrays of ``--batch-events`` events, grouped by partition
-  as ``streams.replay`` sends them), from a topic of their own produced in the same run.
+  as ``streams.replay`` sends them), from a topic of their own produced in the same run;
+  ``pipeline_notrain_batched_b2048`` the same with ``ATTNFLOW_BATCH_SIZE=2048``.
 
 Measured: max throughput from the backlog (worker ``/stats`` event counters, which the rank worker
 advances when a batch is done: outputs delivered and state written; from the first batch done to the
@@ -76,10 +77,10 @@ from tests.benchmarks.cpu import CpuMeter, listener_pid, process_cpu_s
 VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "noop_faust_eager", "pipeline_stub", "pipeline",
             "pipeline_notrain", "pipeline_notrain_stock", "pipeline_notrain_d1", "pipeline_notrain_d2",
             "pipeline_nomerge", "pipeline_split", "pipeline_2w", "naive", "pipeline_batched",
-            "pipeline_notrain_batched")
+            "pipeline_notrain_batched", "pipeline_notrain_batched_b2048")
 # Variants that read the same backlog sent as batched messages (``streams.codec.encode_events``: a JSON
 # array of up to ``--batch-events`` events a message, grouped by partition as ``streams.replay`` does)
-BATCHED_VARIANTS = ("pipeline_batched", "pipeline_notrain_batched")
+BATCHED_VARIANTS = ("pipeline_batched", "pipeline_notrain_batched", "pipeline_notrain_batched_b2048")
 # Latency phases cost ~10-20 s each: the design and its baseline at every rate; the rank path alone
 # (no trainer in the worker) at 50% on the first catalogue, to show what the trainer costs in latency.
 # Faust as released: no eager delivery, the stock Monitor with its per-message hooks, no Cython fast paths
@@ -103,6 +104,8 @@ WORKER_VARIANTS = {
     "pipeline_stub": ("stub", {"train_enabled": False}),
     "pipeline_batched": ("pipeline", {}),
     "pipeline_notrain_batched": ("pipeline", {"train_enabled": False}),
+    # batched messages make room for larger engine batches: 2048 events a kernel call instead of 512
+    "pipeline_notrain_batched_b2048": ("pipeline", {"train_enabled": False, "batch_size": 2048}),
 }
 LATENCY_VARIANTS = ("pipeline", "naive", "pipeline_notrain", "pipeline_notrain_stock", "pipeline_notrain_d1",
                     "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_split")
@@ -1021,6 +1024,8 @@ def ratios(med: dict) -> dict:
             # the same events, batched messages over one event per message (same run, same catalogue)
             "pipeline_batched_over_single": ratio(own("pipeline_batched"), own("pipeline")),
             "pipeline_notrain_batched_over_single": ratio(own("pipeline_notrain_batched"), own("pipeline_notrain")),
+            "pipeline_notrain_batched_b2048_over_single": ratio(own("pipeline_notrain_batched_b2048"),
+                                                                own("pipeline_notrain")),
         }
     return out
 
