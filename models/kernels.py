@@ -141,7 +141,8 @@ def neighbour_pairs(params: Params, hist_item: jax.Array, scene: jax.Array,
     did elsewhere transfers to this scene through the same gate as the scene interests.
 
     ``held_out`` (training only): ``(target [B], own [B, W])``, the transition count the row's own
-    example added from its ``d``-th newest source to ``target``; the shares are taken without it
+    example added from its ``d``-th newest source to ``target`` (summed per source item when one item
+    is several of them); the shares are taken without it
     (``(count - own) / (total - own)``), so a counted example does not see itself as evidence.
     """
     B, L = hist_item.shape
@@ -164,6 +165,9 @@ def neighbour_pairs(params: Params, hist_item: jax.Array, scene: jax.Array,
         share = params.nbr_weight[source, table]
         if held_out is not None:
             target, own = held_out
+            # an item that is several of the W newest sources got each one's count in its one row
+            same = (source[:, :, None] == source[:, None, :]) & found[:, None, :]
+            own = jnp.einsum("bvw,bw->bv", same.astype(own.dtype), own)
             part = jnp.clip(own / jnp.maximum(params.nbr_total[source, table], 1e-9), 0.0, 1.0)[..., None]
             mine = successor == target[:, None, None]
             share = jnp.maximum(share - part * mine, 0.0) / jnp.maximum(1.0 - part, 1e-6)

@@ -59,7 +59,8 @@ class TrainConfig:
     seed: int = 0
     transition_window: int = 3     # history items before an event whose transition to it is counted
     init_norm: float | None = None  # norm of fresh item vectors (None: models.params.ITEM_INIT_NORM)
-    feature_gain: float = 0.0      # fresh trainer: times the untrained gains of the counted features (0: all learned)
+    feature_gain: float = 0.5      # fresh trainer: times the untrained gains of the counted features (0: all learned)
+    feature_rate: float = 1.0      # learning rate of those gains (FEATURE_GAINS), times learning_rate (0: fixed)
 
 
 SAMPLED_FROM_ROWS_PER_NEGATIVE = 8
@@ -78,12 +79,19 @@ def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, d
     """Mean next-item cross-entropy over the real examples of ``batch``: the full softmax over the
     item table, or the sampled one (``sampled_losses``) over ``drawn`` negatives when given. Scores are
     the served ones: embeddings, popularity prior, repeat score and the history's transition neighbours
-    (from the whole history: dropout only thins what the attention sees)."""
+    (from the whole history: dropout only thins what the attention sees).
+
+    The counted features (popularity, repeat and transition scores) learn only from examples whose
+    target was counted before (``known``): an item's first event can never be ranked (nothing unseen
+    is), and on a log where half the events are an item's first (Amazon reviews) those examples
+    taught the gains that unpopular, unconnected items come next. The embeddings learn from all."""
     hist_item = batch.hist_item
     pairs = kernels.neighbour_pairs(params, hist_item, batch.scene, (batch.target, batch.own_nbr))
     # the target's popularity prior without the example's own count
     pop = params.pop[batch.target]
-    held_out = (jnp.log1p(jnp.maximum(pop - batch.own_pop, 0.0)) - jnp.log1p(pop)) @ params.pop_gain     # [E]
+    before = jnp.maximum(pop - batch.own_pop, 0.0)
+    held_out = (jnp.log1p(before) - jnp.log1p(pop)) @ params.pop_gain                                  # [E]
+    known = jnp.max(before, axis=1) > 1e-12
     if dropout > 0:
         keep = jax.random.bernoulli(key, 1.0 - dropout, hist_item.shape)
         hist_item = jnp.where(keep, hist_item, -1)
@@ -91,21 +99,30 @@ def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, d
                                scene=batch.scene, exclude=jnp.full((hist_item.shape[0], 1), -1, jnp.int32))
     user, _ = kernels.user_vectors(params, jax.lax.stop_gradient(batch.interest), batch.weight, ranks)
     if drawn is not None:
-        losses = sampled_losses(params, user, hist_item, batch.target, drawn, n_items, pairs, held_out)
+        losses = sampled_losses(params, user, hist_item, batch.target, drawn, n_items, pairs, held_out, known)
     else:
         C = params.item_emb.shape[0]
-        logits = user @ params.item_emb.T + params.item_bias + kernels.popularity_prior(params, 0, C)
-        logits = kernels.pair_scores(kernels.copy_scores(logits, 0, hist_item, params), 0, pairs, params)
-        logits = logits.at[jnp.arange(logits.shape[0]), batch.target].add(held_out)
+        E = hist_item.shape[0]
+        features = jnp.broadcast_to(kernels.popularity_prior(params, 0, C)[None, :], (E, C))
+        features = kernels.pair_scores(kernels.copy_scores(features, 0, hist_item, params), 0, pairs, params)
+        features = features.at[jnp.arange(E), batch.target].add(held_out)
+        logits = user @ params.item_emb.T + params.item_bias + learn_from(known, features)
         logits = jnp.where(jnp.arange(logits.shape[1])[None, :] < n_items, logits, kernels.NEG_INF)
         picked = jnp.take_along_axis(logits, batch.target[:, None], axis=1)[:, 0]
         losses = jax.nn.logsumexp(logits, axis=1) - picked
     return jnp.sum(losses * batch.mask) / jnp.maximum(jnp.sum(batch.mask), 1.0)
 
 
+def learn_from(rows: jax.Array | None, x: jax.Array) -> jax.Array:
+    """``x`` ([E, ...]) with its gradient kept only in the ``rows`` ([E] bool) given (all when None)."""
+    if rows is None:
+        return x
+    return jnp.where(rows.reshape(rows.shape + (1,) * (x.ndim - 1)), x, jax.lax.stop_gradient(x))
+
+
 def sampled_losses(params: Params, user: jax.Array, hist_item: jax.Array, target: jax.Array, drawn: jax.Array,
                    n_items: jax.Array, pairs: tuple[jax.Array, jax.Array] | None = None,
-                   target_extra: jax.Array | None = None) -> jax.Array:
+                   target_extra: jax.Array | None = None, known: jax.Array | None = None) -> jax.Array:
     """Per-example ``log Z - score(target)`` with ``Z`` estimated from a sample of the catalogue.
 
     ``Z`` = the terms of the target, of each distinct history item and of each distinct transition
@@ -115,7 +132,8 @@ def sampled_losses(params: Params, user: jax.Array, hist_item: jax.Array, target
     ``n_items / negatives`` items. Draws that hit an exact term are dropped, which keeps the estimate of
     the rest's sum unbiased. Item ids may be rows of a gathered sub-table (``sparse_train_step``);
     ``n_items`` is always the catalogue's size. ``target_extra`` ([E], optional) is added to the
-    target's score (``nll``: its popularity prior without the example's own count).
+    target's score (``nll``: its popularity prior without the example's own count); ``known`` ([E] bool,
+    optional): the examples whose feature terms (popularity, repeat, transitions) pass gradients.
     """
     E, L = hist_item.shape
     if pairs is None:
@@ -133,13 +151,14 @@ def sampled_losses(params: Params, user: jax.Array, hist_item: jax.Array, target
     first = (slots >= 0) & ~is_target
 
     def score(items):
-        return (jnp.einsum("ed,e...d->e...", user, params.item_emb[items]) + params.item_bias[items]
-                + kernels.popularity_prior_of(params, items))
+        return jnp.einsum("ed,e...d->e...", user, params.item_emb[items]) + params.item_bias[items]
 
-    target_score = score(target) + jnp.sum(jnp.where(is_target, extra, 0.0), axis=1)
+    target_features = kernels.popularity_prior_of(params, target) + jnp.sum(jnp.where(is_target, extra, 0.0), axis=1)
     if target_extra is not None:
-        target_score = target_score + target_extra
-    slot_score = jnp.where(first, score(jnp.maximum(slots, 0)) + extra, kernels.NEG_INF)
+        target_features = target_features + target_extra
+    target_score = score(target) + learn_from(known, target_features)
+    slot_features = kernels.popularity_prior_of(params, jnp.maximum(slots, 0)) + extra
+    slot_score = jnp.where(first, score(jnp.maximum(slots, 0)) + learn_from(known, slot_features), kernels.NEG_INF)
     # draws that are an exact term (a binary search per draw: merged rows are sorted but for the copies
     # dropped to -1, which a running max fills with the id before them), or the target
     ordered = jax.lax.cummax(slots, axis=1)
@@ -147,8 +166,8 @@ def sampled_losses(params: Params, user: jax.Array, hist_item: jax.Array, target
     hit = (jnp.take_along_axis(ordered, jnp.minimum(found, slots.shape[1] - 1), axis=1) == drawn[None, :])
     hit = hit | (drawn[None, :] == target[:, None])
     weight = jnp.log(n_items.astype(jnp.float32) / drawn.shape[0])
-    drawn_score = (user @ params.item_emb[drawn].T + params.item_bias[drawn] + kernels.popularity_prior_of(params, drawn)
-                   + weight)
+    drawn_prior = jnp.broadcast_to(kernels.popularity_prior_of(params, drawn)[None, :], (E, drawn.shape[0]))
+    drawn_score = user @ params.item_emb[drawn].T + params.item_bias[drawn] + learn_from(known, drawn_prior) + weight
     drawn_score = jnp.where(hit, kernels.NEG_INF, drawn_score)
     log_z = jax.nn.logsumexp(jnp.concatenate([target_score[:, None], slot_score, drawn_score], axis=1), axis=1)
     return log_z - target_score
@@ -163,14 +182,26 @@ def _loss(weights: Params, counted: dict, *args) -> jax.Array:
     return nll(weights._replace(**counted), *args)
 
 
-@partial(jax.jit, static_argnames=("optimizer", "dropout"), donate_argnums=(0, 1))
+# the learned gains of the counted features (``TrainConfig.feature_gain`` / ``feature_rate``)
+FEATURE_GAINS = ("pop_gain", "nbr_gain", "nbr_scale")
+
+
+def _scale_features(updates: Params, rate: float) -> Params:
+    """``updates`` with the feature gains' steps times ``rate`` (their own learning rate)."""
+    if rate == 1.0:
+        return updates
+    return updates._replace(**{name: getattr(updates, name) * rate for name in FEATURE_GAINS})
+
+
+@partial(jax.jit, static_argnames=("optimizer", "dropout", "feature_rate"), donate_argnums=(0, 1))
 @kernels.exact_matmuls
 def train_step(weights: Params, opt_state, counted: dict, batch: TrainBatch, n_items: jax.Array, key: jax.Array, *,
-               optimizer: optax.GradientTransformation, dropout: float):
+               optimizer: optax.GradientTransformation, dropout: float, feature_rate: float = 1.0):
     """One optax step on the full softmax; returns ``(weights, opt_state, loss)``. ``weights`` is
     ``learned(params)`` (what the optimiser updates), ``counted`` the rest (``counted_part``)."""
     loss, grads = jax.value_and_grad(_loss)(weights, counted, batch, n_items, key, dropout)
     updates, opt_state = optimizer.update(grads, opt_state, weights)
+    updates = _scale_features(updates, feature_rate)
     return optax.apply_updates(weights, updates), opt_state, loss
 
 
@@ -218,6 +249,7 @@ def sparse_train_step(weights: Params, opt_state, counted: dict, batch: TrainBat
     no_items = lambda tree: tree._replace(item_emb=tree.item_emb[:0], item_bias=tree.item_bias[:0])  # noqa: E731
     rest_state = (adam._replace(mu=no_items(adam.mu), nu=no_items(adam.nu)),) + tuple(opt_state[1:])
     updates, rest_state = optimizer.update(no_items(grads), rest_state, no_items(weights))
+    updates = _scale_features(updates, train.feature_rate)
     rest = optax.apply_updates(no_items(weights), updates)
 
     # the item rows in the batch: the same AdamW update, applied to those rows only
@@ -381,7 +413,7 @@ class Trainer:
         options = {"optimizer": self.optimizer, "dropout": self.train_cfg.history_dropout}
         if sampled(self.train_cfg.negatives, self.weights.item_emb.shape[0]):
             return sparse_train_step, {**options, "train": self.train_cfg}
-        return train_step, options
+        return train_step, {**options, "feature_rate": self.train_cfg.feature_rate}
 
     def _remember(self, examples: Examples, observed_at: np.ndarray) -> None:
         cap = self.train_cfg.buffer_size

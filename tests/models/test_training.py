@@ -168,3 +168,47 @@ def test_bootstrap_snapshot_is_aligned_to_the_shared_catalogue():
     assert index == [2, 1, 3] and meta["source"] == "bootstrap:toy"
     trained = np.asarray(model.trainer.params.item_emb)
     np.testing.assert_allclose(np.asarray(params.item_emb)[index], trained[[0, 1, 2]])
+
+
+@pytest.mark.parametrize("negatives", [0, 8])
+def test_an_example_is_trained_against_the_counts_without_itself(negatives):
+    """The trainer counts an example before it steps on it (and replays it later): the loss must score
+    it as the ranked event was scored, from the counts without its own transitions and popularity
+    (``TrainBatch.own_*``), and its feature terms pass gradients only when its target was counted before."""
+    import jax
+
+    cfg = EngineConfig(dim=8, history=5, scenes=("default",), k=3, initial_capacity=256)
+    other = toy_examples(cfg, n=300, n_items=100, seed=5)
+    other.target[:100] = np.arange(100)               # every item a target already (scene bits as in the batch)
+    batch_ex = toy_examples(cfg, n=16, n_items=100, seed=6)
+    batch_ex.target[:] = batch_ex.hist_item[:, -1]   # targets the others also name as successors
+    batch_ex.target[2] = batch_ex.hist_item[2, -2] = batch_ex.hist_item[2, -3]   # a source twice in the window
+    batch_ex.target[0] = 150                          # an item never counted before
+    params = init_params(cfg)._replace(nbr_scale=jnp.asarray(2.0), pop_gain=jnp.asarray([0.5, 0.5]))
+    weights, key, n_items = learned(params), jax.random.PRNGKey(0), jnp.int32(160)
+    drawn = None if negatives == 0 else jax.random.randint(key, (negatives,), 0, 160)
+
+    def counted(example=None):
+        counts = TransitionCounts(half_lives=(1e12, 1e12))   # no decay: the counts differ by the example only
+        counts.observe(other.hist_item, other.target, other.scene)
+        if example is not None:
+            counts.observe(batch_ex.hist_item[example:example + 1], batch_ex.target[example:example + 1],
+                           batch_ex.scene[example:example + 1])
+        return counts
+
+    def loss(counts, example, own=False):
+        observed_at = np.where(np.arange(16) == example, 300, -1) if own else np.full(16, -1)
+        batch = to_batch(batch_ex, 16, *counts.own(observed_at, 3))._replace(
+            mask=jnp.asarray(np.eye(16, dtype=np.float32)[example]))
+        return float(_loss(weights, counts.arrays(256), batch, n_items, key, 0.0, drawn))
+
+    for example in (1, 2, 3, 4):
+        with_it = counted(example)
+        assert loss(with_it, example) < loss(counted(), example) - 0.05, example  # seeing itself looks easy
+        np.testing.assert_allclose(loss(with_it, example, own=True), loss(counted(), example), rtol=1e-4)
+    with_it = counted(0)
+    batch = to_batch(batch_ex, 16, *with_it.own(np.where(np.arange(16) == 0, 300, -1), 3))._replace(
+        mask=jnp.asarray(np.eye(16, dtype=np.float32)[0]))
+    grads = jax.grad(_loss)(weights, with_it.arrays(256), batch, n_items, key, 0.0, drawn)
+    assert float(jnp.abs(grads.nbr_scale)) == 0.0 and float(jnp.abs(grads.pop_gain).sum()) == 0.0
+    assert float(jnp.abs(grads.item_emb).sum()) > 0.0
