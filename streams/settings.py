@@ -164,14 +164,16 @@ class Settings:
     # (serve_in_worker) and on ``attnflow serve`` (web_host:serve_port, Redis only). k may be 1..serve_max_k,
     # at most serve_max_exclude ids may be excluded. Concurrent requests are ranked together, up to
     # serve_batch_size per kernel call (serve_batching=false: one request per call), after waiting up
-    # to serve_batch_window_s for more (0: only those that queued while the previous call ran)
+    # to serve_batch_window_s for more while requests keep arriving during calls (0: only those that
+    # queued while the previous call ran; a lone client never waits). A call costs ~1 ms of kernel CPU
+    # at any size up to the smallest bucket, so fuller calls leave the cores to the HTTP side
     serve_port: int = 6070
     serve_in_worker: bool = True
     serve_max_k: int = 100
     serve_max_exclude: int = 100
     serve_batching: bool = True
     serve_batch_size: int = 32
-    serve_batch_window_s: float = 0.0
+    serve_batch_window_s: float = 0.002
     # Scene popularity (cold start of unknown users): rank workers count events per scene and item in
     # windows of popularity_window_s, the newest popularity_windows of which are summed; each window
     # keeps its popularity_keep most counted items. A server re-reads it every popularity_refresh_s

@@ -44,6 +44,22 @@ def test_requests_that_queue_during_a_call_are_answered_together_up_to_the_batch
     assert gate.calls == [1, 8, 8, 3]
 
 
+def test_the_batch_window_is_waited_only_while_requests_arrive_during_calls():
+    gate = Gate()
+    batcher = RequestBatcher(gate, max_batch=8, window_s=0.001)
+    answers = asyncio.run(run_with_first_call_held(batcher, gate, 20))
+    assert answers == [f"answer-{i}" for i in range(20)]
+    assert gate.calls == [1, 8, 8, 3] and batcher.waits == 1  # only before the last, partly filled call
+
+    async def lone():
+        lone_batcher = RequestBatcher(lambda requests: requests, max_batch=8, window_s=0.001)
+        lone_batcher.start()
+        answers = [await lone_batcher.submit(n) for n in range(3)]  # one client, one request at a time
+        await lone_batcher.stop()
+        return answers, lone_batcher.waits
+    assert asyncio.run(lone()) == ([0, 1, 2], 0)
+
+
 def test_without_batching_every_request_is_its_own_call():
     gate = Gate()
     asyncio.run(run_with_first_call_held(RequestBatcher(gate, max_batch=1), gate, 5))
