@@ -235,7 +235,18 @@ def serve_tables(data: dict) -> list[str]:
                 f"| {_fmt(r.get('p99_ms'), 1)} | {_fmt(r.get('requests_per_call'), 2)} | "
                 f"{_fmt(r.get('non_2xx'))} |"
             )
-    return out + _provenance(data)
+    return out + ["", serve_goal(data)] + _provenance(data)
+
+
+def serve_goal(data: dict) -> str:
+    """One line: the batched path's p99 at the open-loop rate against the goal, and how busy the machine was
+    (the load generator, the server and other jobs share its cores)."""
+    goal = data.get("goal") or {}
+    load = data.get("load_average_at_end")
+    busy = f"; load average {', '.join(_fmt(x, 1) for x in load)} (1/5/15 min) at the end" if load else ""
+    met = "met" if goal.get("met") else "**not met**"
+    return (f"Request path goal p99 <= {_fmt(goal.get('target_ms'), 0)} ms at {_fmt(goal.get('rate'))} "
+            f"requests/s (batched, open loop): {_fmt(goal.get('p99_ms_at_rate'), 1)} ms, {met}{busy}.")
 
 
 def bench_headline(data: dict) -> list[str]:

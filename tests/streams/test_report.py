@@ -99,3 +99,12 @@ def test_configuration_page_lists_every_setting():
     page = render()
     missing = [f.name for f in fields(Settings) if f.name != "extra" and f"`ATTNFLOW_{f.name.upper()}`" not in page]
     assert missing == []
+
+
+def test_serve_goal_line_says_whether_the_goal_was_met_and_how_busy_the_machine_was():
+    data = {"goal": {"p99_ms_at_rate": 31.94, "rate": 1000.0, "target_ms": 10.0, "met": False},
+            "load_average_at_end": [3.21, 4.0, 2.5]}
+    assert report.serve_goal(data) == (
+        "Request path goal p99 <= 10 ms at 1,000 requests/s (batched, open loop): "
+        "31.9 ms, **not met**; load average 3.2, 4.0, 2.5 (1/5/15 min) at the end.")
+    assert report.serve_goal({"goal": {"met": True}}).endswith("– ms, met.")
