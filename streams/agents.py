@@ -180,6 +180,11 @@ class RankWorker:
             except BadEvent as exc:
                 dead.append(DeadLetter(event.value, str(exc), message.topic, message.partition, message.offset))
                 continue
+            except Exception as exc:  # a decoder bug must cost one message, not the worker
+                log.exception("undecodable message at %s[%d]@%d", message.topic, message.partition, message.offset)
+                dead.append(DeadLetter(event.value, f"undecodable: {type(exc).__name__}: {exc}", message.topic,
+                                       message.partition, message.offset))
+                continue
             # a batched message: each event keeps its own fence (partition, offset, index), and a bad
             # one goes to the dead letters alone while its neighbours apply
             for index, raw, reason in bad:

@@ -136,8 +136,21 @@ def decode_events(raw: bytes, scenes: tuple[str, ...], sent_ts: float | None = N
         try:
             good.append((index, _event_of(element, scenes, sent_ts, max_future_s)))
         except BadEvent as exc:
-            bad.append((index, orjson.dumps(element), str(exc)))
+            bad.append((index, _element_json(element, raw), str(exc)))
     return good, bad
+
+
+def _element_json(element, raw: bytes) -> bytes:
+    """One element of a batched message as JSON for its dead letter; the whole message where orjson
+    cannot write it back (arrays nested deeper than the 255 levels it writes, though it reads 1024).
+
+    >>> _element_json([[[1]]], b"[[[[1]]]]"), len(_element_json(orjson.loads(b"[" * 300 + b"]" * 300), b"x"))
+    (b'[[[1]]]', 1)
+    """
+    try:
+        return orjson.dumps(element)
+    except TypeError:
+        return raw
 
 
 def _timestamp(doc: dict, sent_ts: float | None, max_future_s: float) -> float:

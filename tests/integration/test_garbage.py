@@ -79,8 +79,10 @@ def _empty(rng, ref):
 
 
 def _not_an_object(rng, ref):
-    return rng.choice([b"[]", b"[1, 2]", b"42", b"-0.5", b'"view"', b"null", b"true",
-                       _dumps([_doc(rng, ref)]), _nested(rng.randrange(2, 1000))]), "not_an_object"
+    # An array is a batched message (streams.codec.decode_events): each of these holds one element that
+    # is not an event, so it makes one dead letter (an empty array is a bad_value, tested in tests/streams).
+    return rng.choice([b"[1]", b"42", b"-0.5", b'"view"', b"null", b"true", b'[["u"]]',
+                       _nested(rng.randrange(2, 1000))]), "not_an_object"
 
 
 def _wrong_type(rng, ref):
@@ -290,7 +292,10 @@ def test_malformed_messages_at_volume_are_dead_lettered_and_change_nothing(setti
             record = by_source[source]
             assert record["topic"] == topic and record["reason"]
             assert reason_code(record["reason"]) == code, (source, code, record["reason"])
-            assert record["value_bytes"] == len(value or b"")
+            if record.get("index") is None:  # the whole message
+                assert record["value_bytes"] == len(value or b""), (source, record)
+            else:  # the one bad element of a batched message: its own JSON (or the message, if unwritable)
+                assert record["index"] == 0 and 0 < record["value_bytes"] <= len(value), (source, record)
 
         got = outputs(settings, redis_store, valid, stats)
         assert got[0] == expected[0], "stored states differ from the run without garbage"
