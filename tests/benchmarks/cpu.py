@@ -5,8 +5,10 @@ per event do: on ``cores`` cores, nothing can go faster than ``cores / (CPU seco
 events per second, whatever the pipeline does, and the split says which process spends them.
 
     >>> meter = CpuMeter({"self": [os.getpid()]})
-    >>> before = meter.sample(); _ = sum(i * i for i in range(200_000)); after = meter.sample()
-    >>> usage = meter.delta(before, after, events=1000)
+    >>> before = meter.sample()
+    >>> while meter.delta(before, meter.sample(), events=1)["cpu_us_per_event"]["self"] == 0:  # a clock tick
+    ...     _ = sum(i * i for i in range(100_000))
+    >>> usage = meter.delta(before, meter.sample(), events=1000)
     >>> usage["cpu_us_per_event"]["self"] > 0 and usage["total_us_per_event"] >= usage["cpu_us_per_event"]["self"]
     True
 """
