@@ -266,12 +266,11 @@ class RequestRanker:
         scene = np.array([cfg.scene_code(r.scene) for r in requests], np.int8)
         excluded = [np.array([self.index[i] for i in r.exclude if i in self.index], np.int32) for r in requests]
         k = next(k for k in self.list_lengths if k >= max(r.k for r in requests))
-        top_items, top_scores = self._kernel(states, scene, excluded, now, k)
+        top_items, top_scores, ranks = self._kernel(states, scene, excluded, now, k)
         masks = self.catalogue.mask(self.params.item_emb.shape[0])
         names = self._names
         explained = [None] * B
         if cfg.explain_events and not cold.all():
-            ranks = batching.rank_inputs(states, np.full(B, now), scene, self._mask_codes)
             explained = explanations(self.params, states["interest"], states["interest_weight"], ranks, names,
                                      cfg.scenes, cfg.explain_events, cfg.bucket(B))
         out = []
@@ -289,7 +288,8 @@ class RequestRanker:
         return out
 
     def _kernel(self, states: np.ndarray, scene: np.ndarray, excluded: list[np.ndarray], now: float, k: int):
-        """``kernels.rank`` over the padded batch: ``[B, k]`` items (-1: none) and scores."""
+        """``kernels.rank`` over the padded batch: ``[B, k]`` items (-1: none), scores, and the (unpadded)
+        rank inputs they came from."""
         B = len(states)
         Bp = self.cfg.bucket(B)
         ranks = batching.rank_inputs(states, np.full(B, now), scene, self._mask_codes, excluded)
@@ -300,7 +300,7 @@ class RequestRanker:
             np.int32(min(len(self.ids), self.params.item_emb.shape[0])),
             self.catalogue.mask(self.params.item_emb.shape[0]),
             k=min(k, self.params.item_emb.shape[0]), chunk=self.cfg.item_chunk)
-        return np.asarray(items)[:B], np.asarray(scores)[:B]
+        return np.asarray(items)[:B], np.asarray(scores)[:B], ranks
 
     def _cold_start(self, scene: int, k: int, excluded: np.ndarray, masks: np.ndarray,
                     prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -326,10 +326,9 @@ class RequestRanker:
         for Bp in self.buckets:
             states = self.codec.decode([None] * Bp)
             for k in self.list_lengths:
-                jax.block_until_ready(self._kernel(states, np.zeros(Bp, np.int8), [np.zeros(0, np.int32)] * Bp,
-                                                   self.clock(), k))
+                *_, ranks = jax.block_until_ready(self._kernel(states, np.zeros(Bp, np.int8),
+                                                               [np.zeros(0, np.int32)] * Bp, self.clock(), k))
             if self.cfg.explain_events:
-                ranks = batching.rank_inputs(states, np.zeros(Bp), np.zeros(Bp, np.int8), self._mask_codes)
                 explanations(self.params, states["interest"], states["interest_weight"], ranks, self._names,
                              self.cfg.scenes, self.cfg.explain_events, Bp)
         return time.perf_counter() - started

@@ -73,8 +73,7 @@ def bench_tables(data: dict) -> list[str]:
         "",
         "Latency, event produced → recommendation (ms, p50 / p95 / p99, and the share of events within "
         "50 ms) at a fraction of the `pipeline` variant's measured maximum rate (every `pipeline_*` variant "
-        "at "
-        "the same rates; the naive design at fractions of its own maximum)"
+        "at the same rates; the naive design at fractions of its own maximum)"
         + (
             f". Each rate runs {lead_in:g} s before it is measured, so these describe a worker in its steady "
             "state; the last column is the p99 of the first second of that lead-in, which for the first "
@@ -195,8 +194,7 @@ def _cpu_lines(medians: dict) -> list[str]:
         "",
         "CPU per event (µs, all cores, from `/proc`) by process, and how busy the whole machine was: at the "
         "maximum rate (the backlog) and in the latency phases. The ceiling is cores ÷ total CPU per event: "
-        "the "
-        "rate at which every core would be busy at that cost per event (a dash: no such process in that "
+        "the rate at which every core would be busy at that cost per event (a dash: no such process in that "
         "variant):",
         "",
         "| items | variant | load | total | "
@@ -224,8 +222,7 @@ def _thread_lines(medians: dict) -> list[str]:
         "The worker's CPU per event (µs) by thread (named by `streams.threadnames`; `top -H` shows the same "
         "names). All but XLA's threads run mostly Python under one interpreter lock, so together they get "
         "little more than one core, however many the machine has. The baseline apps (`noop_faust*`) do not "
-        "name "
-        "their threads, so all of their CPU shows as other:",
+        "name their threads, so all of their CPU shows as other:",
         "",
         "| items | variant | load | " + " | ".join(ALL_ROLES) + " |",
         "|---|---|---|" + "---|" * len(ALL_ROLES),

@@ -88,8 +88,7 @@ def eval_tables(data: dict, loo_too: bool = True, models: tuple[str, ...] | None
             "### Prequential full-ranking (test-then-train over each whole log)",
             "",
             "HR@10 / NDCG@10 per dataset and model, the best in bold; each cell replays the whole log, and "
-            "the "
-            "commands that wrote them are listed under the table.",
+            "the commands that wrote them are listed under the table.",
             "",
             "| dataset | events | " + " | ".join(models) + " |",
             "|---|---|" + "---|" * len(models),
@@ -195,8 +194,7 @@ def scene_tables(data: dict) -> list[str]:
             f"### Per scene and on scene switches: {dataset} (HR@10)",
             "",
             "Every list is ranked over the event's scene only. A *scene switch*: the user's previous event "
-            "was "
-            "in the other scene; a *stay*: in the same one.",
+            "was in the other scene; a *stay*: in the same one.",
             "",
             "| model | " + " | ".join(names) + " |",
             "|---|" + "---|" * len(names),
