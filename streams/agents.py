@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -621,9 +622,38 @@ class TrainWorker:
             await asyncio.get_running_loop().run_in_executor(self.executor, self.publish_or_defer)
 
 
-async def crash_agent(agent, exc: BaseException) -> None:
+EX_SOFTWARE = 70  # the exit status of a worker that had to end itself after a failed batch
+
+
+def exit_unless_stopped_within(grace_s: float, reason: BaseException) -> threading.Timer | None:
+    """End the process with ``EX_SOFTWARE`` if it is still alive ``grace_s`` seconds from now.
+
+    A worker whose batch failed must exit so that its supervisor restarts it and its unacked events are
+    redelivered; Faust's orderly stop normally takes a few seconds, but one stuck stage of it (a producer
+    flush, an agent that does not drain) would leave a live worker that consumes nothing. Nothing is lost
+    by the hard exit: the events were never committed and the state fence skips what was written.
+    ``grace_s <= 0`` turns the guard off."""
+    if grace_s <= 0:
+        return None
+
+    def hard_exit() -> None:
+        log.critical("the worker did not stop within %.0fs of a failed batch (%s: %s): exiting with status %d",
+                     grace_s, type(reason).__name__, reason, EX_SOFTWARE)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(EX_SOFTWARE)
+
+    timer = threading.Timer(grace_s, hard_exit)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+async def crash_agent(agent, exc: BaseException, grace_s: float = 0.0) -> None:
     """Crash ``agent`` as if its body had raised ``exc``: what Faust does then (``Agent._execute_actor``),
-    and with a ``CrashingSupervisor`` the worker stops and exits with the error."""
+    and with a ``CrashingSupervisor`` the worker stops and exits with the error; if that stop takes
+    longer than ``grace_s``, the process ends itself (see ``exit_unless_stopped_within``)."""
+    exit_unless_stopped_within(grace_s, exc)
     for actor in list(agent._actors):
         await actor.crash(exc)
     agent.supervisor.wakeup()
@@ -645,7 +675,7 @@ def register(app, settings, events_topic, recommendations_topic, feedback_topic,
             finally:
                 await worker.drain()
 
-        worker.on_failure = lambda exc: asyncio.ensure_future(crash_agent(rank, exc))
+        worker.on_failure = lambda exc: asyncio.ensure_future(crash_agent(rank, exc, settings.crash_exit_s))
 
         if catalogue_topic is not None:
             async def deadletter(value: bytes) -> None:

@@ -188,6 +188,9 @@ class Settings:
     session_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0
     commit_interval_s: float = 1.0
+    # A worker whose batch failed stops so that it restarts; if its orderly stop takes longer than this,
+    # it exits hard with status 70 (0 waits for ever)
+    crash_exit_s: float = 30.0
     # Compiled kernels are cached here across restarts ("" disables the cache)
     compile_cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "attnflow", "jax")
     # Where the CLI finds datasets (defaults to ../shared/data next to the repository)

@@ -8,6 +8,7 @@ consumer group over the same state).
 from __future__ import annotations
 
 import base64
+import subprocess
 import time
 from collections import defaultdict
 
@@ -337,6 +338,9 @@ def test_a_worker_that_cannot_deliver_exits_and_a_restart_loses_nothing(settings
     worker = start_worker(settings, log_path)
     try:
         worker.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker whose outputs the broker refuses was still alive after 120 s; its log ends:\n"
+                    + "\n".join(log_path.read_text(errors="replace").splitlines()[-40:]))
     finally:
         stop_worker(worker)
         admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, names.recommendations,

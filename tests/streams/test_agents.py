@@ -84,3 +84,24 @@ def test_a_store_that_refuses_the_worker_stops_it_instead_of_dead_lettering_its_
         asyncio.run(take())
     assert not [topic for topic, _, _ in producer.shipped if topic == "dead"]
     assert not any(getattr(e, "acked", False) for e in events)
+
+
+def test_a_worker_whose_orderly_stop_hangs_after_a_failed_batch_ends_itself_with_status_70():
+    """The guard that ``crash_agent`` starts: a process still alive ``grace_s`` after a failed batch
+    (here: one that sleeps instead of stopping) exits with EX_SOFTWARE and says why in its log."""
+    import subprocess
+    import sys
+
+    program = ("import time\n"
+               "from streams.agents import exit_unless_stopped_within\n"
+               "exit_unless_stopped_within(0.05, RuntimeError('refused'))\n"
+               "time.sleep(600)\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 70
+    assert "did not stop" in done.stderr and "RuntimeError: refused" in done.stderr
+
+
+def test_the_hard_exit_guard_is_off_at_zero():
+    from streams.agents import exit_unless_stopped_within
+
+    assert exit_unless_stopped_within(0, RuntimeError("x")) is None
