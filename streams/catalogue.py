@@ -53,7 +53,7 @@ class CatalogueWorker:
     async def handle(self, events) -> None:
         """Apply one batch (in order: the last change of an item wins); returns once it is in the store
         and every refusal is in the dead-letter topic, so Faust's ack after it loses nothing."""
-        from streams.agents import run_retrying
+        from streams.lifecycle import run_retrying
 
         messages = [(event.value, event.message) for event in events]
         ids, masks, refused = self.decode(messages)

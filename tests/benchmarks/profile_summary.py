@@ -20,13 +20,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
 ENGINE_PY = REPO / "models" / "engine.py"
+# streams/agents.py and the worker modules its agents run (split out of it)
+AGENT_GLUE = tuple(f"streams/{name}.py" for name in ("agents", "rank_worker", "train_worker", "lifecycle",
+                                                      "timeshare", "deadletters"))
 
 # (category, test on (function, file)); checked in this order on every frame.
 CATEGORIES = [
     ("idle: event loop waiting (select, or in uvloop)", lambda fn, f: f.endswith("selectors.py") and "select" in fn),
     ("idle: executor thread waiting for work", lambda fn, f: f.endswith(("concurrent/futures/thread.py", "queue.py"))
      and fn.split(".")[-1] in ("_worker", "get")),
-    ("idle: trainer waiting for a gap in ranking", lambda fn, f: f.endswith("streams/agents.py") and fn.endswith("wait_idle")),
+    ("idle: trainer waiting for a gap in ranking",
+     lambda fn, f: f.endswith("streams/timeshare.py") and fn.endswith("wait_idle")),
     ("jax compile (a new shape at run time)", lambda fn, f: ("/jax/" in f or "/jaxlib/" in f)
      and any(w in fn for w in ("compile", "lower", "_cached_lowering", "trace_to_jaxpr"))),
     ("jax kernel (dispatch, transfer, XLA wait)", lambda fn, f: "/jax/" in f or "/jaxlib/" in f or f.endswith("models/kernels.py")),
@@ -42,7 +46,7 @@ CATEGORIES = [
      lambda fn, f: any(f.endswith(m) for m in ("models/engine.py", "models/batching.py", "models/state.py",
                                                  "models/params.py", "models/events.py"))),
     ("trainer step (optax, XLA wait)", lambda fn, f: f.endswith("models/training.py")),
-    ("agent glue (streams/agents.py)", lambda fn, f: f.endswith("streams/agents.py")),
+    ("agent glue (streams/agents.py)", lambda fn, f: f.endswith(AGENT_GLUE)),
     ("metrics + web views (/stats polling)", lambda fn, f: f.endswith(("streams/metrics.py", "streams/views.py",
                                                                         "tests/benchmarks/baseline_app.py"))
      or "/aiohttp/" in f),

@@ -12,7 +12,7 @@ Faust, the agent with its outputs, and the engine. Run it as a worker process:
 from __future__ import annotations
 
 from models.engine import BatchResult, Feedback, Recommendation
-from streams import agents
+from streams import rank_worker
 
 
 class StubEngine:
@@ -31,7 +31,7 @@ class StubEngine:
     model_version = 0
     n_items = 0
 
-    def __init__(self, cfg, store, emit_examples: bool = False):
+    def __init__(self, cfg, store, emit_examples: bool = False, market=None):
         self.items = [f"sku-{i}" for i in range(cfg.k)]
         self.scores = [float(cfg.k - i) for i in range(cfg.k)]
 
@@ -57,7 +57,7 @@ class StubEngine:
 
 
 if __name__ == "__main__":
-    agents.Engine = StubEngine  # before the app registers and starts its rank worker
+    rank_worker.Engine = StubEngine  # before the app registers and starts its rank worker
     from streams.app import app
 
     app.main()
