@@ -3,7 +3,7 @@ only, no quantiles), ``/ready`` (probe), ``/recommendations`` (request-time list
 
 from __future__ import annotations
 
-from streams.metrics import lag_lines
+from streams.metrics import lag_lines, market_lines
 from streams.serving import ServingService
 
 
@@ -26,11 +26,15 @@ def register(app, worker, trainer) -> None:
     def serving_text() -> str:
         return serving.metrics.prometheus() if serving is not None else ""
 
+    def market_text() -> str:
+        market = getattr(worker.engine, "market", None)
+        return "\n".join(market_lines(market.report())) + "\n" if market is not None else ""
+
     @app.page("/metrics")
     async def metrics(web, request):
         lag = "\n".join(lag_lines(consumer_lags(app))) + "\n"
         return web.text(
-            worker.metrics.prometheus() + trainer.metrics.prometheus() + serving_text() + lag,
+            worker.metrics.prometheus() + trainer.metrics.prometheus() + serving_text() + market_text() + lag,
             content_type="text/plain; version=0.0.4",
         )
 

@@ -84,6 +84,7 @@ class MarketBatch:
     sponsored: list[list[dict] | None] = field(default_factory=list)
     impressions: int = 0
     clicks: int = 0
+    orphans: int = 0                                       # clicks on ads of campaigns no longer in the book
     charged: list[int] = field(default_factory=list)       # micros charged per charge, once committed
 
 
@@ -100,7 +101,11 @@ class Market:
         self._table_items = -1
         self._pending: dict[str, bytes] = {}
         self._lock = threading.Lock()
-        self.stats = {"lists": 0, "filled_slots": 0, "clicks": 0, "charges": 0, "charged_micros": 0}
+        self.stats = {"lists": 0, "offered_slots": 0, "filled_slots": 0, "clicks": 0, "charges": 0,
+                      "charged_micros": 0, "orphan_clicks": 0}
+        # per campaign of the current book only (pruned when the campaigns change): memory bounded by the book
+        self.by_campaign: dict[str, dict] = {}
+        self.warmed: list[tuple[int, int]] = []   # (rows bucket, items bucket) compiled by warmup
 
     # ---- campaigns -------------------------------------------------------------------------------
 
@@ -109,6 +114,10 @@ class Market:
             version, docs = engine.store.campaigns()
             self.campaigns = [campaign_from_doc(orjson.loads(doc), self.scenes)[1] for doc in docs.values()]
             self.version, self._table_items = version, -1
+            self.by_campaign = {c.campaign_id: self.by_campaign.get(c.campaign_id) or _campaign_counters(c)
+                                for c in self.campaigns}
+            for c in self.campaigns:
+                self.by_campaign[c.campaign_id].update(daily_budget_micros=c.daily_budget, status=c.status)
         if self._table_items != engine.n_items:  # items the catalogue learned since join the table
             self.table = AdTable.build(self.campaigns, engine._index.get)
             self._table_items = engine.n_items
@@ -148,10 +157,14 @@ class Market:
                     & ((arrays["scene_mask"][None, :] >> scene.astype(np.uint32)[:, None]) & 1).astype(bool))
             bids = np.array([c.bid for c in table.campaigns], np.int64)
             live &= can_pay(spent, arrays["budget"][None, :], bids[None, :])
+            rate, throttled = np.ones((B, C)), np.zeros_like(live)
             if cfg.pacing:
                 keys = np.array([(s.partition << 48) ^ (s.offset << 8) ^ (getattr(s, "index", 0) or 0)
                                  for s in last_source], np.int64).astype(np.uint64)
-                live &= throttle(pass_rate(spent, arrays["budget"][None, :], now[:, None], cfg.gain), keys)
+                rate = pass_rate(spent, arrays["budget"][None, :], now[:, None], cfg.gain)
+                throttled = live & ~throttle(rate, keys)
+            self._note_pacing(campaign_ids, by_day[:, -1], rate, live, throttled)
+            live &= ~throttled
             item_scene = engine.item_scenes()[table.item]                                    # [M]
             eligible = live[:, table.campaign] & ((item_scene[None, :] >> scene.astype(np.uint32)[:, None]) & 1
                                                   ).astype(bool)
@@ -172,6 +185,20 @@ class Market:
                 items, scores = top_items, top_scores  # nothing sold: the organic lists exactly
         self._keep_shown(engine, users, last_source, now, scene, items, scores, sold, batch)
         return items, scores, batch
+
+    def _note_pacing(self, campaign_ids, spent_today, rate, live, throttled) -> None:
+        """Per campaign: the store's spend on the batch's latest day (as read), the mean pacing pass rate
+        over the rows it could have entered, and how many auctions pacing kept it out of."""
+        entered = live.sum(axis=0)
+        mean_rate = np.where(entered > 0, (rate * live).sum(axis=0) / np.maximum(entered, 1), np.nan)
+        for c, cid in enumerate(campaign_ids):
+            counters = self.by_campaign.get(cid)
+            if counters is None:
+                continue
+            counters["spend_today_micros"] = int(spent_today[c])
+            counters["throttled"] += int(throttled[:, c].sum())
+            if entered[c]:
+                counters["pacing_pass_rate"] = float(mean_rate[c])
 
     def _clicks_and_labels(self, engine, applied, dense, users, shown, spend_of, batch: MarketBatch) -> None:
         """Charges for events on sponsored items of the list each user was last shown (within the window, and
@@ -201,16 +228,19 @@ class Market:
                 if item != index:
                     continue
                 campaign = by_id.get(campaign_id)
+                if campaign is None:  # no advertiser to bill, no budget to cap at: not charged
+                    batch.orphans += 1
+                    continue
                 day = int(day_of(event.ts))
                 cid = charge_id(doc["rec"], event.item_id, campaign_id, price)
                 record = {"charge_id": cid, "campaign_id": campaign_id,
-                          "advertiser": campaign.advertiser if campaign else None, "user_id": event.user_id,
+                          "advertiser": campaign.advertiser, "user_id": event.user_id,
                           "item_id": event.item_id, "rec_id": doc["rec"], "rank": rank + 1, "price_micros": price,
                           "price": price / MICROS, "pctr": pctr, "shown_ts": doc["ts"], "click_ts": event.ts,
                           "click_type": event.type, "event_id": event.event_id, "day": day,
                           "source": {"partition": position[0], "offset": position[1], "index": position[2]}}
-                budget = campaign.daily_budget if campaign else price
-                batch.charges.append((campaign_id, day, cid, price, budget, orjson.dumps(record)))
+                batch.charges.append((campaign_id, day, cid, price, campaign.daily_budget,
+                                      orjson.dumps(record)))
                 batch.clicks += 1
         if label_scores:
             self.calibrator.update(np.concatenate(label_scores), np.concatenate(label_clicks))
@@ -238,6 +268,7 @@ class Market:
         with self._lock:
             self._pending.update(zip(batch.users, batch.shown))
         self.stats["lists"] += len(users)
+        self.stats["offered_slots"] += len(users) * self.cfg.slots
         self.stats["filled_slots"] += batch.impressions
 
     def annotate(self, recommendations, batch: MarketBatch) -> None:
@@ -249,8 +280,14 @@ class Market:
         """Fenced write of the shown lists and the charges (each charge id once), before the states."""
         _, batch.charged = store.write_market(batch.users, batch.shown, batch.charges)
         self.stats["clicks"] += batch.clicks
+        self.stats["orphan_clicks"] += batch.orphans
         self.stats["charges"] += sum(1 for c in batch.charged if c)
         self.stats["charged_micros"] += sum(batch.charged)
+        for (campaign_id, *_), amount in zip(batch.charges, batch.charged):
+            counters = self.by_campaign.get(campaign_id)
+            if counters is not None and amount:
+                counters["charges"] += 1
+                counters["charged_micros"] += amount
         with self._lock:
             for user, value in zip(batch.users, batch.shown):
                 if self._pending.get(user) is value:
@@ -261,5 +298,15 @@ class Market:
             self._pending.clear()
 
     def report(self) -> dict:
-        """Counters and the calibration's reliability (the worker's /stats)."""
-        return {**self.stats, "campaigns": len(self.campaigns), "calibration": self.calibrator.reliability()}
+        """Counters, per-campaign spend and pacing, and the calibration's reliability (the worker's /stats
+        and, through ``streams.metrics.market_lines``, /metrics)."""
+        offered = self.stats["offered_slots"]
+        return {**self.stats, "fill_rate": self.stats["filled_slots"] / offered if offered else None,
+                "campaigns": len(self.campaigns),
+                "by_campaign": {cid: dict(c) for cid, c in self.by_campaign.items()},
+                "calibration": self.calibrator.reliability()}
+
+
+def _campaign_counters(campaign) -> dict:
+    return {"daily_budget_micros": campaign.daily_budget, "status": campaign.status, "spend_today_micros": 0,
+            "charges": 0, "charged_micros": 0, "throttled": 0, "pacing_pass_rate": None}

@@ -137,3 +137,36 @@ def test_a_quality_floor_above_the_displaced_organic_items_pctr_keeps_every_ad_o
         put(p.store, campaign("c1", ["i2", "i3", "i4", "i5"], 0.5))
         result = warm(p)
         assert any(rec.sponsored for rec in result.recommendations) == shown
+
+
+def test_orphan_clicks_a_paused_campaign_pays_a_gone_one_is_not_charged_and_no_shown_list_no_charge():
+    """docs/market.md, "Orphan clicks": what was shown while the campaign was live is charged (paused since,
+    or over budget: capped), a campaign no longer in the book is never billed, nor is a click whose shown
+    list the store no longer holds."""
+    p = Pipeline()
+    everything = [f"i{j}" for j in range(10)]
+    put(p.store, campaign("c1", ["i2", "i3", "i4", "i5"], 0.5, budget=0.5), campaign("c2", everything, 0.2))
+    first = {rec.user_id: {s["campaign_id"]: s for s in rec.sponsored or []} for rec in warm(p).recommendations}
+    assert "c1" in first["u1"] and "c1" in first["u2"]
+    put(p.store, {"campaign_id": "c1", "action": "pause"})
+    # u1 clicks c1's ad (paused since it was shown: charged), u2 clicks it too (capped at what is left)
+    p.batch([("u1", first["u1"]["c1"]["item_id"], 120.0), ("u2", first["u2"]["c1"]["item_id"], 121.0)])
+    amounts = [(doc["user_id"], amount) for amount, doc in p.ledger()]
+    price1, price2 = first["u1"]["c1"]["price_micros"], first["u2"]["c1"]["price_micros"]
+    assert amounts == [("u1", price1), ("u2", min(price2, 500_000 - price1))]
+    assert p.store.spend("c1", 0) == sum(a for _, a in amounts) <= 500_000
+    # the lists of that batch show c2 again; then c2 leaves the book (an operator removed it by hand)
+    shown = {rec.user_id: {s["campaign_id"]: s for s in rec.sponsored or []}
+             for rec in p.batch([("u1", "i0", 130.0), ("u2", "i1", 131.0)]).recommendations}
+    user = next(u for u, ads in shown.items() if "c2" in ads)
+    del p.store.market["campaigns"]["c2"]
+    p.store.market["version"] += 1
+    result = p.batch([(user, shown[user]["c2"]["item_id"], 140.0)])
+    assert result.market.clicks == 0 and result.market.orphans == 1 and p.market.report()["orphan_clicks"] == 1
+    assert len(p.ledger()) == 2 and p.store.spend("c2", 0) == 0
+    # a shown list the store lost (expired, say): nothing to attribute the click to, nothing charged
+    put(p.store, campaign("c3", everything, 0.3))
+    ads = {rec.user_id: rec.sponsored for rec in p.batch([("u2", "i2", 150.0)]).recommendations}
+    assert ads["u2"]
+    del p.store.market["shown"]["u2"]
+    assert p.batch([("u2", ads["u2"][0]["item_id"], 151.0)]).market.clicks == 0 and len(p.ledger()) == 2

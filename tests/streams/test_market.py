@@ -68,3 +68,78 @@ def test_the_ledger_publisher_sends_from_its_cursor_and_moves_it_after_delivery(
     publisher.done(start, len(records))
     start, records = publisher.pending()
     assert start == 1 and records[0][0] == b"b"
+
+
+def exposition(text: str) -> dict[str, dict[str, float]]:
+    """Samples of a Prometheus text exposition ``{name: {labels: value}}``, checking its shape on the way:
+    every sample belongs to a family declared with one HELP and one TYPE before it, and names are unique."""
+    import re
+
+    sample = re.compile(r'^([a-z_][a-z0-9_]*)(\{(?:[a-z_]+="(?:[^"\\]|\\.)*",?)*\})? (-?[0-9.e+-]+|NaN)$')
+    declared, typed, out = set(), {}, {}
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            name = line.split()[2]
+            assert name not in declared, f"{name} declared twice"
+            declared.add(name)
+        elif line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            assert name in declared and kind in ("counter", "gauge")
+            typed[name] = kind
+        elif line:
+            match = sample.match(line)
+            assert match, f"not a sample line: {line!r}"
+            name, labels, value = match.groups()
+            assert name in typed, f"{name} has no TYPE before it"
+            out.setdefault(name, {})[labels or ""] = float(value)
+    return out
+
+
+def test_the_market_is_exported_as_prometheus_text_with_spend_fill_calibration_and_pacing():
+    from models.engine import Engine, SourcedEvent
+    from models.events import Event
+    from models.market.book import Market, MarketConfig
+    from streams.metrics import market_lines
+    from tests.models.test_market_book import CFG, campaign as ad_campaign, put
+
+    store = MemoryStore()
+    market = Market(MarketConfig(ranks=(1, 3), window_s=600.0, pacing=True), CFG.scenes)
+    engine = Engine(CFG, store, market=market)
+    put(store, ad_campaign("c1", ["i2", "i3", "i4", "i5"], 0.5), ad_campaign('c"2', ["i6"], 0.2))
+
+    def batch(events, start):
+        result = engine.process([SourcedEvent(Event(u, i, "click", ts), 0, start + j)
+                                 for j, (u, i, ts) in enumerate(events)])
+        engine.commit(result)
+        return result
+
+    first = batch([(u, f"i{j}", 100.0 + j) for u in ("u1", "u2") for j in range(10)], 0)
+    ad = next(s for rec in first.recommendations for s in rec.sponsored or [] if s["campaign_id"] == "c1")
+    user = next(rec.user_id for rec in first.recommendations if ad in (rec.sponsored or []))
+    batch([(user, ad["item_id"], 120.0)], 20)
+    # another worker's charge puts c1 ahead of an even plan for 130 s into the day: pacing throttles it
+    store.write_market([], [], [("c1", 0, "elsewhere", 600_000, 10_000_000, b"{}")])
+    batch([("u1", "i0", 130.0), ("u2", "i1", 131.0)], 21)
+
+    samples = exposition("\n".join(market_lines(market.report())) + "\n")
+    report = market.report()
+    ledger = sum(int(e.split(b":", 1)[0]) for e in store.ledger_entries(0, 100))
+    assert ledger == ad["price_micros"] + 600_000
+    assert samples["attnflow_market_revenue_total"][""] == ad["price_micros"] / 1e6   # this worker's charges
+    assert samples["attnflow_market_charges_total"][""] == samples["attnflow_market_clicks_total"][""] == 1
+    assert samples["attnflow_market_lists_total"][""] == 2 + 1 + 2
+    filled = samples["attnflow_market_impressions_total"][""]
+    offered = samples["attnflow_market_slots_offered_total"][""]
+    assert samples["attnflow_market_fill_rate"][""] == filled / offered and 0 < filled <= offered
+    c1, c2 = '{campaign_id="c1"}', '{campaign_id="c\\"2"}'          # label values are escaped
+    assert samples["attnflow_market_campaign_charged_total"] == {c1: ad["price_micros"] / 1e6, c2: 0.0}
+    # spend today is the store's: every worker's charges
+    assert samples["attnflow_market_campaign_spend_today"][c1] == store.spend("c1", 0) / 1e6 == ledger / 1e6
+    assert samples["attnflow_market_campaign_daily_budget"][c1] == 10.0
+    assert 0 < samples["attnflow_market_campaign_pacing_pass_rate"][c1] < 1     # spent ahead of an even day
+    assert samples["attnflow_market_campaign_throttled_total"][c1] == report["by_campaign"]["c1"]["throttled"]
+    calibration = report["calibration"]
+    assert samples["attnflow_market_calibration_impressions_total"][""] == calibration["impressions"] > 0
+    assert samples["attnflow_market_calibration_ece"][""] == calibration["ece"]
+    per_bin = samples["attnflow_market_calibration_bin_impressions_total"]
+    assert sum(per_bin.values()) == calibration["impressions"]
