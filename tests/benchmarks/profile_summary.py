@@ -2,7 +2,7 @@
 
 Each sample is one thread's stack at one instant. Walking from the innermost frame outwards, the
 first frame that belongs to a known category names the sample (so time in ``orjson`` called from
-``streams/codec.py`` is JSON, time in redis-py called from ``models/store.py`` is Redis). Idle
+``streams/codec.py`` is JSON, time in redis-py called from ``models/store/`` is Redis). Idle
 samples are kept: on the event-loop thread, ``select`` means waiting for the network or for the
 engine thread; on the engine thread, waiting on its queue means no work. A jitted kernel runs in
 XLA's own threads, which py-spy cannot see, so its time shows where the engine thread waits for
@@ -34,7 +34,7 @@ CATEGORIES = [
     ("jax compile (a new shape at run time)", lambda fn, f: ("/jax/" in f or "/jaxlib/" in f)
      and any(w in fn for w in ("compile", "lower", "_cached_lowering", "trace_to_jaxpr"))),
     ("jax kernel (dispatch, transfer, XLA wait)", lambda fn, f: "/jax/" in f or "/jaxlib/" in f or f.endswith("models/kernels.py")),
-    ("redis (client, pipelining, round trips)", lambda fn, f: "/redis/" in f or f.endswith("models/store.py")),
+    ("redis (client, pipelining, round trips)", lambda fn, f: "/redis/" in f or "models/store/" in f),
     ("kafka client socket I/O (aiokafka connection)", lambda fn, f: f.endswith(("aiokafka/conn.py", "aiokafka/client.py"))),
     ("kafka send (faust topic.send, aiokafka producer)", lambda fn, f: "/aiokafka/producer/" in f
      or ("/faust/" in f and (f.endswith("faust/topics.py") or "/faust/channels.py" in f and "send" in fn.lower()

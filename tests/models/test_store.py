@@ -1,4 +1,4 @@
-"""models/store.py: fenced writes and the shared catalogue, on memory and on the real Redis."""
+"""models/store/: fenced writes and the shared catalogue, on memory and on the real Redis."""
 import threading
 
 import pytest
