@@ -442,6 +442,8 @@ class Engine:
             out = self._step(np.zeros((Bp, cfg.n_scenes, cfg.dim), np.float32),
                              np.zeros((Bp, cfg.n_scenes), np.float32), fold, ranks)
             jax.block_until_ready(out)
+            if self.market is not None:  # the auction's scoring kernel (models.market.book) for this bucket
+                self.market.warmup(self, np.asarray(out[0]), np.asarray(out[1]), ranks, Bp)
             if cfg.explain_events:
                 explanations(self.params, states["interest"].astype(np.float32), states["interest_weight"], ranks,
                              self._item_ids(), cfg.scenes, cfg.explain_events, Bp)

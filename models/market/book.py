@@ -11,6 +11,7 @@ the store applies each id once.
 from __future__ import annotations
 
 import hashlib
+import logging
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -22,10 +23,12 @@ from models.market.auction import place, run_auction
 from models.market.calibration import ScoreCalibrator
 from models.market.campaigns import MICROS, AdTable, campaign_from_doc
 from models.market.pacing import can_pay, day_of, pass_rate, throttle
-from models.market.scoring import score_items
+from models.market.scoring import bucket, score_items
 from models.state import NO_ITEM
+from models.store import TRANSIENT_ERRORS
 
 SHOWN_MAGIC = b"AFSH"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,19 @@ class Market:
         if self._table_items != engine.n_items:  # items the catalogue learned since join the table
             self.table = AdTable.build(self.campaigns, engine._index.get)
             self._table_items = engine.n_items
+
+    def warmup(self, engine, interest, weight, ranks, rows_bucket: int) -> None:
+        """Compile the scoring kernel for a rows bucket and the campaigns' item bucket as the book stands
+        (the smallest when there is none), as ``Engine.warmup`` does the ranking kernel's: the first
+        sponsored batch then waits on no compile. ``interest`` / ``weight`` / ``ranks``: the warm-up's."""
+        try:
+            self._refresh(engine, engine.store.campaigns()[0])
+        except TRANSIENT_ERRORS as exc:  # the store may not be reachable yet: the first batch reads it
+            log.warning("campaigns not readable during warm-up (%s): warming the smallest item bucket", exc)
+        n_items = len(np.unique(self.table.item)) if len(self.table) else 1
+        rows = np.arange(n_items, dtype=np.int32) % engine.params.item_emb.shape[0]
+        score_items(engine.params, interest, weight, ranks, rows, rows_bucket)
+        self.warmed.append((rows_bucket, bucket(n_items)))
 
     # ---- one batch -------------------------------------------------------------------------------
 

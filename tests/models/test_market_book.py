@@ -170,3 +170,18 @@ def test_orphan_clicks_a_paused_campaign_pays_a_gone_one_is_not_charged_and_no_s
     assert ads["u2"]
     del p.store.market["shown"]["u2"]
     assert p.batch([("u2", ads["u2"][0]["item_id"], 151.0)]).market.clicks == 0 and len(p.ledger()) == 2
+
+
+def test_warm_up_compiles_the_scoring_kernel_so_the_first_sponsored_batch_compiles_nothing():
+    from models.market.scoring import candidate_scores
+
+    p = Pipeline()
+    put(p.store, campaign("c1", ["i2", "i3", "i4", "i5"], 0.5))
+    candidate_scores.clear_cache()   # shapes other tests compiled must not stand in for the warm-up's
+    p.engine.warmup()
+    assert p.market.warmed == [(8, 64), (32, 64)]        # every rows bucket a batch of 16 events can use
+    compiled = candidate_scores._cache_size()
+    assert compiled == 2
+    result = warm(p)
+    assert any(rec.sponsored for rec in result.recommendations)
+    assert candidate_scores._cache_size() == compiled     # the first sponsored batch reused a warm-up shape
