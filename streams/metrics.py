@@ -470,6 +470,8 @@ def market_lines(report: dict) -> list[str]:
     total("calibration_clicks_total", "counter", "of those, the ones acted on", calibration["clicks"])
     total("calibration_ece", "gauge", "expected calibration error of pCTR, measured before learning",
           calibration["ece"])
+    total("calibration_memory_bytes", "gauge", "bytes the calibrator keeps (fixed by its bins)",
+          calibration.get("memory_bytes"))
     bins = [({"bin": f'{row["bin"][0]:g}-{row["bin"][1]:g}'}, row) for row in calibration["bins"]]
     family("calibration_predicted", "gauge", "mean predicted pCTR per pCTR bin",
            [(labels, row["predicted"]) for labels, row in bins])

@@ -99,6 +99,19 @@ def test_calibration_learns_click_rates_by_score_and_reports_its_reliability(met
     assert sum(row["impressions"] for row in report["bins"]) == 200_000
 
 
+@pytest.mark.parametrize("method", ["platt", "isotonic"])
+def test_the_calibrators_memory_is_fixed_by_its_bins_whatever_it_learns(method):
+    rng = np.random.default_rng(3)
+    cal = ScoreCalibrator(method=method, bins=128)
+    cal.update(np.zeros(1), np.zeros(1))
+    size = cal.nbytes
+    for _ in range(20):   # 200,000 distinct scores over any range: no per-score or per-key state
+        s = rng.standard_cauchy(10_000) * 50
+        cal.update(s, rng.random(10_000) < 0.01)
+    assert cal.nbytes == size == cal.reliability()["memory_bytes"]
+    assert size <= (3 * 128 + 128 + 30) * 8
+
+
 def test_isotonic_pooling_is_monotone():
     rng = np.random.default_rng(2)
     fitted = pav(rng.random(50), rng.random(50) + 0.1)
