@@ -43,6 +43,7 @@ DESIGNS = {
     "bid_only_paced": {"mechanism": "bid_only", "pacing": True},
     "bid_only": {"mechanism": "bid_only", "pacing": False},
     "gsp_attention_paced_ranks_10_20": {"mechanism": "gsp", "pacing": True, "ranks": (10, 20)},
+    "gsp_attention_paced_ranks_15_20": {"mechanism": "gsp", "pacing": True, "ranks": (15, 20)},
     "gsp_attention_paced_gain_16": {"mechanism": "gsp", "pacing": True, "gain": 16.0},
     "gsp_attention_paced_floor_0.8": {"mechanism": "gsp", "pacing": True, "floor": 0.8},
     "gsp_attention_paced_floor_0.9": {"mechanism": "gsp", "pacing": True, "floor": 0.9},
@@ -107,6 +108,8 @@ class Design:
     spent: np.ndarray                                   # [P, C] micros
     revenue: int = 0
     clicks: int = 0
+    revenue_top: int = 0                                # from clicks on ads within the first eval_k positions
+    clicks_top: int = 0
     offered: int = 0
     filled: int = 0
     hits: dict = field(default_factory=lambda: {"shown_hr": 0.0, "shown_ndcg": 0.0, "organic_hr": 0.0,
@@ -139,6 +142,7 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
         if not all(0 <= r < k for r in design.ranks):
             raise ValueError(f"design {design.name}: sponsored ranks {[r + 1 for r in design.ranks]} must be in 1..{k}")
     organic = {"hr": 0.0, "ndcg": 0.0}
+    organic_hits_by_rank = np.zeros(eval_k, np.int64)   # S=0 hits per position 1..eval_k
     seen_by_user: dict[int, set] = {}
     exclude_seen = bool(log.extra.get("exclude_seen", False))
     known = np.zeros(log.n_items, bool)
@@ -163,6 +167,7 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
         rank0 = np.where((lists == items[:, None]).any(axis=1), rank0, 0)
         hr, ndcg = _at_k(rank0, eval_k)
         organic["hr"] += hr; organic["ndcg"] += ndcg
+        organic_hits_by_rank += np.bincount(rank0[(rank0 > 0) & (rank0 <= eval_k)] - 1, minlength=eval_k)
         list_scores = np.where(lists >= 0, np.take_along_axis(scores, np.maximum(lists, 0), axis=1), 0.0)
         base = ~(campaigns.item[None, :, None] == lists[:, None, :]).any(axis=2) & known[campaigns.item][None, :]
         if exclude_seen:
@@ -207,6 +212,9 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
                 design.spent[p, c] += amount
                 design.revenue += amount
                 design.clicks += 1
+                if rank[b] <= eval_k:
+                    design.revenue_top += amount
+                    design.clicks_top += 1
                 design.charges.append((p, float(frac[b]), c, amount))
             # calibration from every shown position: was it the item the user acted on
             shown_scores = np.where(slot >= 0, np.take_along_axis(np.pad(ad_scores[np.arange(B)[:, None],
@@ -232,6 +240,7 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
             "mechanism": design.mechanism, "pacing": design.pacing, "sponsored_ranks": [r + 1 for r in design.ranks],
             "quality_floor": design.floor, "pacing_gain": design.gain if design.pacing else None,
             "revenue": design.revenue / MICROS, "clicks": design.clicks,
+            f"revenue_top{eval_k}": design.revenue_top / MICROS, f"clicks_top{eval_k}": design.clicks_top,
             "mean_price": design.revenue / MICROS / design.clicks if design.clicks else None,
             "fill_rate": design.filled / design.offered if design.offered else 0.0,
             "budget_used": design.revenue / budget_total,
@@ -241,6 +250,7 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
             f"organic_HR@{eval_k}_loss": 1 - h["organic_hr"] / base_hr if base_hr else None,
             f"shown_HR@{eval_k}_loss": 1 - h["shown_hr"] / base_hr if base_hr else None,
             f"organic_NDCG@{eval_k}_loss": 1 - h["organic_ndcg"] / base_ndcg if base_ndcg else None,
+            f"shown_NDCG@{eval_k}_loss": 1 - h["shown_ndcg"] / base_ndcg if base_ndcg else None,
             "sponsored_click_rate": design.clicks / design.filled if design.filled else None,
             "pacing_error": pacing_error(design.charges, campaigns.budget, periods),
             "spend_by_period": (design.spent.sum(axis=1) / MICROS).round(4).tolist(),
@@ -250,7 +260,11 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
         }
     return {"n_events": n_events, "seconds": round(seconds, 1), "k": k, "eval_k": eval_k,
             "sponsored_ranks": [r + 1 for r in ranks], "reserve_price": reserve / MICROS, "periods": periods,
-            "period_events": period_events, "organic_only": {f"HR@{eval_k}": base_hr, f"NDCG@{eval_k}": base_ndcg},
+            "period_events": period_events,
+            "organic_only": {f"HR@{eval_k}": base_hr, f"NDCG@{eval_k}": base_ndcg,
+                             "hits_by_rank": organic_hits_by_rank.tolist(),
+                             f"share_of_hits_at_rank_{eval_k}": float(organic_hits_by_rank[-1]
+                                                                      / max(organic_hits_by_rank.sum(), 1))},
             "designs": results}
 
 
@@ -363,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{log.name}: {report['n_events']} events in {report['seconds']}s; organic only HR@10 "
           f"{base['HR@10']:.4f} NDCG@10 {base['NDCG@10']:.4f}")
     for name, d in report["designs"].items():
-        print(f"  {name:22s} revenue {d['revenue']:9.2f}  clicks {d['clicks']:5d}  fill {d['fill_rate']:.3f}  "
+        print(f"  {name:22s} revenue {d['revenue']:9.2f} (top 10 {d['revenue_top10']:7.2f})  clicks "
+              f"{d['clicks']:5d}  fill {d['fill_rate']:.3f}  "
               f"organic HR@10 loss {d['organic_HR@10_loss']:+.3%}  shown HR@10 loss {d['shown_HR@10_loss']:+.3%}  "
               f"pacing error {d['pacing_error'] if d['pacing_error'] is None else round(d['pacing_error'], 3)}  "
               f"overspent {d['overspent_campaign_periods']}")

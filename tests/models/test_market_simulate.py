@@ -25,7 +25,8 @@ def run(designs):
 
 def test_every_design_is_reported_and_none_overspends():
     designs = {**{name: spec for name, spec in DESIGNS.items() if "ranks" not in spec},
-               "low": {"mechanism": "gsp", "pacing": True, "ranks": (5, 10)}}
+               "low": {"mechanism": "gsp", "pacing": True, "ranks": (5, 10)},
+               "below": {"mechanism": "gsp", "pacing": True, "ranks": (6, 10)}}
     report, campaigns = run(designs)
     assert set(report["designs"]) == set(designs) and report["designs"]["low"]["sponsored_ranks"] == [5, 10]
     budget = campaigns.budget.sum() * report["periods"] / 1e6
@@ -35,7 +36,12 @@ def test_every_design_is_reported_and_none_overspends():
         assert d["clicks"] == 0 or d["mean_price"] >= report["reserve_price"]
         assert d["calibration"]["impressions"] > 0
         assert abs(sum(d["spend_by_period"]) - d["revenue"]) < 1e-3
+        assert d["clicks_top5"] <= d["clicks"] and d["revenue_top5"] <= d["revenue"] + 1e-9
     assert 0 <= report["organic_only"]["HR@5"] <= 1
+    organic = report["organic_only"]
+    assert sum(organic["hits_by_rank"]) == round(organic["HR@5"] * report["n_events"])
+    below = report["designs"]["below"]   # slots past the first eval_k positions leave them organic
+    assert below["organic_HR@5_loss"] == 0 and below["clicks_top5"] == 0 and below["revenue_top5"] == 0
 
 
 def test_the_organic_baseline_does_not_depend_on_the_designs_run_beside_it():
