@@ -57,7 +57,8 @@ class AttentionRecommender:
 
     def config(self) -> dict:
         return {"engine": {k: v for k, v in self.cfg.__dict__.items() if k not in ("buckets",)},
-                "train": dict(self.trainer.train_cfg.__dict__), "epochs": self.epochs, "transfer": self.transfer}
+                "train": dict(self.trainer.train_cfg.__dict__), "epochs": self.epochs,
+                "transfer": self.transfer}
 
     def _ensure_users(self, users: np.ndarray) -> None:
         need = int(users.max()) + 1 if len(users) else 0
@@ -143,12 +144,14 @@ class AttentionRecommender:
         items = np.asarray(items, np.int32)
         active, dense = np.unique(users, return_inverse=True)
         sub = self.states[active]
-        prepared = batching.prepare(sub, dense, items, np.asarray(types, np.int8), np.asarray(scenes, np.int8),
-                                    np.asarray(ts, np.float64), self.cfg.n_scenes, with_examples=True)
+        prepared = batching.prepare(sub, dense, items, np.asarray(types, np.int8),
+                                    np.asarray(scenes, np.int8), np.asarray(ts, np.float64),
+                                    self.cfg.n_scenes, with_examples=True)
         ex = prepared.examples
         recs = None
         if k:
-            masked = (np.where(np.isin(ex.hist_type, self._mask_codes), ex.hist_item, -1) if len(self._mask_codes)
+            masked = (np.where(np.isin(ex.hist_type, self._mask_codes), ex.hist_item, -1)
+                      if len(self._mask_codes)
                       else np.full((len(users), 1), -1, np.int32))
             if exclude is not None:
                 extra = np.full((len(users), max(1, max((len(e) for e in exclude), default=1))), -1, np.int32)
@@ -166,15 +169,18 @@ class AttentionRecommender:
             recs = self._rank(ranks, ex.interest, ex.weight, k, seen_before.astype(np.int32), item_scenes)
         self.n_items = max(self.n_items, int(items.max()) + 1)
         if self.n_items > len(self.seen):
-            self.seen = np.r_[self.seen, np.zeros(max(self.n_items, 2 * len(self.seen)) - len(self.seen), bool)]
+            self.seen = np.r_[self.seen,
+                              np.zeros(max(self.n_items, 2 * len(self.seen)) - len(self.seen), bool)]
         self.seen[items] = True
         self.trainer.learn(ex, self.n_items)
         self.trainer.ensure_capacity(self.n_items)
         B, E, S = len(active), len(users), self.cfg.n_scenes
         Bp, Ep = self.cfg.bucket(B), self.cfg.bucket(E)
-        interest, weight = kernels.fold(self.params, batching.pad(sub["interest"].astype(np.float32), Bp, 0.0),
+        interest, weight = kernels.fold(self.params,
+                                        batching.pad(sub["interest"].astype(np.float32), Bp, 0.0),
                                         batching.pad(sub["interest_weight"], Bp, 0.0),
-                                        batching.pad_fold(prepared.fold, Bp, Ep, S), gamma=self.cfg.interest_decay)
+                                        batching.pad_fold(prepared.fold, Bp, Ep, S),
+                                        gamma=self.cfg.interest_decay)
         sub["interest"] = np.asarray(interest)[:B].astype(np.float16)
         sub["interest_weight"] = np.asarray(weight)[:B]
         self.states[active] = sub
@@ -185,7 +191,8 @@ class AttentionRecommender:
         from tqdm import tqdm
 
         bounds = np.unique(np.r_[np.arange(0, len(log), self.batch), len(log)])
-        with tqdm(total=self.epochs * len(log), unit="ev", desc=f"fit {log.name}", disable=not progress) as bar:
+        with tqdm(total=self.epochs * len(log), unit="ev", desc=f"fit {log.name}",
+                  disable=not progress) as bar:
             for _ in range(self.epochs):
                 self.states = self.codec.decode([None] * max(len(self.states), log.n_users))
                 for start, stop in zip(bounds[:-1], bounds[1:]):
@@ -200,8 +207,12 @@ def for_log(log: EventLog, **overrides) -> AttentionRecommender:
     cfg = EngineConfig(scenes=scenes,
                        initial_capacity=max(1024, 1 << int(np.ceil(np.log2(max(log.n_items, 1))))),
                        buckets=(32, 128, 512, 2048), max_batch=2048)
-    train = TrainConfig(**{k: overrides.pop(k) for k in list(overrides) if k in TrainConfig.__dataclass_fields__})
-    cfg = replace(cfg, **{k: overrides.pop(k) for k in list(overrides) if k in EngineConfig.__dataclass_fields__})
+    # one seed for both: the item vectors' initial values and the trainer's draws
+    both = {"seed": overrides.pop("seed")} if "seed" in overrides else {}
+    train = TrainConfig(**both, **{k: overrides.pop(k) for k in list(overrides)
+                                   if k in TrainConfig.__dataclass_fields__})
+    cfg = replace(cfg, **both, **{k: overrides.pop(k) for k in list(overrides)
+                                  if k in EngineConfig.__dataclass_fields__})
     return AttentionRecommender(cfg, train, **overrides)
 
 
@@ -224,7 +235,8 @@ def publish_bootstrap(model: AttentionRecommender, log: EventLog, store) -> int:
         moved[name] = rows
     # transition neighbours name items too: their ids move the same way
     successor = moved["nbr_item"]
-    moved["nbr_item"] = np.where(successor >= 0, index[np.clip(successor, 0, len(index) - 1)], -1).astype(np.int32)
+    moved["nbr_item"] = np.where(successor >= 0, index[np.clip(successor, 0, len(index) - 1)],
+                                 -1).astype(np.int32)
     params = params._replace(**{name: jnp.asarray(value) for name, value in moved.items()})
     meta = {"source": f"bootstrap:{log.name}", "events": len(log), "epochs": model.epochs,
             "steps": model.trainer.steps, "loss": model.trainer.last_loss, "n_items": store.n_items()}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models import loaders
+from models import loaders, splits
 from models.baselines import DecayedPopularity, Recommender, RiverMF, ScenePopularity, TransitionKNN
 from models.events import EVENT_TYPES, EventLog
 from models.metrics import MetricAccumulator, rank_of, scene_stays, scene_switches, summarize
@@ -57,6 +57,7 @@ MODELS: dict[str, Callable[[EventLog], Recommender]] = {
     "attention": lambda log: _attention(log),
     "attention_no_transfer": lambda log: _attention(log, transfer=False),
     "attention_full_softmax": lambda log: _attention(log, negatives=0),
+    "attention_seed1": lambda log: _attention(log, seed=1),  # robustness: the frozen config on a second seed
     "popularity": lambda log: DecayedPopularity(half_life_s=_half_life(log)),
     "scene_popularity": lambda log: ScenePopularity(half_life_s=_half_life(log)),
     "transition_knn": lambda log: TransitionKNN(window=3, half_life_s=_half_life(log)),
@@ -355,7 +356,10 @@ def run(datasets, models, protocols=("prequential",), out: str | Path = DEFAULT_
     entries = []
     for dataset in datasets:
         options = (dataset_options or {}).get(dataset, {})
-        log = loaders.load(dataset, data_dir=data_dir, **options)
+        loader_options = {key: value for key, value in options.items() if key != "shuffle"}
+        log = loaders.load(dataset, data_dir=data_dir, **loader_options)
+        if "shuffle" in options:  # robustness check on any log: that fraction of its events moved in time
+            log = splits.shuffle_in_time(log, float(options["shuffle"]))
         if limit is not None:
             log = loaders.head(log, limit)
         if options:  # a variant of the dataset (e.g. with scenes) is a dataset of its own in the results
@@ -525,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scene", type=_csv, default=[],
                         help="derive scenes, per dataset: e.g. tmall=type,taobao=category (see models.loaders)")
     parser.add_argument("--options", type=_csv, default=[],
-                        help="loader options, per dataset: e.g. moviebook:split=val (see models.loaders)")
+                        help="loader options, per dataset: e.g. moviebook:split=val (see models.loaders); "
+                             "DATASET:shuffle=0.1 moves that fraction of events in time (robustness)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

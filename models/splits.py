@@ -60,3 +60,28 @@ def head(log: EventLog, n: int) -> EventLog:
     1
     """
     return subset(log, np.arange(min(n, len(log))), log.name)
+
+
+def shuffle_in_time(log: EventLog, fraction: float, seed: int = 0) -> EventLog:
+    """``log`` with a random ``fraction`` of its events moved in time: those events trade places at random
+    among themselves and each takes the time of its new slot, so the log stays time-ordered while each
+    moved event's place in its user's history (and in the stream) is wrong. A robustness check: a model
+    whose win rests on the exact order of events loses it here.
+
+    >>> log = EventLog.from_columns("toy", list("abcdef"), list("pqrstu"), [0] * 6, [0, 1, 2, 3, 4, 5])
+    >>> moved = shuffle_in_time(log, 0.5, seed=1)
+    >>> moved.ts.tolist() == log.ts.tolist(), sorted(moved.item.tolist()) == log.item.tolist()
+    (True, True)
+    >>> int((moved.item != log.item).sum()) > 0, shuffle_in_time(log, 0.0).item.tolist() == log.item.tolist()
+    (True, True)
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"shuffle fraction must be in [0, 1], got {fraction}")
+    rng = np.random.default_rng(seed)
+    slots = np.sort(rng.choice(len(log), size=int(round(fraction * len(log))), replace=False))
+    order = np.arange(len(log))
+    order[slots] = rng.permutation(slots)
+    moved = subset(log, order)
+    moved.ts = log.ts.copy()  # every slot keeps its time: the moved events take their new slot's
+    moved.extra["shuffled"] = {"fraction": fraction, "seed": seed, "events_moved": int(len(slots))}
+    return moved

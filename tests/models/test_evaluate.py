@@ -202,3 +202,22 @@ def test_main_options_pick_a_loader_option(tmp_path, monkeypatch):
     [entry] = json.loads(out.read_text())["entries"]
     assert entry["dataset"] == "two-scene[split=val]" and "scene_switch" in entry["result"]["metrics"]
     assert (tmp_path / "prequential_HR10_by_scene.png").exists()
+
+
+def test_the_shuffle_option_moves_events_in_time_on_any_log_and_names_the_variant(tmp_path, monkeypatch):
+    """``DATASET:shuffle=F`` is not a loader option: the loader gets none, the log gets that fraction of its
+    events moved in time (``splits.shuffle_in_time``) and the entry is a dataset of its own."""
+    log = toy_log()
+    calls = []
+
+    def load(name, data_dir=None, **opts):
+        calls.append(opts)
+        return log
+
+    monkeypatch.setattr(evaluate.loaders, "load", load)
+    out = tmp_path / "eval.json"
+    assert evaluate.main(["--datasets", "toy", "--models", "popularity", "--options", "toy:shuffle=0.5",
+                          "--out", str(out), "--quiet", "--no-plots"]) == 0
+    assert calls == [{}]
+    [entry] = json.loads(out.read_text())["entries"]
+    assert entry["dataset"] == f"{log.name}[shuffle=0.5]" and entry["n_events"] == len(log)
