@@ -92,8 +92,9 @@ def prepare(states: np.ndarray, dense: np.ndarray, item: np.ndarray, etype: np.n
     slot = dense * S + scene
     slot_count = np.bincount(slot, minlength=B * S).reshape(B, S)
     later = slot_count.reshape(-1)[slot] - occurrence(slot) - 1
-    fold = kernels.FoldInputs(item=item.astype(np.int32), type=etype.astype(np.int32), slot=slot.astype(np.int32),
-                              later=later.astype(np.int32), slot_count=slot_count.astype(np.int32))
+    fold = kernels.FoldInputs(item=item.astype(np.int32), type=etype.astype(np.int32),
+                              slot=slot.astype(np.int32), later=later.astype(np.int32),
+                              slot_count=slot_count.astype(np.int32))
     return Prepared(fold=fold, now=ts[last], scene=scene[last], last=last, examples=examples)
 
 
@@ -105,7 +106,8 @@ def rank_inputs(states: np.ndarray, now: np.ndarray, scene: np.ndarray, mask_cod
     """
     hist_item = states["hist_item"]
     ages = np.where(hist_item >= 0, now[:, None] - states["hist_ts"], 0.0).astype(np.float32)
-    columns = [np.where(np.isin(states["hist_type"], mask_codes), hist_item, NO_ITEM)] if len(mask_codes) else []
+    masked = np.isin(states["hist_type"], mask_codes)
+    columns = [np.where(masked, hist_item, NO_ITEM)] if len(mask_codes) else []
     if exclude is not None:
         width = max(1, max((len(e) for e in exclude), default=1))
         extra = np.full((len(states), width), NO_ITEM, np.int32)
@@ -113,8 +115,8 @@ def rank_inputs(states: np.ndarray, now: np.ndarray, scene: np.ndarray, mask_cod
             extra[row, : len(items)] = items
         columns.append(extra)
     excluded = np.concatenate(columns, axis=1) if columns else np.full((len(states), 1), NO_ITEM, np.int32)
-    return kernels.RankInputs(hist_item=hist_item, hist_type=states["hist_type"].astype(np.int32), hist_age=ages,
-                              scene=scene.astype(np.int32), exclude=excluded.astype(np.int32))
+    return kernels.RankInputs(hist_item=hist_item, hist_type=states["hist_type"].astype(np.int32),
+                              hist_age=ages, scene=scene.astype(np.int32), exclude=excluded.astype(np.int32))
 
 
 def pad(array: np.ndarray, size: int, fill) -> np.ndarray:
@@ -139,6 +141,7 @@ def pad_fold(fold: kernels.FoldInputs, users: int, events: int, n_scenes: int) -
 
 
 def pad_ranks(ranks: kernels.RankInputs, users: int) -> kernels.RankInputs:
-    return kernels.RankInputs(hist_item=pad(ranks.hist_item, users, NO_ITEM), hist_type=pad(ranks.hist_type, users, 0),
+    return kernels.RankInputs(hist_item=pad(ranks.hist_item, users, NO_ITEM),
+                              hist_type=pad(ranks.hist_type, users, 0),
                               hist_age=pad(ranks.hist_age, users, 0.0), scene=pad(ranks.scene, users, 0),
                               exclude=pad(ranks.exclude, users, NO_ITEM))

@@ -6,9 +6,9 @@ b_i + prior_i]`` with ``[u, 1]``, so a faiss IVF-Flat index over those rows find
 largest static scores without scanning the catalogue. One more coordinate, ``sqrt(R^2 - |x_i|^2)`` (0
 for the query), puts every item on a sphere of radius ``R`` without changing any inner product with a
 query: the index's cells are then about directions, not dominated by the items of largest norm (the
-MIPS-to-nearest-neighbour reduction of Bachrach et al., RecSys 2014). The terms a user's history adds (the repeat score of
-history items and the counted transitions of their neighbours, ``models.kernels``) touch only those
-items: they join the candidates whatever the index says. The union is scored exactly as
+MIPS-to-nearest-neighbour reduction of Bachrach et al., RecSys 2014). The terms a user's history adds (the
+repeat score of history items and the counted transitions of their neighbours, ``models.kernels``) touch only
+those items: they join the candidates whatever the index says. The union is scored exactly as
 ``kernels.top_k_items`` scores the catalogue, masks included, and its top-k is the list.
 """
 from __future__ import annotations
@@ -106,7 +106,8 @@ class CandidateIndex:
         quantizer = faiss.IndexFlatL2(rows.shape[1])
         index = faiss.IndexIVFFlat(quantizer, rows.shape[1], lists, faiss.METRIC_L2)
         index.cp.niter = 10
-        index.cp.min_points_per_centroid = 1  # small catalogues: fewer sample rows than faiss would like is fine
+        # small catalogues: fewer sample rows than faiss would like is fine
+        index.cp.min_points_per_centroid = 1
         index.cp.seed = self.cfg.seed
         sample = min(n_items, lists * self.cfg.train_per_list)
         rng = np.random.default_rng(self.cfg.seed)
@@ -145,7 +146,8 @@ class CandidateIndex:
             bitmap = np.packbits(bits.astype(np.uint8), bitorder="little")
             selector = self._faiss.IDSelectorBitmap(self.n_indexed, self._faiss.swig_ptr(bitmap))
             params = self._faiss.SearchParametersIVF(sel=selector, nprobe=self.cfg.nprobe)
-            found = self._selectors[scene] = (params, selector, bitmap)  # bitmap and selector must outlive params
+            # bitmap and selector must outlive params
+            found = self._selectors[scene] = (params, selector, bitmap)
         return found[0]
 
     def search(self, user: np.ndarray, scene: np.ndarray, item_scenes: np.ndarray) -> np.ndarray:
@@ -160,7 +162,8 @@ class CandidateIndex:
             _, ids = self.index.search(query[rows], C, params=self._selector(item_scenes, int(s)))
             out[rows] = ids
         if len(self.outliers):
-            out = np.concatenate([out, np.broadcast_to(self.outliers, (len(out), len(self.outliers)))], axis=1)
+            out = np.concatenate([out, np.broadcast_to(self.outliers, (len(out), len(self.outliers)))],
+                                 axis=1)
         return out.astype(np.int32)
 
 
@@ -189,8 +192,10 @@ def rerank(params: Params, user, ranks: kernels.RankInputs, proposed, n_items: i
     first[:, 1:] = cand[:, 1:] != cand[:, :-1]                                                # not a repeat
     safe = np.maximum(cand, 0)
     scene = np.asarray(ranks.scene).astype(np.uint32)
-    live = first & (cand >= 0) & (cand < n_items) & (((np.asarray(item_scenes)[safe] >> scene[:, None]) & 1) == 1)
-    static = np.einsum("bd,btd->bt", np.asarray(user, np.float32), emb[safe]) + np.where(live, prior[safe], NEG_INF)
+    in_scene = ((np.asarray(item_scenes)[safe] >> scene[:, None]) & 1) == 1
+    live = first & (cand >= 0) & (cand < n_items) & in_scene
+    static = (np.einsum("bd,btd->bt", np.asarray(user, np.float32), emb[safe])
+              + np.where(live, prior[safe], NEG_INF))
     return _finish(params, static.astype(np.float32), cand, first, ranks, pairs, k=k)
 
 
@@ -235,7 +240,8 @@ class CandidateRanker:
     >>> ranker = CandidateRanker(CandidateConfig(candidates=16, lists=4, nprobe=4))
     >>> user = np.asarray(params.item_emb[:2] * 4)
     >>> ranks = kernels.RankInputs(np.full((2, 4), -1, np.int32), np.zeros((2, 4), np.int32),
-    ...                            np.zeros((2, 4), np.float32), np.zeros(2, np.int32), np.full((2, 1), -1, np.int32))
+    ...                            np.zeros((2, 4), np.float32), np.zeros(2, np.int32),
+    ...                            np.full((2, 1), -1, np.int32))
     >>> items, _ = ranker.rank_users(params, user, ranks, 40, np.full(64, 1, np.uint32), k=3)
     >>> items.shape, bool((items < 40).all())
     ((2, 3), True)
@@ -257,8 +263,8 @@ class CandidateRanker:
         else:
             self.index.extend(n_items)
 
-    def rank_users(self, params: Params, user, ranks: kernels.RankInputs, n_items: int, item_scenes: np.ndarray,
-                   *, k: int) -> tuple[jax.Array, jax.Array]:
+    def rank_users(self, params: Params, user, ranks: kernels.RankInputs, n_items: int,
+                   item_scenes: np.ndarray, *, k: int) -> tuple[jax.Array, jax.Array]:
         import time
 
         self.refresh(params, n_items)
@@ -269,7 +275,8 @@ class CandidateRanker:
 
     def step(self, params: Params, interest, weight, events: kernels.FoldInputs, ranks: kernels.RankInputs,
              n_items: int, item_scenes: np.ndarray, *, k: int, gamma: float):
-        """What ``kernels.step`` returns, ``(interest, weight, top_items, top_scores)``, from the candidates."""
+        """What ``kernels.step`` returns, ``(interest, weight, top_items,
+        top_scores)``, from the candidates."""
         interest, weight = kernels.fold(params, interest, weight, events, gamma=gamma)
         user, _ = _user_vectors(params, interest, weight, ranks)
         items, scores = self.rank_users(params, user, ranks, n_items, item_scenes, k=k)

@@ -64,7 +64,8 @@ class EngineConfig:
         if unknown:
             raise ValueError(f"mask_types has unknown event types {sorted(unknown)}; known: {EVENT_TYPES}")
         if len(self.scenes) > MAX_SCENES:
-            raise ValueError(f"at most {MAX_SCENES} scenes are supported (an item's scenes are one 32-bit mask)")
+            raise ValueError(f"at most {MAX_SCENES} scenes are supported (an item's scenes are "
+                             "one 32-bit mask)")
         if self.max_batch > self.buckets[-1]:
             raise ValueError(f"max_batch {self.max_batch} exceeds the largest bucket {self.buckets[-1]}")
         for name, value in (("dim", self.dim), ("history", self.history), ("k", self.k)):

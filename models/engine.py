@@ -127,7 +127,8 @@ class Engine:
         self._id_array: np.ndarray | None = None  # _ids as an array for vectorised lookups
         self._mask_codes = np.array([TYPE_CODE[t] for t in cfg.mask_types], np.int8)
         self.catalogue = SceneCatalogue()  # which scenes may rank each item (the store's change log)
-        self.candidates = None  # models.candidates.CandidateRanker, once the catalogue passes candidates_above
+        # models.candidates.CandidateRanker, once the catalogue passes candidates_above
+        self.candidates = None
         # States computed by ``process`` and not yet written by ``commit``: the next batch builds on
         # them, so a worker can rank batch N+1 while batch N's outputs are still being delivered.
         # ``commit`` may run on another thread than ``process`` (the rank worker writes on its own).
@@ -157,7 +158,8 @@ class Engine:
         return self._ids[index]
 
     def _item_ids(self) -> np.ndarray:
-        """The catalogue's ids as an object array (None where another worker assigned one we have not seen)."""
+        """The catalogue's ids as an object array (None where another worker
+        assigned one we have not seen)."""
         if self._id_array is None or len(self._id_array) != len(self._ids):
             self._id_array = np.asarray(self._ids, dtype=object)
         return self._id_array
@@ -185,13 +187,14 @@ class Engine:
         try:
             params, meta = from_bytes(blob)
         except Exception as exc:  # a bad snapshot must not stop ranking with the current one
-            log.error("parameter snapshot %s unreadable, keeping version %s: %s", version, self.model_version, exc)
+            log.error("parameter snapshot %s unreadable, keeping version %s: %s", version, self.model_version,
+                      exc)
             self._refused_version = version
             return False
         reason = mismatch(params, self.cfg)
         if reason:
-            log.error("parameter snapshot %s does not fit this configuration (%s); keeping version %s until a "
-                      "newer one", version, reason, self.model_version)
+            log.error("parameter snapshot %s does not fit this configuration (%s); keeping "
+                      "version %s until a newer one", version, reason, self.model_version)
             self._refused_version = version
             return False
         capacity = capacity_for(max(params.item_emb.shape[0], self.n_items), self.cfg.initial_capacity)
@@ -246,7 +249,8 @@ class Engine:
                 result.rejected.append(Rejected(sourced, broken[row]))
             elif states["partition"][row] == sourced.partition and (
                     sourced.offset < states["offset"][row]
-                    or (sourced.offset == states["offset"][row] and sourced.index <= states["fence_index"][row])):
+                    or (sourced.offset == states["offset"][row]
+                        and sourced.index <= states["fence_index"][row])):
                 result.replayed += 1  # already in the stored state: a redelivery after a crash or rebalance
             else:
                 applied.append((row, sourced))
@@ -286,7 +290,8 @@ class Engine:
         except StateLayoutError:
             pass  # find the bad ones; the rest of the batch goes on
         reasons = self.codec.unreadable(values)
-        broken = {row: f"stored state of user {users[row]!r} is unreadable: {reason}" for row, reason in reasons.items()}
+        broken = {row: f"stored state of user {users[row]!r} is unreadable: {reason}"
+                  for row, reason in reasons.items()}
         return self.codec.decode([None if row in reasons else v for row, v in enumerate(values)]), broken
 
     def _feedback(self, states, applied, row, item) -> list[Feedback]:
@@ -297,8 +302,8 @@ class Engine:
         list_ts, list_scene = states["list_ts"][row].tolist(), states["list_scene"][row].tolist()
         scenes = self.cfg.scenes
         out = []
-        for (_, sourced), is_listed, rank, shown_ts, shown_scene in zip(applied, listed.tolist(), ranks, list_ts,
-                                                                        list_scene):
+        for (_, sourced), is_listed, rank, shown_ts, shown_scene in zip(applied, listed.tolist(), ranks,
+                                                                        list_ts, list_scene):
             event = sourced.event
             out.append(Feedback(
                 user_id=event.user_id, item_id=event.item_id, type=event.type, scene=event.scene, ts=event.ts,
@@ -331,15 +336,16 @@ class Engine:
         ranks = batching.rank_inputs(sub, prepared.now, prepared.scene, self._mask_codes)
         started = time.perf_counter()
         interest, weight, top_items, top_scores = self._step(
-            batching.pad(sub["interest"].astype(np.float32), Bp, 0.0), batching.pad(sub["interest_weight"], Bp, 0.0),
+            batching.pad(sub["interest"].astype(np.float32), Bp, 0.0),
+            batching.pad(sub["interest_weight"], Bp, 0.0),
             batching.pad_fold(prepared.fold, Bp, Ep, S), batching.pad_ranks(ranks, Bp))
         top_items, top_scores = np.asarray(top_items)[:B], np.asarray(top_scores)[:B]
         interest, weight = np.asarray(interest)[:B], np.asarray(weight)[:B]
         result.kernel_s = time.perf_counter() - started
         if self.market is not None:  # a second vectorised call: the auction over the campaigns' items
             top_items, top_scores, result.market = self.market.trade(
-                self, applied, dense, [applied[i][1] for i in prepared.last], prepared.now, prepared.scene, ranks,
-                interest, weight, Bp, top_items, top_scores)
+                self, applied, dense, [applied[i][1] for i in prepared.last], prepared.now, prepared.scene,
+                ranks, interest, weight, Bp, top_items, top_scores)
 
         sub["interest"] = interest.astype(np.float16)
         sub["interest_weight"] = weight
@@ -382,7 +388,8 @@ class Engine:
             self._pending.update(zip(result._users, result._values))
 
     def _explain(self, interest, weight, ranks, bucket: int) -> list[dict]:
-        """Explanations of this batch's lists (``models.explain``), item ids fetched if other workers added them."""
+        """Explanations of this batch's lists (``models.explain``), item ids fetched
+        if other workers added them."""
         history = ranks.hist_item[ranks.hist_item >= 0]
         unknown = history[np.equal(self._item_ids()[history], None)]
         if len(unknown):
@@ -399,12 +406,13 @@ class Engine:
                 from models.candidates import CandidateConfig, CandidateRanker
 
                 self.candidates = CandidateRanker(CandidateConfig(cfg.candidates, cfg.candidates_lists,
-                                                                  cfg.candidates_nprobe, threads=cfg.candidates_threads,
+                                                                  cfg.candidates_nprobe,
+                                                                  threads=cfg.candidates_threads,
                                                                   seed=cfg.seed))
             return self.candidates.step(self.params, interest, weight, fold, ranks, self.n_items,
                                         self.item_scenes(), k=cfg.k, gamma=cfg.interest_decay)
-        return kernels.step(self.params, interest, weight, fold, ranks, jnp.int32(self.n_items), self.item_scenes(),
-                            k=cfg.k, chunk=cfg.item_chunk, gamma=cfg.interest_decay)
+        return kernels.step(self.params, interest, weight, fold, ranks, jnp.int32(self.n_items),
+                            self.item_scenes(), k=cfg.k, chunk=cfg.item_chunk, gamma=cfg.interest_decay)
 
     def prime(self) -> None:
         """Load what the first batch would otherwise fetch: the catalogue's ids and scene masks, the newest
@@ -445,8 +453,8 @@ class Engine:
             if self.market is not None:  # the auction's scoring kernel (models.market.book) for this bucket
                 self.market.warmup(self, np.asarray(out[0]), np.asarray(out[1]), ranks, Bp)
             if cfg.explain_events:
-                explanations(self.params, states["interest"].astype(np.float32), states["interest_weight"], ranks,
-                             self._item_ids(), cfg.scenes, cfg.explain_events, Bp)
+                explanations(self.params, states["interest"].astype(np.float32), states["interest_weight"],
+                             ranks, self._item_ids(), cfg.scenes, cfg.explain_events, Bp)
         return time.perf_counter() - started
 
 

@@ -26,8 +26,8 @@ def explanations(params: Params, interest: np.ndarray, weight: np.ndarray, ranks
     ...     hist_type=np.array([[0, 0, 1]], np.int32), hist_age=np.array([[0, 60, 5]], np.float32),
     ...     scene=np.array([1], np.int32), exclude=np.full((1, 1), -1, np.int32))
     >>> interest, weight = np.ones((1, 2, 4), np.float32), np.array([[1.0, 0.0]], np.float32)
-    >>> doc = explanations(init_params(cfg, capacity=2), interest, weight, ranks, np.array(["a", "b"], object),
-    ...                    cfg.scenes, events=3, bucket=8)[0]
+    >>> doc = explanations(init_params(cfg, capacity=2), interest, weight, ranks,
+    ...                    np.array(["a", "b"], object), cfg.scenes, events=3, bucket=8)[0]
     >>> sorted(e["item_id"] for e in doc["history"]), list(doc["scene_interest"])
     (['a', 'b'], ['default'])
     """
@@ -40,9 +40,11 @@ def explanations(params: Params, interest: np.ndarray, weight: np.ndarray, ranks
     items, types, ages = ranks.hist_item[rows, slot], ranks.hist_type[rows, slot], ranks.hist_age[rows, slot]
     out = []
     for b in range(B):
-        history = [{"item_id": names[items[b, j]] if items[b, j] < len(names) else None, "type": EVENT_TYPES[types[b, j]],
+        history = [{"item_id": names[items[b, j]] if items[b, j] < len(names) else None,
+                    "type": EVENT_TYPES[types[b, j]],
                     "age_s": round(float(ages[b, j]), 3), "attention": round(float(attention[b, j]), 4)}
                    for j in range(slot.shape[1]) if items[b, j] >= 0 and attention[b, j] > 0]
-        scene_interest = {scenes[s]: round(float(beta[b, s]), 4) for s in range(len(scenes)) if weight[b, s] > 0}
+        scene_interest = {scenes[s]: round(float(beta[b, s]), 4) for s in range(len(scenes))
+                          if weight[b, s] > 0}
         out.append({"history": history, "scene_interest": scene_interest, "transfer": round(float(gate), 4)})
     return out

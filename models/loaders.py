@@ -88,7 +88,8 @@ def load_tmall(root: Path, scene: str | None = None) -> EventLog:
     path = root / "tmall2014-brand-behavior" / "t_alibaba_data.csv"
     # Source codes: 0 click, 1 buy, 2 favourite (collect), 3 cart. Favourite has no own type -> cart.
     source_names = ("click", "buy", "favourite", "cart")
-    to_type = np.array([TYPE_CODE["click"], TYPE_CODE["purchase"], TYPE_CODE["cart"], TYPE_CODE["cart"]], np.int8)
+    to_type = np.array([TYPE_CODE["click"], TYPE_CODE["purchase"], TYPE_CODE["cart"], TYPE_CODE["cart"]],
+                       np.int8)
     day_seconds: dict[str, float] = {}
     users, items, codes, ts = [], [], [], []
     for lineno, line in _lines(path, skip_header=True):
@@ -111,8 +112,8 @@ def load_tmall(root: Path, scene: str | None = None) -> EventLog:
         codes.append(int(code))
         ts.append(seconds)
     codes = np.asarray(codes, np.int8)
-    notes = ("tmall: type 0 click->click, 1 buy->purchase, 2 favourite->cart, 3 cart->cart; items are brands; "
-             "ts = UTC midnight of M-D 2013 (day resolution, file order kept within a day)")
+    notes = ("tmall: type 0 click->click, 1 buy->purchase, 2 favourite->cart, 3 cart->cart; "
+             "items are brands; ts = UTC midnight of M-D 2013 (day resolution, file order kept within a day)")
     if scene == "type":
         notes += "; scene = source behaviour"
         return EventLog.from_columns("tmall2014-brand-behavior", users, items, to_type[codes], ts,
@@ -168,7 +169,8 @@ def load_taobao(root: Path, scene: str | None = None, n_scenes: int = 4) -> Even
 
 
 def load_otto(root: Path, scene: str | None = None) -> EventLog:
-    """OTTO session fixture: session = user, ``aid`` = item, ms -> s. ``scene``: ``"type"`` or ``"daypart"``."""
+    """OTTO session fixture: session = user, ``aid`` = item, ms -> s. ``scene``:
+    ``"type"`` or ``"daypart"``."""
     _check_scene("otto", scene, ("type", "daypart"))
     path = root / "otto-sample" / "train_sample.jsonl"
     source_types = ("clicks", "carts", "orders")
@@ -188,7 +190,8 @@ def load_otto(root: Path, scene: str | None = None) -> EventLog:
                 source_codes.append(source_types.index(kind))
                 users.append(user)
         except (ValueError, KeyError, TypeError) as err:
-            raise _malformed(path, lineno, line, f"not an OTTO session ({type(err).__name__}: {err})") from None
+            raise _malformed(path, lineno, line,
+                             f"not an OTTO session ({type(err).__name__}: {err})") from None
     notes = "otto: session = user, aid = item, clicks->click, carts->cart, orders->purchase; ts ms -> s"
     scenes, scene_names = None, (DEFAULT_SCENE,)
     if scene == "type":
@@ -229,8 +232,8 @@ def load_yoochoose(root: Path, scene: str | None = None,
         notes += "; scene = UTC daypart (6 h buckets)"
     else:
         notes += "; single scene 'default'"
-    return EventLog.from_columns("yoochoose-clicks-100k", users, items, np.full(len(ts), TYPE_CODE["click"]), ts,
-                                 scenes=scenes, scene_names=scene_names, notes=notes)
+    return EventLog.from_columns("yoochoose-clicks-100k", users, items, np.full(len(ts), TYPE_CODE["click"]),
+                                 ts, scenes=scenes, scene_names=scene_names, notes=notes)
 
 
 def load_movielens(root: Path, scene: str | None = None, purchase_threshold: int | None = None) -> EventLog:
@@ -286,7 +289,8 @@ def _movielens_genres(folder: Path) -> tuple[tuple[str, ...], dict[str, int]]:
         for lineno, line in enumerate(handle, start=1):
             fields = line.rstrip("\n").split("|")
             if len(fields) != 5 + len(genres):
-                raise _malformed(folder / "u.item", lineno, line, f"expected {5 + len(genres)} |-separated fields")
+                raise _malformed(folder / "u.item", lineno, line,
+                                 f"expected {5 + len(genres)} |-separated fields")
             flags = fields[5:]
             movie_genre[fields[0]] = flags.index("1") if "1" in flags else 0
     return tuple(genres), movie_genre

@@ -64,8 +64,9 @@ def mrr(ranks) -> np.ndarray:
 def summarize(ranks, ks=(10, 20), list_length: int | None = None) -> dict[str, float]:
     """Mean HR@k and NDCG@k for each k and ``MRR@list_length`` (default ``max(ks)``) over ``ranks``.
 
-    >>> summarize(np.array([0, 15, -1]), ks=(10, 20))
-    {'n': 3, 'HR@10': 0.333333, 'NDCG@10': 0.333333, 'HR@20': 0.666667, 'NDCG@20': 0.414884, 'MRR@20': 0.354167}
+    >>> summarize(np.array([0, 15, -1]), ks=(10, 20))  # doctest: +NORMALIZE_WHITESPACE
+    {'n': 3, 'HR@10': 0.333333, 'NDCG@10': 0.333333, 'HR@20': 0.666667, 'NDCG@20': 0.414884,
+     'MRR@20': 0.354167}
     """
     ranks = np.asarray(ranks)
     out: dict[str, float] = {"n": int(ranks.size)}
@@ -122,7 +123,8 @@ class MetricAccumulator:
 
     >>> acc = MetricAccumulator(ks=(1, 2), n_windows=2)
     >>> acc.add(ranks=np.array([0, -1]), types=np.array([1, 3]), ts=np.array([10.0, 11.0]))
-    >>> acc.add(ranks=np.array([1, 0]), types=np.array([1, 1]), ts=np.array([12.0, 13.0]), cold=np.array([0, 0]))
+    >>> acc.add(ranks=np.array([1, 0]), types=np.array([1, 1]), ts=np.array([12.0, 13.0]),
+    ...         cold=np.array([0, 0]))
     >>> result = acc.result()
     >>> result["overall"]["HR@1"], result["overall"]["HR@2"], result["by_type"]["purchase"]["n"]
     (0.5, 0.75, 1)

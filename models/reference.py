@@ -76,7 +76,8 @@ def neighbour_scores(params: Params, hist_item, scene) -> dict:
     p = _np(params)
     tables, W = p["nbr_gain"].shape
     gate = 2.0 / (1.0 + np.exp(-p["transfer"]))
-    in_scene = [j for j, item in enumerate(hist_item) if item >= 0 and (int(p["item_scene_bits"][item]) >> scene) & 1]
+    in_scene = [j for j, item in enumerate(hist_item) if item >= 0
+                and (int(p["item_scene_bits"][item]) >> scene) & 1]
     sources = ([j for j, item in enumerate(hist_item) if item >= 0], in_scene)
     out: dict = {}
     for table in range(tables):
@@ -97,7 +98,8 @@ def top_k(params: Params, user, n_items, exclude, k, hist_item=(), scene=None):
     ``nbr_scale * log1p`` of their transition evidence (``neighbour_scores``).
     """
     p = _np(params)
-    scores = p["item_emb"][:n_items] @ user + p["item_bias"][:n_items] + np.log1p(p["pop"][:n_items]) @ p["pop_gain"]
+    scores = (p["item_emb"][:n_items] @ user + p["item_bias"][:n_items]
+              + np.log1p(p["pop"][:n_items]) @ p["pop_gain"])
     if scene is not None:
         for item, score in neighbour_scores(params, hist_item, scene).items():
             if item < n_items:

@@ -81,7 +81,8 @@ def parse_request(query: Mapping[str, str], scenes: tuple[str, ...], default_k: 
         raise RequestError(400, "bad_user_id", f"'user_id' is longer than {MAX_USER_ID} characters")
     scene = query.get("scene") or scenes[0]
     if scene not in scenes:
-        raise RequestError(400, "unknown_scene", f"unknown scene {scene!r}; configured scenes: {', '.join(scenes)}",
+        raise RequestError(400, "unknown_scene",
+                           f"unknown scene {scene!r}; configured scenes: {', '.join(scenes)}",
                            scenes=list(scenes))
     raw_k = query.get("k")
     try:
@@ -91,7 +92,8 @@ def parse_request(query: Mapping[str, str], scenes: tuple[str, ...], default_k: 
                            max_k=limits.max_k) from None
     if not 1 <= k <= limits.max_k:
         raise RequestError(400, "bad_k", f"'k' must be from 1 to {limits.max_k}, got {k}", max_k=limits.max_k)
-    exclude = tuple(dict.fromkeys(part.strip() for part in (query.get("exclude") or "").split(",") if part.strip()))
+    exclude = tuple(dict.fromkeys(part.strip() for part in (query.get("exclude") or "").split(",")
+                                  if part.strip()))
     if len(exclude) > limits.max_exclude:
         raise RequestError(400, "too_many_excludes", f"at most {limits.max_exclude} ids may be excluded, got "
                            f"{len(exclude)}", max_exclude=limits.max_exclude)
@@ -110,7 +112,8 @@ class Answer:
     model_version: int
     catalogue_version: int
     cold_start: bool
-    explanation: dict | None = None  # models.explain, when EngineConfig.explain_events > 0 (not for cold starts)
+    # models.explain, when EngineConfig.explain_events > 0 (not for cold starts)
+    explanation: dict | None = None
 
     def as_json(self) -> dict:
         doc = {"user_id": self.user_id, "scene": self.scene, "items": self.items, "scores": self.scores,
@@ -167,7 +170,8 @@ class RequestRanker:
     # ---- keeping up with the store ---------------------------------------------------------------
 
     def sync(self, n_items: int, params_version: int, catalogue_version: int) -> None:
-        """Apply what changed in the store since the last batch: new item ids, a newer snapshot, catalogue changes."""
+        """Apply what changed in the store since the last batch: new item ids, a newer
+        snapshot, catalogue changes."""
         if n_items > len(self.ids):
             for item in self.store.item_ids(len(self.ids))[:n_items - len(self.ids)]:
                 self.index[item] = len(self.ids)
@@ -184,7 +188,8 @@ class RequestRanker:
             self._load_params(params_version)
         capacity = capacity_for(len(self.ids), self.cfg.initial_capacity)
         if capacity > self.params.item_emb.shape[0]:
-            self.params = grow(self.params, capacity, self.cfg.seed)  # a new shape: compiles once, as the engine does
+            # a new shape: compiles once, as the engine does
+            self.params = grow(self.params, capacity, self.cfg.seed)
 
     def _load_params(self, version: int) -> None:
         blob = self.store.load_params(version)
@@ -193,7 +198,8 @@ class RequestRanker:
         try:
             params, _ = from_bytes(blob)
         except Exception as exc:  # a bad snapshot must not stop answering with the current one
-            log.error("parameter snapshot %s unreadable, serving version %s: %s", version, self.model_version, exc)
+            log.error("parameter snapshot %s unreadable, serving version %s: %s", version, self.model_version,
+                      exc)
             self._refused_version = version
             return
         reason = mismatch(params, self.cfg)
@@ -264,7 +270,8 @@ class RequestRanker:
               catalogue_version: int) -> list[Answer]:
         cfg, B = self.cfg, len(requests)
         scene = np.array([cfg.scene_code(r.scene) for r in requests], np.int8)
-        excluded = [np.array([self.index[i] for i in r.exclude if i in self.index], np.int32) for r in requests]
+        excluded = [np.array([self.index[i] for i in r.exclude if i in self.index], np.int32)
+                    for r in requests]
         k = next(k for k in self.list_lengths if k >= max(r.k for r in requests))
         top_items, top_scores, ranks = self._kernel(states, scene, excluded, now, k)
         masks = self.catalogue.mask(self.params.item_emb.shape[0])

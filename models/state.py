@@ -67,7 +67,8 @@ class StateCodec:
         self.dtype = state_dtype(cfg)
         self.layout = layout_tag(cfg)
         self.previous = previous_layout(cfg)
-        self.migrated = 0  # states read in the previous layout and converted (``migrate``), this codec's lifetime
+        # states read in the previous layout and converted (``migrate``), this codec's lifetime
+        self.migrated = 0
         empty = np.zeros((), self.dtype)
         empty["magic"], empty["format"], empty["layout"] = MAGIC, FORMAT_VERSION, self.layout
         empty["partition"], empty["offset"] = -1, -1
@@ -105,23 +106,26 @@ class StateCodec:
         return self._sort(values, [i for i, v in enumerate(values) if v is not None])[2]
 
     def _sort(self, values, present) -> tuple[list[int], list[int], dict[int, str]]:
-        """``present`` positions split into this layout's, the previous layout's, and the rest with a reason."""
+        """``present`` positions split into this layout's, the previous layout's,
+        and the rest with a reason."""
         current, old, bad = [], [], {}
         for layout in filter(None, (self, self.previous)):
             size = layout.dtype.itemsize
             rows = [i for i in present if len(values[i]) == size]
             if rows:
-                tagged = _tagged(np.frombuffer(b"".join(values[i] for i in rows), layout.dtype), layout.layout)
+                tagged = _tagged(np.frombuffer(b"".join(values[i] for i in rows), layout.dtype),
+                                 layout.layout)
                 (current if layout is self else old).extend(i for i, ok in zip(rows, tagged) if ok)
         taken = set(current) | set(old)
         hint = ("" if self.previous is None else
-                f"; it is not in the previous layout either (ATTNFLOW_STATE_MIGRATE_FROM: {describe(self.previous.cfg)})")
+                "; it is not in the previous layout either (ATTNFLOW_STATE_MIGRATE_FROM: "
+                f"{describe(self.previous.cfg)})")
         for i in present:
             if i in taken:
                 continue
             if len(values[i]) != self.dtype.itemsize:
-                bad[i] = (f"stored state is {len(values[i])} bytes, this configuration expects {self.dtype.itemsize} "
-                          f"({describe(self.cfg)}){hint}")
+                bad[i] = (f"stored state is {len(values[i])} bytes, this configuration expects "
+                          f"{self.dtype.itemsize} ({describe(self.cfg)}){hint}")
             else:
                 bad[i] = f"stored state was written with a different layout or is not an attnflow state{hint}"
         return current, old, bad

@@ -21,14 +21,15 @@ from streams.rank_worker import RankWorker
 from streams.timeshare import RankActivity, TimeBudget
 from streams.train_worker import TrainWorker
 
-__all__ = ["DeadLetter", "EX_SOFTWARE", "RankActivity", "RankWorker", "TimeBudget", "TrainWorker", "crash_agent",
-           "exit_unless_stopped_within", "freeze_heap", "reason_code", "register", "run_retrying"]
+__all__ = ["DeadLetter", "EX_SOFTWARE", "RankActivity", "RankWorker", "TimeBudget", "TrainWorker",
+           "crash_agent", "exit_unless_stopped_within", "freeze_heap", "reason_code", "register",
+           "run_retrying"]
 
 log = logging.getLogger(__name__)
 
 
-def register(app, settings, events_topic, recommendations_topic, feedback_topic, deadletter_topic, train_topic,
-             catalogue_topic=None):
+def register(app, settings, events_topic, recommendations_topic, feedback_topic, deadletter_topic,
+             train_topic, catalogue_topic=None):
     worker = RankWorker(settings, recommendations_topic, feedback_topic, deadletter_topic, train_topic)
     trainer = TrainWorker(settings, activity=worker.activity if settings.role == "all" else None)
 

@@ -25,8 +25,8 @@ ledger_topic = app.topic(names.ledger, key_type=bytes, value_type=bytes, partiti
 
 from streams import agents, views  # noqa: E402  (after ``app`` exists: they register on it)
 
-rank_worker, train_worker = agents.register(app, settings, events_topic, recommendations_topic, feedback_topic,
-                                            deadletter_topic, train_topic, catalogue_topic)
+rank_worker, train_worker = agents.register(app, settings, events_topic, recommendations_topic,
+                                            feedback_topic, deadletter_topic, train_topic, catalogue_topic)
 views.register(app, rank_worker, train_worker)
 if settings.sponsored_slots:  # the attention market (streams/market.py); off: nothing of it runs
     from streams import market  # noqa: E402

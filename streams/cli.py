@@ -37,7 +37,8 @@ log = logging.getLogger("attnflow")
 def _deploy(script: str, action: str) -> None:
     path = REPO / "deploy" / script
     if not path.exists():
-        sys.exit(f"{path} not found: `attnflow up` runs from a source checkout (use docker-compose otherwise)")
+        sys.exit(f"{path} not found: `attnflow up` runs from a source checkout "
+                 "(use docker-compose otherwise)")
     subprocess.run(["bash", str(path), action], check=True)
 
 
@@ -147,7 +148,8 @@ def cmd_reset(args, settings):
 
     delete_topics(settings)
     n = settings.store().clear()
-    print(f"deleted topics with prefix {settings.topic_prefix!r} and {n} Redis keys under {settings.redis_prefix!r}")
+    print(f"deleted topics with prefix {settings.topic_prefix!r} and {n} Redis keys under "
+          f"{settings.redis_prefix!r}")
 
 
 def cmd_demo(args, settings):
@@ -192,8 +194,9 @@ def cmd_demo(args, settings):
         print(f"  feedback messages  {snapshot['feedback']}")
         print(f"  dead letters       {sum(snapshot['deadletters'].values())} {snapshot['deadletters'] or ''}")
         if online["hr"] is not None:
-            print(f"  online HR@{online['k']}        {online['hr']:.4f}  over {online['events_with_list']} events "
-                  f"that had a list  (NDCG@{online['k']} {online['ndcg']:.4f})")
+            print(f"  online HR@{online['k']}        {online['hr']:.4f}  over "
+                  f"{online['events_with_list']} events that had a list  (NDCG@{online['k']} "
+                  f"{online['ndcg']:.4f})")
         lat = snapshot["latency_seconds"]
         if lat["p50"] is not None:
             print(f"  produce→emit       p50 {lat['p50'] * 1000:.0f} ms, p99 {lat['p99'] * 1000:.0f} ms")
@@ -228,7 +231,8 @@ def cmd_bootstrap(args, settings):
 
 
 def cmd_serve(args, settings):
-    """The stateless request-time API: answers GET /recommendations from Redis (states, catalogue, snapshots)."""
+    """The stateless request-time API: answers GET /recommendations from Redis
+    (states, catalogue, snapshots)."""
     from streams.serving import serve
 
     serve(settings, port=args.port)
@@ -265,14 +269,16 @@ def cmd_catalogue(args, settings):
     from streams.catalogue import read_catalogue_file
     from streams.topics import TopicNames
 
-    return _push_file(args, settings, read_catalogue_file, TopicNames.of(settings).catalogue, "catalogue changes")
+    return _push_file(args, settings, read_catalogue_file, TopicNames.of(settings).catalogue,
+                      "catalogue changes")
 
 
 def cmd_campaigns(args, settings):
     from streams.market import read_campaigns_file
     from streams.topics import TopicNames
 
-    return _push_file(args, settings, read_campaigns_file, TopicNames.of(settings).campaigns, "campaign messages")
+    return _push_file(args, settings, read_campaigns_file, TopicNames.of(settings).campaigns,
+                      "campaign messages")
 
 
 def cmd_market_sim(args, settings):
@@ -297,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("topics", help="create the pipeline's topics")
     p.add_argument("--delete", action="store_true")
     p.add_argument("--check", action="store_true",
-                   help="create nothing; exit 1 if a topic is missing or its partition count differs from the settings")
+                   help="create nothing; exit 1 if a topic is missing or its partition count differs "
+                        "from the settings")
     p.set_defaults(fn=cmd_topics)
     p = sub.add_parser("worker", help="run a rank worker")
     p.add_argument("--web-port", type=int, default=None, help="default ATTNFLOW_WEB_PORT (6066)")
@@ -311,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                                ("demo", cmd_demo, "run the whole pipeline on a real log and summarise")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("dataset", nargs="?", default="taobao-userbehavior-43users",
-                       help="dataset folder name or alias (tmall, taobao, otto, yoochoose, movielens, beauty)")
+                       help="dataset folder name or alias "
+                            "(tmall, taobao, otto, yoochoose, movielens, beauty)")
         p.add_argument("--data-dir", default="", help="folder laid out like ../shared/data (default: that)")
         p.add_argument("--limit", type=int, default=None, help="replay only the first N events")
         p.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
@@ -330,13 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None)
     p.set_defaults(fn=cmd_bootstrap)
     p = sub.add_parser("catalogue", help="push item add / update / hide changes from a CSV or JSONL file")
-    p.add_argument("file", help="JSONL: one {item_id, action, scenes} object a line; CSV: item_id,action,scenes "
-                                "(scenes separated by ';')")
+    p.add_argument("file",
+                   help="JSONL: one {item_id, action, scenes} object a line; CSV: item_id,action,scenes "
+                        "(scenes separated by ';')")
     p.add_argument("--skip-bad", action="store_true", help="send the valid lines even if some are bad")
     p.set_defaults(fn=cmd_catalogue)
     p = sub.add_parser("campaigns", help="push sponsored-slot campaigns from a CSV or JSONL file")
-    p.add_argument("file", help="JSONL: one campaign message a line (docs/market.md); CSV: campaign_id,advertiser,"
-                                "items,bid,daily_budget[,start_ts,end_ts,scenes,status,action] (lists with ';')")
+    p.add_argument("file",
+                   help="JSONL: one campaign message a line (docs/market.md); CSV: campaign_id,advertiser,"
+                        "items,bid,daily_budget[,start_ts,end_ts,scenes,status,action] (lists with ';')")
     p.add_argument("--skip-bad", action="store_true", help="send the valid lines even if some are bad")
     p.set_defaults(fn=cmd_campaigns)
     p = sub.add_parser("market-sim", help="offline market simulation; arguments go to models.market.simulate",
@@ -369,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kafka", "aiokafka"):  # client chatter drowns the tool's own output
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from streams.topics import PartitionMismatch

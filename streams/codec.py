@@ -106,7 +106,8 @@ def _event_of(doc, scenes: tuple[str, ...], sent_ts: float | None, max_future_s:
 
 
 def decode_events(raw: bytes, scenes: tuple[str, ...], sent_ts: float | None = None,
-                  max_future_s: float = MAX_FUTURE_S) -> tuple[list[tuple[int, Event]], list[tuple[int, bytes, str]]]:
+                  max_future_s: float = MAX_FUTURE_S) -> tuple[list[tuple[int, Event]],
+                                                               list[tuple[int, bytes, str]]]:
     """A message holding one event (a JSON object) or many (a JSON array of them), validated one by one.
 
     Returns ``(events, bad)``: ``(index, event)`` of the good ones, in message order, and ``(index, raw,
@@ -168,7 +169,8 @@ def _timestamp(doc: dict, sent_ts: float | None, max_future_s: float) -> float:
     limit = ts_limit(sent_ts, max_future_s)
     if ts > limit:
         raise BadEvent(f"timestamp out of range: ts={_short(ts)} is {ts - sent_ts:.0f} s after its Kafka "
-                       f"record's timestamp {sent_ts:.3f} (at most {max_future_s:g} s: ATTNFLOW_MAX_FUTURE_S)")
+                       f"record's timestamp {sent_ts:.3f} "
+                       f"(at most {max_future_s:g} s: ATTNFLOW_MAX_FUTURE_S)")
     return float(ts)
 
 
@@ -249,7 +251,8 @@ def decode_campaign(raw: bytes, scenes: tuple[str, ...]):
 
     >>> decode_campaign(b'{"campaign_id":"c1","action":"pause"}', ("default",))
     ('pause', 'c1')
-    >>> decode_campaign(b'{"campaign_id":"c1","advertiser":"a","items":[],"bid":1,"daily_budget":9}', ("default",))
+    >>> decode_campaign(b'{"campaign_id":"c1","advertiser":"a","items":[],"bid":1,"daily_budget":9}',
+    ...                 ("default",))
     Traceback (most recent call last):
     ...
     streams.codec.BadEvent: field 'items' is empty: a campaign promotes at least one item
@@ -270,8 +273,8 @@ def encode_campaign(campaign, scenes: tuple[str, ...]) -> bytes:
 
 
 def encode_ledger(entry: bytes) -> tuple[bytes, bytes]:
-    """``(key, value)`` of a ``ledger`` record from a store ledger entry (``b"<charged micros>:<charge JSON>"``,
-    ``models.market.book``): the charge with what was actually charged, keyed by its charge id.
+    """``(key, value)`` of a ``ledger`` record from a store ledger entry (``b"<charged micros>:<charge
+    JSON>"``, ``models.market.book``): the charge with what was actually charged, keyed by its charge id.
 
     >>> key, value = encode_ledger(b'7:{"charge_id":"ab","price_micros":9}')
     >>> key, orjson.loads(value)["amount"], orjson.loads(value)["capped"]
@@ -307,7 +310,8 @@ def encode_events(events) -> bytes:
     Every event of a message must belong to users of one partition: the producer keys the message
     by one of them (``streams.replay``), and each user's events must stay on that user's partition.
 
-    >>> [e.user_id for _, e in decode_events(encode_events([Event("u", "i", "view", 1.0)] * 2), ("default",))[0]]
+    >>> two = encode_events([Event("u", "i", "view", 1.0)] * 2)
+    >>> [e.user_id for _, e in decode_events(two, ("default",))[0]]
     ['u', 'u']
     """
     return orjson.dumps([_event_doc(event) for event in events])
@@ -360,13 +364,14 @@ def encode_deadletter(raw: bytes | None, reason: str, topic: str, partition: int
     by a third and JSON escapes a control byte to six. ``value_bytes`` is its full length, and
     ``topic``/``partition``/``offset`` say where the whole value still is; ``index`` is the event's
     place in a batched message (its own JSON is the value), null when the record is the whole message.
-    A reason (which may quote an exception) is cut to ``DEADLETTER_REASON_MAX_CHARS``, so a record stays within
-    ``DEADLETTER_RECORD_MAX_BYTES`` whatever it is given.
+    A reason (which may quote an exception) is cut to ``DEADLETTER_REASON_MAX_CHARS``, so a record stays
+    within ``DEADLETTER_RECORD_MAX_BYTES`` whatever it is given.
 
     >>> orjson.loads(encode_deadletter(b'{bad', "not valid JSON", "events", 2, 41))["value"]
     '{bad'
     >>> doc = orjson.loads(encode_deadletter(("x" + "é" * 40_000).encode(), "not valid JSON", "events", 0, 7))
-    >>> doc["value_bytes"], doc["value_truncated"], len(doc["value"].encode()) == DEADLETTER_VALUE_MAX_BYTES - 1
+    >>> (doc["value_bytes"], doc["value_truncated"],
+    ...  len(doc["value"].encode()) == DEADLETTER_VALUE_MAX_BYTES - 1)
     (80001, True, True)
     """
     raw = raw or b""

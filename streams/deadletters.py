@@ -37,4 +37,5 @@ class DeadLetter:
 
     @classmethod
     def of(cls, sourced: SourcedEvent, reason: str, topic: str) -> "DeadLetter":
-        return cls(encode_event(sourced.event), reason, topic, sourced.partition, sourced.offset, sourced.index)
+        return cls(encode_event(sourced.event), reason, topic, sourced.partition, sourced.offset,
+                   sourced.index)

@@ -19,7 +19,8 @@ from streams.settings import Settings, use_event_loop
 
 def make_faust_app(settings: Settings, datadir_name: str = "{conf.name}-data",
                    offset_reset: str = "earliest") -> faust.App:
-    """A Faust app for ``settings``; ``datadir_name`` is its data folder under ``$ATTNFLOW_STATE_DIR/faust``."""
+    """A Faust app for ``settings``; ``datadir_name`` is its data folder under
+    ``$ATTNFLOW_STATE_DIR/faust``."""
     use_event_loop(settings)
     eager.install(settings.eager_delivery)
     fetch.install(settings.fetch_min_bytes, settings.fetch_max_wait_ms)

@@ -63,8 +63,8 @@ def connect(client_class, settings: Settings, *args, **extra):
         hint = ""
         if _sasl(settings):
             hint = f"; if they are up, check {PREFIX}KAFKA_SASL_USERNAME and _PASSWORD"
-        raise ConnectionError(f"no Kafka broker at {describe(settings)} accepted a connection ({exc}){hint}") \
-            from None
+        raise ConnectionError(f"no Kafka broker at {describe(settings)} accepted a connection "
+                              f"({exc}){hint}") from None
 
 
 def faust_credentials(settings: Settings):

@@ -57,8 +57,8 @@ def exit_unless_stopped_within(grace_s: float, reason: BaseException) -> threadi
         return None
 
     def hard_exit() -> None:
-        log.critical("the worker did not stop within %.0fs of a failed batch (%s: %s): exiting with status %d",
-                     grace_s, type(reason).__name__, reason, EX_SOFTWARE)
+        log.critical("the worker did not stop within %.0fs of a failed batch (%s: %s): "
+                     "exiting with status %d", grace_s, type(reason).__name__, reason, EX_SOFTWARE)
         for handler in logging.getLogger().handlers:
             handler.flush()
         os._exit(EX_SOFTWARE)

@@ -38,10 +38,12 @@ class Outbox:
 
     def __init__(self, producer):
         self._producer = producer
-        self._partitions: dict[str, tuple[object, dict[bytes, int]]] = {}  # topic -> (its partitions, key -> one)
+        # topic -> (its partitions, key -> one)
+        self._partitions: dict[str, tuple[object, dict[bytes, int]]] = {}
 
     def _key_partitions(self, producer, topic: str) -> dict[bytes, int] | None:
-        """This topic's key -> partition cache, or None where the partitioner may not be a function of the key."""
+        """This topic's key -> partition cache, or None where the partitioner may
+        not be a function of the key."""
         if not isinstance(producer._partitioner, DefaultPartitioner):
             return None
         partitions = producer._metadata.partitions_for_topic(topic)

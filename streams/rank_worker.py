@@ -49,7 +49,8 @@ class _InFlight:
 
     def absorb(self, events: list, batch: list[SourcedEvent], dead: list[DeadLetter], produced: list[float],
                started: float) -> None:
-        """Later events, taken at ``started`` (``perf_counter``), join a batch still waiting for the engine."""
+        """Later events, taken at ``started`` (``perf_counter``), join a batch
+        still waiting for the engine."""
         self.events += events
         self.batch += batch
         self.dead += dead
@@ -112,12 +113,13 @@ class RankWorker:
                                                                 if self.train_topic is not None else [])
         try:
             await asyncio.wait_for(self.outbox.prepare(outputs), timeout=10.0)
-        except Exception as exc:  # noqa: BLE001 -- only an optimisation: the first delivery fetches what it needs
+        except Exception as exc:  # noqa: BLE001
+            # only an optimisation: the first delivery fetches what it needs
             log.warning("could not prepare the output topics' metadata (%s: %s); the first batch will",
                         type(exc).__name__, exc)
-        log.info("rank worker ready: kernels compiled and run over the catalogue in %.1fs (k=%d, history=%d, dim=%d, scenes=%s, loop=%s, "
-                 "pipeline depth %d)", seconds, self.cfg.k, self.cfg.history, self.cfg.dim,
-                 ",".join(self.cfg.scenes), type(loop).__module__.split(".")[0], self.depth)
+        log.info("rank worker ready: kernels compiled and run over the catalogue in %.1fs (k=%d, history=%d, "
+                 "dim=%d, scenes=%s, loop=%s, pipeline depth %d)", seconds, self.cfg.k, self.cfg.history,
+                 self.cfg.dim, ",".join(self.cfg.scenes), type(loop).__module__.split(".")[0], self.depth)
         freeze_heap()
         restore_root_log_level(self.settings.log_level)
         self.metrics.ready = True
@@ -145,12 +147,14 @@ class RankWorker:
                 # on decides the same
                 decoded, bad = decode_events(event.value, scenes, message.timestamp, max_future_s)
             except BadEvent as exc:
-                dead.append(DeadLetter(event.value, str(exc), message.topic, message.partition, message.offset))
+                dead.append(DeadLetter(event.value, str(exc), message.topic, message.partition,
+                                       message.offset))
                 continue
             except Exception as exc:  # a decoder bug must cost one message, not the worker
-                log.exception("undecodable message at %s[%d]@%d", message.topic, message.partition, message.offset)
-                dead.append(DeadLetter(event.value, f"undecodable: {type(exc).__name__}: {exc}", message.topic,
-                                       message.partition, message.offset))
+                log.exception("undecodable message at %s[%d]@%d", message.topic, message.partition,
+                              message.offset)
+                dead.append(DeadLetter(event.value, f"undecodable: {type(exc).__name__}: {exc}",
+                                       message.topic, message.partition, message.offset))
                 continue
             # a batched message: each event keeps its own fence (partition, offset, index), and a bad
             # one goes to the dead letters alone while its neighbours apply
@@ -171,13 +175,13 @@ class RankWorker:
             if group[0]:
                 await self._enqueue(*group, started)
 
-    async def _enqueue(self, events: list, batch: list[SourcedEvent], dead: list[DeadLetter], produced: list[float],
-                       started: float) -> None:
+    async def _enqueue(self, events: list, batch: list[SourcedEvent], dead: list[DeadLetter],
+                       produced: list[float], started: float) -> None:
         """One batch into the pipeline: joins the newest batch still waiting for the engine when both fit
         in ``batch_size`` events, else starts its own; waits while ``depth`` batches are in flight."""
         newest = self._inflight[-1] if self._inflight else None
-        if (self.merge and newest is not None and not newest.sealed
-                and len(newest.batch) + len(newest.dead) + len(batch) + len(dead) <= self.settings.batch_size):
+        joined = (len(newest.batch) + len(newest.dead) + len(batch) + len(dead)) if newest is not None else 0
+        if self.merge and newest is not None and not newest.sealed and joined <= self.settings.batch_size:
             newest.absorb(events, batch, dead, produced, started)
             return
         loop = asyncio.get_running_loop()
@@ -208,8 +212,8 @@ class RankWorker:
         if exc is None or self._failed:
             return  # batches after a failed one fail with it: the first one tells
         self._failed = True
-        log.error("a batch failed (%s: %s): the worker stops, so that it restarts and its events are redelivered",
-                  type(exc).__name__, exc)
+        log.error("a batch failed (%s: %s): the worker stops, so that it restarts and its "
+                  "events are redelivered", type(exc).__name__, exc)
         if self.on_failure is not None:
             self.on_failure(exc)
 
@@ -286,7 +290,8 @@ class RankWorker:
         self.metrics.batch_sizes.add(len(item.events))
         self.metrics.batch_seconds.add(time.perf_counter() - item.started)
 
-    async def _process(self, batch: list[SourcedEvent], topic: str) -> tuple[list[BatchResult], list[DeadLetter]]:
+    async def _process(self, batch: list[SourcedEvent],
+                       topic: str) -> tuple[list[BatchResult], list[DeadLetter]]:
         """Run the engine; an unexpected error splits the batch until the poison event is alone."""
         if not batch:
             return [], []
@@ -327,7 +332,8 @@ class RankWorker:
                         for rec in result.recommendations]
             records += [(feedback, fb.user_id.encode(), encode_feedback(fb)) for fb in result.feedback]
             self.metrics.observe_feedbacks(result.feedback)
-            records += self._deadletter_records([DeadLetter.of(r.event, r.reason, topic) for r in result.rejected])
+            records += self._deadletter_records([DeadLetter.of(r.event, r.reason, topic)
+                                                 for r in result.rejected])
             if train is not None and result.examples is not None and len(result.examples):
                 # examples are fixed-size binary records, not JSON: one message per batch, or a few
                 records += [(train, None, blob) for blob in examples_to_messages(result.examples, self.cfg)]
@@ -340,8 +346,8 @@ class RankWorker:
         for d in dead:
             log.warning("dead letter %s[%d]@%d: %s", d.topic, d.partition, d.offset, d.reason)
             self.metrics.deadletters[reason_code(d.reason)] += 1
-            records.append((deadletter, None, encode_deadletter(d.raw, d.reason, d.topic, d.partition, d.offset,
-                                                                d.index)))
+            record = encode_deadletter(d.raw, d.reason, d.topic, d.partition, d.offset, d.index)
+            records.append((deadletter, None, record))
         return records
 
 

@@ -63,7 +63,8 @@ class EventBatcher:
         doc = encode_event(event)
         group = self._groups.get(p)
         out = []
-        if group is not None and (len(group[1]) >= self.max_events or group[2] + len(doc) + 1 > self.max_bytes):
+        if group is not None and (len(group[1]) >= self.max_events
+                                  or group[2] + len(doc) + 1 > self.max_bytes):
             out.append(self._message(self._groups.pop(p)))
             group = None
         if group is None:
@@ -149,8 +150,8 @@ def replay(settings: Settings, events, total: int | None = None, rate: float = 0
     if failures:
         raise RuntimeError(f"{len(failures)} of {messages} messages ({sent} events) were not delivered; "
                            f"first error: {failures[0]!r}")
-    return {"sent": sent, "messages": messages, "seconds": seconds, "rate": sent / seconds if seconds else None,
-            "topic": topic}
+    return {"sent": sent, "messages": messages, "seconds": seconds,
+            "rate": sent / seconds if seconds else None, "topic": topic}
 
 
 def read_topic(settings: Settings, which: str, from_beginning: bool = True, timeout_s: float = 5.0,
@@ -190,7 +191,8 @@ def format_message(which: str, doc: dict) -> str:
         if doc.get("list_age_s") is None:
             return f"{doc['user_id']}  {doc['type']} {doc['item_id']}  (no list shown yet)"
         verdict = f"HIT at rank {doc['rank']}" if doc["hit"] else "miss"
-        return f"{doc['user_id']}  {doc['type']} {doc['item_id']}  {verdict} (list {doc['list_age_s']:.0f}s old)"
+        return (f"{doc['user_id']}  {doc['type']} {doc['item_id']}  {verdict} (list "
+                f"{doc['list_age_s']:.0f}s old)")
     if which == "ledger":
         return (f"{doc['charge_id']}  {doc['campaign_id']}  {doc['amount']:.6f}  {doc['user_id']} clicked "
                 f"{doc['item_id']} (rank {doc['rank']})")

@@ -1,7 +1,9 @@
-"""docs/performance.md's tables for large catalogues and framings: the candidate stage, batched messages, the GPU path.
+"""docs/performance.md's tables for large catalogues and framings: the candidate stage, batched messages, the
+GPU path.
 
 Pure formatting of ``docs/results/candidates.json``, ``bench_batched.json`` and ``*_gpu.json`` (written by
-``tests/benchmarks/bench_candidates.py``, ``bench_pipeline.py`` and ``bench_gpu.py``); ``streams.report`` calls it.
+``tests/benchmarks/bench_candidates.py``, ``bench_pipeline.py`` and ``bench_gpu.py``); ``streams.report``
+calls it.
 """
 from __future__ import annotations
 
@@ -11,16 +13,18 @@ from streams.benchtables import _fmt, _provenance
 def _load_average(data: dict) -> str:
     load = (data.get("machine") or {}).get("load_average_at_start")
     cores = (data.get("machine") or {}).get("cores")
-    return f"Load average {load[0]:.1f} on {cores} cores at the start" if load and cores else "Load average not recorded"
+    if not (load and cores):
+        return "Load average not recorded"
+    return f"Load average {load[0]:.1f} on {cores} cores at the start"
 
 
 def candidate_tables(data: dict) -> list[str]:
     """``bench_candidates``: recall@K and time per user of the candidate stage against the exact scan.
 
     >>> row = {"items": 1000, "nprobe": 8, "default": True, "recall_at_20": 0.9, "recall_min_user": 0.5,
-    ...        "exact_ms_per_user": 1.0, "candidates_ms_per_user": 0.5, "speedup": 2.0, "index_search_share": 0.4,
-    ...        "build_s": 0.1, "index_bytes_per_item": 270.0, "params_bytes_per_item": 500, "lists": 63,
-    ...        "candidates": 512, "k": 20}
+    ...        "exact_ms_per_user": 1.0, "candidates_ms_per_user": 0.5, "speedup": 2.0,
+    ...        "index_search_share": 0.4, "build_s": 0.1, "index_bytes_per_item": 270.0,
+    ...        "params_bytes_per_item": 500, "lists": 63, "candidates": 512, "k": 20}
     >>> candidate_tables({"sizes": [row], "command": ["python"], "machine": {}})[4]
     '| 1,000 | 63 | **8** | 0.900 (0.50) | 1.00 | 0.500 | 2.0x | 40% | 0.1 | 270 + 500 |'
     """
@@ -30,9 +34,9 @@ def candidate_tables(data: dict) -> list[str]:
     k = rows[0].get("k", 20)
     out = [f"### Candidate stage against the exact scan (models/candidates.py; {rows[0].get('candidates')} "
            f"candidates, K={k}, medians, ratios within one process)", "",
-           f"| items | IVF cells | cells searched | recall@{k} (worst user) | exact ms/user | candidates ms/user | "
-           "speed-up | share in the index | build s | bytes per item (index + parameters) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           f"| items | IVF cells | cells searched | recall@{k} (worst user) | exact ms/user | "
+           "candidates ms/user | speed-up | share in the index | build s | bytes per item "
+           "(index + parameters) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         nprobe = f"**{r['nprobe']}**" if r.get("default") else str(r["nprobe"])
         out.append(f"| {r['items']:,} | {r.get('lists')} | {nprobe} | {r[f'recall_at_{k}']:.3f} "
@@ -55,7 +59,8 @@ def batched_tables(data: dict) -> list[str]:
            "| items | variant | events/s, one event a message | events/s, batched | batched / single |",
            "|---|---|---|---|---|"]
     for n, m in med.items():
-        for single, batched in (("pipeline_notrain", "pipeline_notrain_batched"), ("pipeline", "pipeline_batched"),
+        for single, batched in (("pipeline_notrain", "pipeline_notrain_batched"),
+                                ("pipeline", "pipeline_batched"),
                                 ("pipeline_notrain", "pipeline_notrain_batched_b2048")):
             a, b = ((m.get(v) or {}).get("events_per_s") for v in (single, batched))
             if a is None and b is None:
@@ -79,12 +84,14 @@ def gpu_tables(kernel: dict | None, engine: dict | None) -> list[str]:
         where = ", ".join((data.get("machine") or {}).get("jax_devices") or []) or data.get("backend", "?")
         if title == "kernel":
             out += [f"### Kernel at large catalogues on {where} (`kernels.step`, median ms per call)", "",
-                    "| items | users | from the host | inputs on the device | µs per user |", "|---|---|---|---|---|"]
-            out += [f"| {r['items']:,} | {r['users']} | {_fmt(r['host_ms'], 2)} | {_fmt(r['device_ms'], 2)} | "
-                    f"{_fmt(r['host_us_per_user'], 1)} |" for r in rows]
+                    "| items | users | from the host | inputs on the device | µs per user |",
+                    "|---|---|---|---|---|"]
+            out += [f"| {r['items']:,} | {r['users']} | {_fmt(r['host_ms'], 2)} | "
+                    f"{_fmt(r['device_ms'], 2)} | {_fmt(r['host_us_per_user'], 1)} |" for r in rows]
         else:
             out += [f"### Engine at large catalogues on {where} (`Engine.process` + `commit`, in memory)", "",
-                    "| items | ranking | events per batch | ms per batch | events/s |", "|---|---|---|---|---|"]
+                    "| items | ranking | events per batch | ms per batch | events/s |",
+                    "|---|---|---|---|---|"]
             out += [f"| {r['items']:,} | {r['mode']} | {r['events_per_batch']} | {_fmt(r['batch_ms'], 1)} | "
                     f"{_fmt(r['events_per_s'])} |" for r in rows]
         out += _provenance(data)

@@ -1,4 +1,5 @@
-"""The web side of request-time ranking: ``GET /recommendations`` on every rank worker and on ``attnflow serve``.
+"""The web side of request-time ranking: ``GET /recommendations`` on every rank worker and on ``attnflow
+serve``.
 
 ``ServingService`` parses a query, queues the request, and answers it from ``models.requests.RequestRanker``.
 Concurrent requests are coalesced (``RequestBatcher``): while one kernel call runs, the requests that
@@ -133,15 +134,20 @@ class ServingMetrics:
         self.batch_seconds.add(seconds)
 
     def snapshot(self) -> dict:
-        return {"responses": {str(k): v for k, v in sorted(self.responses.items())}, "cold_starts": self.cold_starts,
-                "store_retries": self.retries, "batches": self.batches, "batch_size": self.batch_sizes.summary(),
-                "batch_seconds": self.batch_seconds.summary(), "latency_seconds": self.latency_seconds.summary()}
+        return {"responses": {str(k): v for k, v in sorted(self.responses.items())},
+                "cold_starts": self.cold_starts,
+                "store_retries": self.retries, "batches": self.batches,
+                "batch_size": self.batch_sizes.summary(),
+                "batch_seconds": self.batch_seconds.summary(),
+                "latency_seconds": self.latency_seconds.summary()}
 
     def prometheus(self) -> str:
         lines = ["# HELP attnflow_serve_responses_total /recommendations answers by HTTP status",
                  "# TYPE attnflow_serve_responses_total counter"]
-        lines += [f'attnflow_serve_responses_total{{status="{k}"}} {v}' for k, v in sorted(self.responses.items())]
-        for name, value, help_ in (("cold_starts_total", self.cold_starts, "answers for users without a state"),
+        lines += [f'attnflow_serve_responses_total{{status="{k}"}} {v}'
+                  for k, v in sorted(self.responses.items())]
+        for name, value, help_ in (("cold_starts_total", self.cold_starts,
+                                    "answers for users without a state"),
                                    ("batches_total", self.batches, "kernel calls of the request path")):
             lines += [f"# HELP attnflow_serve_{name} {help_}", f"# TYPE attnflow_serve_{name} counter",
                       f"attnflow_serve_{name} {value}"]
@@ -172,13 +178,15 @@ class ServingService:
         self.ready = False
 
     async def start(self) -> None:
-        """Connect, load the catalogue and snapshot, compile every batch bucket; retries while the store is down."""
+        """Connect, load the catalogue and snapshot, compile every batch bucket;
+        retries while the store is down."""
         self.store = self.store or self.settings.store()
         self.ranker = RequestRanker(self.cfg, self.store, self.limits, shared_params=self.shared_params,
                                     popularity_refresh_s=self.settings.popularity_refresh_s)
         max_batch = self.limits.max_batch if self.settings.serve_batching else 1
         self.batcher = RequestBatcher(self.ranker.answer, max_batch, self.settings.serve_batch_window_s,
-                                      max_queue=max(1024, 32 * max_batch), on_batch=self.metrics.observe_batch)
+                                      max_queue=max(1024, 32 * max_batch),
+                                      on_batch=self.metrics.observe_batch)
         loop, delay = asyncio.get_running_loop(), 0.1
         while True:
             try:
@@ -197,7 +205,8 @@ class ServingService:
         self.ready = True
         log.info("serving /recommendations: kernels compiled for batches of %s in %.1fs (batching %s, model "
                  "version %d, %d items)", ",".join(map(str, self.ranker.buckets)), seconds,
-                 "on" if self.settings.serve_batching else "off", self.ranker.model_version, len(self.ranker.ids))
+                 "on" if self.settings.serve_batching else "off", self.ranker.model_version,
+                 len(self.ranker.ids))
 
     async def stop(self) -> None:
         self.ready = False
@@ -286,7 +295,8 @@ def make_app(settings, store=None):
 
 
 def serve(settings, port: int | None = None) -> None:
-    """Run the serve process until SIGINT/SIGTERM on ``settings.web_host`` : ``port`` (default ``serve_port``)."""
+    """Run the serve process until SIGINT/SIGTERM on ``settings.web_host`` :
+    ``port`` (default ``serve_port``)."""
     from aiohttp import web
 
     from models.kernels import enable_compile_cache
@@ -295,5 +305,6 @@ def serve(settings, port: int | None = None) -> None:
     use_event_loop(settings)
     enable_compile_cache(settings.compile_cache_dir)
     port = port or settings.serve_port
-    log.info("attnflow serve on http://%s:%d (Redis prefix %r)", settings.web_host, port, settings.redis_prefix)
+    log.info("attnflow serve on http://%s:%d (Redis prefix %r)", settings.web_host, port,
+             settings.redis_prefix)
     web.run_app(make_app(settings), host=settings.web_host, port=port, access_log=None, print=None)

@@ -28,10 +28,10 @@ class Settings:
     Traceback (most recent call last):
     ...
     ValueError: ATTNFLOW_BATCH_SIZE='many' is not a valid int
-    >>> Settings.from_env({"ATTNFLOW_STATE_MIGRATE_FROM": "history=fifty"})
+    >>> Settings.from_env({"ATTNFLOW_STATE_MIGRATE_FROM": "history=fifty"})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: ATTNFLOW_STATE_MIGRATE_FROM='history=fifty': state layout 'history=fifty': history must be an integer, got 'fifty'
+    ValueError: ATTNFLOW_STATE_MIGRATE_FROM='history=fifty': state layout ...: history must be an integer, ...
     """
 
     # Services
@@ -224,7 +224,8 @@ class Settings:
         if not 0.0 < settings.train_max_share <= 1.0:
             raise ValueError(f"{PREFIX}TRAIN_MAX_SHARE={settings.train_max_share}: must be in (0, 1]")
         if settings.train_negatives < 0:
-            raise ValueError(f"{PREFIX}TRAIN_NEGATIVES={settings.train_negatives}: must be 0 (full softmax) or more")
+            raise ValueError(f"{PREFIX}TRAIN_NEGATIVES={settings.train_negatives}: must be 0 (full "
+                             "softmax) or more")
         if settings.train_yield_s < 0:
             raise ValueError(f"{PREFIX}TRAIN_YIELD_S={settings.train_yield_s}: must be 0 or more")
         if not 0 <= settings.train_nice <= 19:
@@ -249,9 +250,10 @@ class Settings:
             raise ValueError(f"{PREFIX}SERVE_BATCH_SIZE={settings.serve_batch_size}: must be 1 to "
                              f"{EngineConfig.buckets[-1]}")
         if settings.serve_max_k < 1 or settings.serve_max_exclude < 0 or settings.serve_batch_window_s < 0:
-            raise ValueError(f"{PREFIX}SERVE_MAX_K must be at least 1, SERVE_MAX_EXCLUDE and SERVE_BATCH_WINDOW_S "
-                             "at least 0")
-        if settings.popularity_window_s <= 0 or settings.popularity_windows < 1 or settings.popularity_keep < 1:
+            raise ValueError(f"{PREFIX}SERVE_MAX_K must be at least 1, SERVE_MAX_EXCLUDE and "
+                             "SERVE_BATCH_WINDOW_S at least 0")
+        if (settings.popularity_window_s <= 0 or settings.popularity_windows < 1
+                or settings.popularity_keep < 1):
             raise ValueError(f"{PREFIX}POPULARITY_WINDOW_S, _WINDOWS and _KEEP must be positive")
         if not 1 <= settings.explain_events <= settings.history:
             raise ValueError(f"{PREFIX}EXPLAIN_EVENTS={settings.explain_events}: must be 1 to HISTORY "
@@ -285,7 +287,8 @@ class Settings:
     def market_ranks(self) -> tuple[int, ...]:
         """The 0-based list positions of the sponsored slots (``()``: the market is off).
 
-        >>> Settings(sponsored_slots=2).market_ranks(), Settings(sponsored_slots=2, sponsored_ranks=("1", "3")).market_ranks()
+        >>> (Settings(sponsored_slots=2).market_ranks(),
+        ...  Settings(sponsored_slots=2, sponsored_ranks=("1", "3")).market_ranks())
         ((4, 14), (0, 2))
         """
         n, k = self.sponsored_slots, self.k
@@ -296,10 +299,11 @@ class Settings:
         try:
             ranks = tuple(int(r) - 1 for r in self.sponsored_ranks)
         except ValueError:
-            raise ValueError(f"{PREFIX}SPONSORED_RANKS={','.join(self.sponsored_ranks)}: not 1-based ranks") from None
+            raise ValueError(f"{PREFIX}SPONSORED_RANKS={','.join(self.sponsored_ranks)}: "
+                             "not 1-based ranks") from None
         if len(ranks) != n or len(set(ranks)) != n or not all(0 <= r < k for r in ranks):
-            raise ValueError(f"{PREFIX}SPONSORED_RANKS={','.join(self.sponsored_ranks)}: must name {n} distinct "
-                             f"ranks in 1..{k} (one per sponsored slot)")
+            raise ValueError(f"{PREFIX}SPONSORED_RANKS={','.join(self.sponsored_ranks)}: must "
+                             f"name {n} distinct ranks in 1..{k} (one per sponsored slot)")
         return tuple(sorted(ranks))
 
     def topic_min_insync_replicas(self) -> int:
@@ -314,7 +318,8 @@ class Settings:
         return EngineConfig(dim=self.dim, history=self.history, scenes=self.scenes, k=self.k,
                             interest_decay=self.interest_decay, mask_types=self.mask_types,
                             item_chunk=self.item_chunk, initial_capacity=self.initial_capacity,
-                            max_batch=self.batch_size, seed=self.seed, previous_layout=self.state_migrate_from,
+                            max_batch=self.batch_size, seed=self.seed,
+                            previous_layout=self.state_migrate_from,
                             explain_events=self.explain_events if self.explain else 0,
                             candidates_above=self.candidates_above, candidates=self.candidates,
                             candidates_nprobe=self.candidates_nprobe, candidates_lists=self.candidates_lists,
@@ -324,7 +329,8 @@ class Settings:
         from models.training import TrainConfig
 
         return TrainConfig(learning_rate=self.train_learning_rate, batch_size=self.train_batch_size,
-                           replay_steps=self.train_replay_steps, negatives=self.train_negatives, seed=self.seed)
+                           replay_steps=self.train_replay_steps, negatives=self.train_negatives,
+                           seed=self.seed)
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process (workers, tests)."""
@@ -349,7 +355,8 @@ def use_event_loop(settings: Settings) -> None:
         import uvloop
     except ImportError:
         if settings.event_loop == "uvloop":
-            raise RuntimeError(f"{PREFIX}EVENT_LOOP=uvloop but uvloop is not installed (pip install uvloop)") from None
+            raise RuntimeError(f"{PREFIX}EVENT_LOOP=uvloop but uvloop is not installed "
+                               "(pip install uvloop)") from None
         return
     import asyncio
 

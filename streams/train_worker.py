@@ -90,7 +90,8 @@ class TrainWorker:
             self.trainer.learn(examples, n_items)
             self.metrics.examples += len(examples)
             self.metrics.steps = self.trainer.steps
-        self.metrics.loss = None if self.trainer.last_loss != self.trainer.last_loss else self.trainer.last_loss
+        loss = self.trainer.last_loss
+        self.metrics.loss = None if loss != loss else loss  # NaN: no loss yet
         # Examples only queued (fewer than a training batch) leave the parameters as they are: no new
         # snapshot for them, or every worker would reload identical parameters under a new version.
         self._dirty = self._dirty or self.trainer.steps > steps_before
@@ -115,7 +116,8 @@ class TrainWorker:
         self.metrics.published_version, self.metrics.published_ts = version, time.time()
         self._published_at = self.clock()
         self._dirty = False
-        log.info("published parameter snapshot %d (%d steps, loss %s)", version, self.trainer.steps, self.metrics.loss)
+        log.info("published parameter snapshot %d (%d steps, loss %s)", version, self.trainer.steps,
+                 self.metrics.loss)
 
     async def handle(self, events) -> None:
         if not self.budget.ready():
@@ -128,7 +130,8 @@ class TrainWorker:
         for event in events:
             # A trainer that cannot keep up learns from the newest examples instead of an ever older
             # backlog; what it skips is counted, and the events themselves were applied long ago.
-            if self.settings.train_max_lag_s > 0 and event.message.timestamp and event.message.timestamp < horizon:
+            produced = event.message.timestamp
+            if self.settings.train_max_lag_s > 0 and produced and produced < horizon:
                 self.metrics.skipped_stale += 1
                 continue
             good.append(event.value)
@@ -141,7 +144,8 @@ class TrainWorker:
         except ValueError as exc:  # a message from a worker with another layout: skip it, loudly
             log.error("training messages skipped: %s", exc)
             self.metrics.skipped_error += len(good)
-        except Exception:  # noqa: BLE001 -- learning is best effort: ranking and the partition's commits go on
+        except Exception:  # noqa: BLE001
+            # learning is best effort: ranking and the partition's commits go on
             log.exception("training on %d messages failed; they are skipped", len(good))
             self.metrics.skipped_error += len(good)
         # the budget is for learning: time spent waiting for ranking's gaps is not charged

@@ -46,8 +46,9 @@ def redacted(url: str) -> str:
 # included: the least a worker's Redis ACL user needs. (redis-py sends CLIENT SETINFO too, and
 # goes on without it when refused; Redis 7.0 does not know it, so an ACL naming it would fail there.)
 WORKER_COMMANDS = (
-    "get", "mget", "set", "getrange", "exists", "del", "rename", "scan", "llen", "lrange", "rpush", "hget", "hset",
-    "incr", "evalsha", "eval", "script|load", "script|exists", "wait", "ping", "info", "command", "readonly",
+    "get", "mget", "set", "getrange", "exists", "del", "rename", "scan", "llen", "lrange", "rpush", "hget",
+    "hset", "incr", "evalsha", "eval", "script|load", "script|exists", "wait", "ping", "info", "command",
+    "readonly",
     "zincrby", "zremrangebyrank", "expire", "zunion",  # scene popularity (count and read, see below)
     "hgetall", "hexists", "hincrby", "multi", "exec",  # the attention market (campaigns, spend, ledger)
     "client|setname", "cluster|slots", "cluster|shards", "cluster|nodes", "cluster|info", "cluster|myid")

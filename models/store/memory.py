@@ -106,10 +106,12 @@ class MemoryStore:
             for scene in {scene for scene, _, _ in counts}:
                 counted = self.scene_windows[(scene, window)]
                 if len(counted) > self.popularity.keep:
-                    kept = sorted(counted.items(), key=lambda pair: pair[1], reverse=True)[:self.popularity.keep]
+                    by_count = sorted(counted.items(), key=lambda pair: pair[1], reverse=True)
+                    kept = by_count[:self.popularity.keep]
                     self.scene_windows[(scene, window)] = dict(kept)
 
-    def scene_popularity(self, scenes: list[str], limit: int, now: float | None = None) -> dict[str, list[tuple[int, float]]]:
+    def scene_popularity(self, scenes: list[str], limit: int,
+                         now: float | None = None) -> dict[str, list[tuple[int, float]]]:
         latest = self.popularity.window(time.time() if now is None else now)
         out = {}
         with self._lock:
@@ -181,8 +183,8 @@ class MemoryStore:
 
     def clear(self) -> int:
         n = len(self.states)
-        self.states.clear(); self.catalog.clear(); self.ids.clear(); self.snapshots.clear(); self.scene_log.clear()
-        self.scene_windows.clear()
+        for held in (self.states, self.catalog, self.ids, self.snapshots, self.scene_log, self.scene_windows):
+            held.clear()
         self.market.clear()
         return n
 

@@ -27,8 +27,8 @@ class RedisStore:
     ``WAIT``) until that many replicas hold it, and fail as a transient error otherwise.
     """
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "attnflow", keep_snapshots: int = 3,
-                 wait_replicas: int = 0, wait_timeout_ms: int = 2000,
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "attnflow",
+                 keep_snapshots: int = 3, wait_replicas: int = 0, wait_timeout_ms: int = 2000,
                  popularity: PopularityWindows = PopularityWindows()):
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
@@ -170,7 +170,8 @@ class RedisStore:
     def _wait(self, client, node=None) -> None:
         """Redis ``WAIT``: block until ``wait_replicas`` replicas have this connection's writes."""
         command = ("WAIT", self.wait_replicas, self.wait_timeout_ms)
-        acked = client.execute_command(*command, target_nodes=node) if node else client.execute_command(*command)
+        acked = (client.execute_command(*command, target_nodes=node) if node
+                 else client.execute_command(*command))
         if int(acked) < self.wait_replicas:
             raise ReplicationLag(f"{acked} of {self.wait_replicas} replicas confirmed the write within "
                                  f"{self.wait_timeout_ms} ms")
@@ -251,14 +252,16 @@ class RedisStore:
         if counts:
             self._count_scene_items(*self._count_call(counts, now))
 
-    def scene_popularity(self, scenes: list[str], limit: int, now: float | None = None) -> dict[str, list[tuple[int, float]]]:
+    def scene_popularity(self, scenes: list[str], limit: int,
+                         now: float | None = None) -> dict[str, list[tuple[int, float]]]:
         """Per scene, up to ``limit`` ``(item index, events)`` pairs, most counted first, over the newest
         windows (one round trip for all scenes)."""
         if not scenes:
             return {}
         latest = self.popularity.window(time.time() if now is None else now)
         windows = self.popularity.windows
-        keys = [self.popularity_key(scene, w) for scene in scenes for w in range(latest - windows + 1, latest + 1)]
+        keys = [self.popularity_key(scene, w) for scene in scenes
+                for w in range(latest - windows + 1, latest + 1)]
         replies = self._scene_popularity(keys=keys, args=[windows, limit])
         return {scene: sorted(((int(top[i]), float(top[i + 1])) for i in range(0, len(top), 2)),
                               key=lambda pair: (-pair[1], pair[0]))

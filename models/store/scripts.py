@@ -140,8 +140,8 @@ return out
 """
 
 # Fenced write of users' last shown sponsored lists (models.market.book.shown_value): a 16-byte header
-# b"AFSH" + partition <i4, offset <i8, then index <I2 at bytes 17..18 (an event's place in a batched message); a
-# value is skipped when the stored one is from the same partition at the same or a later (offset, index).
+# b"AFSH" + partition <i4, offset <i8, then index <I2 at bytes 17..18 (an event's place in a batched message);
+# a value is skipped when the stored one is from the same partition at the same or a later (offset, index).
 _WRITE_SHOWN = """
 local written = {}
 for i, key in ipairs(KEYS) do
