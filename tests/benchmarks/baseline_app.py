@@ -48,7 +48,8 @@ def make_app(kind: str):
     app = make_faust_app(settings, datadir_name=f"{kind}-{{conf.name}}-data",
                          offset_reset=os.environ.get("BENCH_OFFSET_RESET", "earliest"))
     events = app.topic(names.events, key_type=bytes, value_type=bytes, partitions=settings.partitions)
-    recommendations = app.topic(names.recommendations, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+    recommendations = app.topic(names.recommendations, key_type=bytes, value_type=bytes,
+                                partitions=settings.partitions)
     counters = Counters()
 
     @app.page("/stats")

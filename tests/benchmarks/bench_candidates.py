@@ -1,7 +1,7 @@
 """Candidate stage benchmark: recall@K and ranking throughput of ``models.candidates`` against the exact scan.
 
-    python -m tests.benchmarks.bench_candidates          # 100k and 1M items, writes docs/results/candidates.json
-    python -m tests.benchmarks.bench_candidates --items 5000 --users 32 --reps 1 --out /tmp/c.json   # smoke size
+    python -m tests.benchmarks.bench_candidates       # 100k and 1M items, writes docs/results/candidates.json
+    python -m tests.benchmarks.bench_candidates --items 5000 --users 32 --reps 1 --out /tmp/c.json  # smoke
 
 Item vectors are random but shaped like learned ones: a mixture of clusters of Zipf-distributed
 sizes with per-item norms, Zipf popularity in the counted prior, random biases. Users are the model's
@@ -93,7 +93,8 @@ def bench_size(n_items: int, args, cfg: EngineConfig) -> list[dict]:
     common = {"items": n_items, "users_per_call": args.users, "k": cfg.k, "dim": cfg.dim,
               "candidates": args.candidates, "lists": ranker.index.index.nlist, "faiss_threads": args.threads,
               "build_s": median(builds), "builds": builds, "index_bytes_per_item": size / n_items,
-              "params_bytes_per_item": int(sum(np.asarray(v).nbytes for v in params) / params.item_emb.shape[0])}
+              "params_bytes_per_item": int(sum(np.asarray(v).nbytes for v in params)
+                                           / params.item_emb.shape[0])}
     rows = []
     for nprobe in args.nprobe:
         ranker.index.set_nprobe(nprobe)
@@ -114,15 +115,17 @@ def bench_size(n_items: int, args, cfg: EngineConfig) -> list[dict]:
                "exact_s": exact_s, "candidates_s": staged_s, "load_average_after": os.getloadavg()}
         rows.append(row)
         if not args.quiet:
-            print(f"{n_items:>9,} items, nprobe {nprobe:>3}: recall@{cfg.k} {row[f'recall_at_{cfg.k}']:.3f}  exact "
-                  f"{row['exact_ms_per_user']:.2f} ms/user  candidates {row['candidates_ms_per_user']:.3f} ms/user "
-                  f"({row['speedup']:.1f}x; index {row['index_search_share']:.0%})  build {row['build_s']:.1f}s  "
-                  f"index {row['index_bytes_per_item']:.0f} B/item", flush=True)
+            print(f"{n_items:>9,} items, nprobe {nprobe:>3}: recall@{cfg.k} "
+                  f"{row[f'recall_at_{cfg.k}']:.3f}  exact {row['exact_ms_per_user']:.2f} ms/user  "
+                  f"candidates {row['candidates_ms_per_user']:.3f} ms/user ({row['speedup']:.1f}x; index "
+                  f"{row['index_search_share']:.0%})  build {row['build_s']:.1f}s  index "
+                  f"{row['index_bytes_per_item']:.0f} B/item", flush=True)
     return rows
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--users", type=int, default=256, help="users per ranking call")
     parser.add_argument("--candidates", type=int, default=settings_default("candidates"))

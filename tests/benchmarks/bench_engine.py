@@ -2,12 +2,12 @@
 without Kafka or Faust, at several batch sizes; CPU and wall time per batch.
 
     python -m tests.benchmarks.bench_engine        # 10k items; writes docs/results/engine_bench.json
-    python -m tests.benchmarks.bench_engine --items 1000 --batches 8 32 --reps 2 --out /tmp/e.json  # smoke size
+    python -m tests.benchmarks.bench_engine --items 1000 --batches 8 32 --reps 2 --out /tmp/e.json  # smoke
 
 Needs Redis (``ATTNFLOW_REDIS_URL``; ``deploy/redis.sh start``). CPU is this process's
-(``time.process_time``: all threads, XLA's included). Set beside the pipeline benchmark's CPU per event (``bench.json``), it says how much
-of a worker's CPU the engine takes (state read, kernels, feedback, state write) and how much goes to
-everything around it (Faust, the Kafka clients, the agent). The least-squares line
+(``time.process_time``: all threads, XLA's included). Set beside the pipeline benchmark's CPU per event
+(``bench.json``), it says how much of a worker's CPU the engine takes (state read, kernels, feedback, state
+write) and how much goes to everything around it (Faust, the Kafka clients, the agent). The least-squares line
 ``CPU per batch = fixed + per_event * events`` says what batch size does to the cost of an event:
 every batch pays the fixed part, however few events it holds. Never fails on a timing.
 """
@@ -60,7 +60,8 @@ def bench_batches(engine: Engine, events: list, sizes: list[int], reps: int, log
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512],
                         help="events per batch (the worker's batches are smaller the lower the rate)")
@@ -105,19 +106,22 @@ def main(argv=None) -> dict:
         clear_namespace(settings)
     fixed, per_event = fit_line([r["events"] for r in results], [r["cpu_ms_median"] for r in results])
     report = header()
-    report["parameters"] = {"items": args.items, "users": dataset.n_users, "batches": sizes, "reps": args.reps,
-                            "warmup_batches": warm, "k": settings.k, "history": settings.history, "dim": settings.dim,
+    report["parameters"] = {"items": args.items, "users": dataset.n_users, "batches": sizes,
+                            "reps": args.reps, "warmup_batches": warm, "k": settings.k,
+                            "history": settings.history, "dim": settings.dim,
                             "training_examples": settings.train_enabled, "redis": settings.redis_url,
                             "redis_prefix": settings.redis_prefix}
     report["results"] = results
     report["fit"] = {"cpu_ms_fixed_per_batch": fixed, "cpu_us_per_event": 1e3 * per_event,
-                     "model": "CPU ms per batch = fixed + per_event * events (least squares over the batch sizes)"}
+                     "model": "CPU ms per batch = fixed + per_event * events (least squares over "
+                              "the batch sizes)"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     if not args.quiet:
         print(f"{'events':>7} {'wall ms':>8} {'CPU ms':>8} {'CPU us/event':>12}")
         for r in results:
-            print(f"{r['events']:>7} {r['wall_ms_median']:>8.2f} {r['cpu_ms_median']:>8.2f} {r['cpu_us_per_event']:>12.0f}")
+            print(f"{r['events']:>7} {r['wall_ms_median']:>8.2f} {r['cpu_ms_median']:>8.2f} "
+                  f"{r['cpu_us_per_event']:>12.0f}")
         print(f"fit: {fixed:.2f} ms per batch + {1e3 * per_event:.0f} us per event; wrote {args.out}")
     return report
 

@@ -1,7 +1,7 @@
 """The accelerator path: the kernel and the engine at 100k and 1M items on whatever ``jax.devices()`` gives.
 
-    python -m tests.benchmarks.bench_gpu                 # on a GPU machine: writes docs/results/{kernel,engine}_gpu.json
-    python -m tests.benchmarks.bench_gpu --items 2000 --reps 1 --batches 8 --out-dir /tmp   # smoke size (any machine)
+    python -m tests.benchmarks.bench_gpu      # on a GPU machine: docs/results/{kernel,engine}_gpu.json
+    python -m tests.benchmarks.bench_gpu --items 2000 --reps 1 --batches 8 --out-dir /tmp  # smoke, anywhere
 
 No code changes for the GPU: the kernels are the ones the worker runs (``models.kernels.step`` at the
 engine's bucket sizes) and the engine is ``models.engine.Engine`` (on a ``MemoryStore``, so that the
@@ -39,7 +39,8 @@ def kernel_rows(n_items: int, args, log) -> list[dict]:
         inputs = make_inputs(cfg, B, n_items)
         host = timed(lambda: jit_step(params, inputs, cfg, 0), args.reps, warmup=2)
         device = timed(resident_step(params, inputs, cfg, 0), args.reps, warmup=2)
-        rows.append({"items": n_items, "users": B, "host_ms": 1e3 * median(host), "device_ms": 1e3 * median(device),
+        rows.append({"items": n_items, "users": B, "host_ms": 1e3 * median(host),
+                     "device_ms": 1e3 * median(device),
                      "host_us_per_user": 1e6 * median(host) / B, "host_s": host, "device_s": device})
         log(f"kernel {n_items:>9,} items, {B:>4} users: {rows[-1]['host_ms']:.2f} ms from the host, "
             f"{rows[-1]['device_ms']:.2f} ms on the device")
@@ -91,17 +92,21 @@ def engine_rows(n_items: int, args, log) -> list[dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 512], help="users per kernel call")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--engine-events", type=int, default=512, help="events per engine batch")
-    parser.add_argument("--engine-batches", type=int, default=None, help="timed engine batches (default --reps * 3)")
+    parser.add_argument("--engine-batches", type=int, default=None,
+                        help="timed engine batches (default --reps * 3)")
     parser.add_argument("--no-candidates", action="store_true", help="engine: the exact scan only")
-    parser.add_argument("--redis", action="store_true", help="engine on ATTNFLOW_REDIS_URL instead of in memory")
+    parser.add_argument("--redis", action="store_true",
+                        help="engine on ATTNFLOW_REDIS_URL instead of in memory")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
-    parser.add_argument("--suffix", default="_gpu", help="files are kernel<suffix>.json and engine<suffix>.json")
+    parser.add_argument("--suffix", default="_gpu",
+                        help="files are kernel<suffix>.json and engine<suffix>.json")
     parser.add_argument("--quiet", action="store_true")
     return parser
 

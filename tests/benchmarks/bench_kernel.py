@@ -1,6 +1,6 @@
 """Kernel benchmark: the jitted ``models.kernels.step`` against NumPy on identical inputs.
 
-    python -m tests.benchmarks.bench_kernel                    # 10k and 100k items, writes docs/results/kernel_bench.json
+    python -m tests.benchmarks.bench_kernel        # 10k and 100k items: docs/results/kernel_bench.json
     python -m tests.benchmarks.bench_kernel --items 1000 --batch 8 --reps 1 --out /tmp/k.json   # smoke size
 
 Three implementations of one micro-batch (fold one new event per user into the scene interests,
@@ -14,7 +14,8 @@ attend over a 50-event history, score the whole catalogue, top-K):
 
 Also: the chunked running top-K (``chunk`` < table rows; whole chunks, then the default chunk with
 its finer steps over the catalogue's last partial chunk) against one matmul, the jitted step at
-several batch sizes, and one optimiser step of the online trainer (full against sampled softmax). Medians of ``--reps`` runs after warm-up; never fails on a timing.
+several batch sizes, and one optimiser step of the online trainer (full against sampled softmax). Medians of
+``--reps`` runs after warm-up; never fails on a timing.
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def bench_params(cfg: EngineConfig, capacity: int, seed: int = 1) -> Params:
     # the counted fields (popularity, neighbours) stay empty: the NumPy twins here do not score them, and
     # the kernel's cost does not depend on their values (every neighbour slot is gathered and scattered)
     return params._replace(**{name: value + 0.3 * jax.random.normal(next(keys), value.shape)
-                              for name, value in params._asdict().items() if name != "item_emb" and name not in COUNTED})
+                              for name, value in params._asdict().items() if name != "item_emb"
+                              and name not in COUNTED})
 
 
 def make_inputs(cfg: EngineConfig, B: int, n_items: int, seed: int = 0) -> dict:
@@ -78,7 +80,8 @@ def jit_step(params: Params, inputs: dict, cfg: EngineConfig, chunk: int, tail: 
     """``kernels.step`` as the engine calls it (``tail``: the backend's default when None); returns NumPy
     (top_items, top_scores)."""
     out = kernels.step(params, inputs["interest"], inputs["weight"], inputs["fold"], inputs["ranks"],
-                       jnp.int32(inputs["n_items"]), k=cfg.k, chunk=chunk, gamma=cfg.interest_decay, tail=tail)
+                       jnp.int32(inputs["n_items"]), k=cfg.k, chunk=chunk, gamma=cfg.interest_decay,
+                       tail=tail)
     _, _, items, scores = out
     return np.asarray(items), np.asarray(scores)
 
@@ -91,8 +94,9 @@ def resident_step(params: Params, inputs: dict, cfg: EngineConfig, chunk: int):
     n_items = jnp.int32(inputs["n_items"])
 
     def run():
-        out = kernels.step(params, jnp.copy(on_device["interest"]), jnp.copy(on_device["weight"]), on_device["fold"],
-                           on_device["ranks"], n_items, k=cfg.k, chunk=chunk, gamma=cfg.interest_decay)
+        out = kernels.step(params, jnp.copy(on_device["interest"]), jnp.copy(on_device["weight"]),
+                           on_device["fold"], on_device["ranks"], n_items, k=cfg.k, chunk=chunk,
+                           gamma=cfg.interest_decay)
         return jax.block_until_ready(out)
     return run
 
@@ -123,7 +127,8 @@ def numpy_step(p: dict, inputs: dict, cfg: EngineConfig):
     added_w = np.bincount(fold.slot, weights=contrib, minlength=B * S + 1).astype(np.float32)
     kept = weight * gamma ** fold.slot_count.astype(np.float32)
     new_w = kept + added_w[: B * S].reshape(B, S)
-    interest = (interest * kept[..., None] + added[: B * S].reshape(B, S, d)) / np.maximum(new_w, 1e-12)[..., None]
+    summed = interest * kept[..., None] + added[: B * S].reshape(B, S, d)
+    interest = summed / np.maximum(new_w, 1e-12)[..., None]
     # attention over the history + scene transfer (same as kernels.user_vectors)
     scale = np.float32(1.0 / np.sqrt(d))
     valid = ranks.hist_item >= 0
@@ -167,7 +172,8 @@ def reference_step(params: Params, inputs: dict, cfg: EngineConfig, users: int):
     S = cfg.n_scenes
     events = [(int(s) // S, int(s) % S, int(i), int(t))
               for s, i, t in zip(fold.slot[:users], fold.item[:users], fold.type[:users])]
-    new_i, new_w = reference.fold_interests(params, interest[:users], weight[:users], events, cfg.interest_decay)
+    new_i, new_w = reference.fold_interests(params, interest[:users], weight[:users], events,
+                                            cfg.interest_decay)
     out_items, out_scores = [], []
     with_history = "hist_item" in inspect.signature(reference.top_k).parameters  # repeat score in the model
     for b in range(users):
@@ -199,7 +205,8 @@ def bench_catalogue(n_items: int, args, log) -> dict:
     capacity = capacity_for(n_items, 16384 if n_items > 1024 else 1024)
     cfg = EngineConfig(dim=args.dim, history=args.history, k=args.k, initial_capacity=capacity,
                        max_batch=max(args.batch, 8))
-    cfg = replace(cfg, item_chunk=kernels.resolve_chunk(cfg.item_chunk))  # the chunk a worker here runs, by number
+    # the chunk a worker here runs, by number
+    cfg = replace(cfg, item_chunk=kernels.resolve_chunk(cfg.item_chunk))
     params = bench_params(cfg, capacity)
     inputs = make_inputs(cfg, args.batch, n_items)
     p_np = numpy_params(params)
@@ -225,23 +232,29 @@ def bench_catalogue(n_items: int, args, log) -> dict:
     out["step"] = {"jit": summary(jit_t, B), "jit_device_resident": summary(resident_t, B),
                    "numpy_vectorised": summary(np_t, B),
                    "reference_loop": {**summary(ref_t, ref_users),
-                                      "note": f"timed on {ref_users} of {B} users; per-batch figure extrapolated"}}
-    out["step"]["reference_loop"]["batch_ms_extrapolated"] = out["step"]["reference_loop"]["per_user_us"] * B / 1e3
+                                      "note": f"timed on {ref_users} of {B} users; per-batch "
+                                              "figure extrapolated"}}
+    reference_loop = out["step"]["reference_loop"]
+    reference_loop["batch_ms_extrapolated"] = reference_loop["per_user_us"] * B / 1e3
     out["agreement"] = {"jit_vs_reference": agreement(jit_items, ref_items),
                         "numpy_vs_reference": agreement(np_items, ref_items),
-                        "jit_vs_numpy": agreement(jit_items, np_items), "users_compared_with_reference": ref_users}
+                        "jit_vs_numpy": agreement(jit_items, np_items),
+                        "users_compared_with_reference": ref_users}
     jit_us = out["step"]["jit"]["per_user_us"]
-    out["speedup"] = {"jit_over_numpy_vectorised": ratio(out["step"]["numpy_vectorised"]["per_user_us"], jit_us),
+    out["speedup"] = {"jit_over_numpy_vectorised": ratio(out["step"]["numpy_vectorised"]["per_user_us"],
+                                                         jit_us),
                       "jit_over_reference_loop": ratio(out["step"]["reference_loop"]["per_user_us"], jit_us),
-                      "numpy_vectorised_over_reference_loop": ratio(out["step"]["reference_loop"]["per_user_us"],
-                                                                    out["step"]["numpy_vectorised"]["per_user_us"])}
+                      "numpy_vectorised_over_reference_loop": ratio(
+                          out["step"]["reference_loop"]["per_user_us"],
+                          out["step"]["numpy_vectorised"]["per_user_us"])}
 
     # Chunked running top-K vs one matmul over the whole table, at a large and a small batch: whole
     # chunks alone (tail = chunk), then the default chunk with its default tail steps where they differ.
     candidates = sorted({c for c in (capacity, 262144, 65536, 32768, 16384, 8192, 4096, 2048)
                          if c <= capacity and capacity % c == 0}, reverse=True)
     default = min(cfg.item_chunk, capacity)  # what the default chunk scores per step on this table
-    chunks = sorted(set(candidates[: args.max_chunks]) | {default} & set(candidates), reverse=True)  # always the default
+    # always the default
+    chunks = sorted(set(candidates[: args.max_chunks]) | {default} & set(candidates), reverse=True)
     plans = [(chunk, chunk) for chunk in chunks]
     if kernels.resolve_tail(cfg.item_chunk) < default:
         plans.append((default, kernels.resolve_tail(cfg.item_chunk)))
@@ -255,7 +268,8 @@ def bench_catalogue(n_items: int, args, log) -> dict:
             seconds = timed(lambda: jit_step(params, sub, cfg, chunk, tail), args.reps, warmup=1)
             row = {"batch": b, "chunk": chunk, "tail": tail, "n_chunks": capacity // chunk,
                    "single_matmul": chunk >= capacity and tail == chunk,
-                   "items_scored": kernels.items_scored(n_items, capacity, cfg.k, chunk, tail), **summary(seconds, b)}
+                   "items_scored": kernels.items_scored(n_items, capacity, cfg.k, chunk, tail),
+                   **summary(seconds, b)}
             if baseline is None:
                 baseline, base_items = row["median_ms"], items
             row["speedup_vs_single_matmul"] = ratio(baseline, row["median_ms"])
@@ -301,42 +315,47 @@ def table(results: dict) -> str:
         jit = r["step"]["jit"]["per_user_us"]
         for name, row in r["step"].items():
             batch_ms = row.get("batch_ms_extrapolated", row["median_ms"])
-            agree = {"jit": r["agreement"]["jit_vs_reference"], "numpy_vectorised": r["agreement"]["numpy_vs_reference"]}
+            agree = {"jit": r["agreement"]["jit_vs_reference"],
+                     "numpy_vectorised": r["agreement"]["numpy_vs_reference"]}
             lines.append(f"{r['n_items']:>8} {name:<18} {batch_ms:>10.2f} {row['per_user_us']:>10.2f} "
                          f"{row['per_user_us'] / jit:>12.1f}x  "
                          f"{'' if agree.get(name) is None else f'{agree[name]:.3f} vs reference'}")
     lines.append("")
-    lines.append(f"{'items':>8} {'batch':>6} {'chunk':>7} {'tail':>6} {'n_chunks':>8} {'scored':>8} {'ms/batch':>10} "
-                 f"{'vs single':>10}")
+    lines.append(f"{'items':>8} {'batch':>6} {'chunk':>7} {'tail':>6} {'n_chunks':>8} {'scored':>8} "
+                 f"{'ms/batch':>10} {'vs single':>10}")
     for r in results.values():
         for row in r["chunking"]:
-            lines.append(f"{r['n_items']:>8} {row['batch']:>6} {row['chunk']:>7} {row.get('tail', row['chunk']):>6} "
-                         f"{row['n_chunks']:>8} {row.get('items_scored', ''):>8} {row['median_ms']:>10.2f} "
+            lines.append(f"{r['n_items']:>8} {row['batch']:>6} {row['chunk']:>7} "
+                         f"{row.get('tail', row['chunk']):>6} {row['n_chunks']:>8} "
+                         f"{row.get('items_scored', ''):>8} {row['median_ms']:>10.2f} "
                          f"{row['speedup_vs_single_matmul']:>9.2f}x")
     lines.append("")
     lines.append(f"{'items':>8} {'train step full ms':>19} {'sampled ms':>11} {'full/sampled':>13}")
     for r in results.values():
         t = r.get("train_step") or {}
         if t:
-            lines.append(f"{r['n_items']:>8} {t['full_softmax']['median_ms']:>19.2f} {t['sampled']['median_ms']:>11.2f} "
-                         f"{t['sampled_over_full']:>12.1f}x")
+            lines.append(f"{r['n_items']:>8} {t['full_softmax']['median_ms']:>19.2f} "
+                         f"{t['sampled']['median_ms']:>11.2f} {t['sampled_over_full']:>12.1f}x")
     lines.append("")
     lines.append(f"{'items':>8} {'batch':>6} {'ms/batch':>10} {'us/user':>10}   (jit step, default chunk)")
     for r in results.values():
         for row in r["batch_sizes"]:
-            lines.append(f"{r['n_items']:>8} {row['batch']:>6} {row['median_ms']:>10.2f} {row['per_user_us']:>10.2f}")
+            lines.append(f"{r['n_items']:>8} {row['batch']:>6} {row['median_ms']:>10.2f} "
+                         f"{row['per_user_us']:>10.2f}")
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, nargs="+", default=None,
                         help="catalogue sizes (default 10000 100000, plus 1000000 when a GPU is visible)")
     parser.add_argument("--batch", type=int, default=512, help="users per batch (B)")
     parser.add_argument("--history", type=int, default=50)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--reps", type=int, default=7, help="timed repetitions after warm-up (median reported)")
+    parser.add_argument("--reps", type=int, default=7,
+                        help="timed repetitions after warm-up (median reported)")
     parser.add_argument("--reference-users", type=int, default=32,
                         help="users timed with the per-user reference (a quarter of that above 20k items)")
     parser.add_argument("--max-chunks", type=int, default=5, help="how many chunk sizes to try per catalogue")

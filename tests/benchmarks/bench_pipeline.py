@@ -1,6 +1,6 @@
 """End-to-end benchmark on the real Kafka broker and Redis server: throughput, latency, cost per event.
 
-    python -m tests.benchmarks.bench_pipeline            # full: 3 runs, 10k and 100k items (~20 min on 2 shared cores)
+    python -m tests.benchmarks.bench_pipeline            # full: 3 runs, 10k and 100k items (~20 min, 2 cores)
     python -m tests.benchmarks.bench_pipeline --quick    # smoke check: small backlog, 1 run, short phases
     python -m tests.benchmarks.bench_pipeline --profile  # also py-spy a worker at max throughput
 
@@ -43,8 +43,8 @@ advances when a batch is done: outputs delivered and state written; from the fir
 last; two workers from the moment the group is stable), then, with the same worker
 caught up, latency at 25/50/75% of that maximum; the pipeline's variants run at fractions of the
 ``pipeline``'s maximum in the same run, so that they compare at equal load (events carry their produce
-time in ``ts``; latency = the recommendation's Kafka timestamp minus it), Redis commands / socket reads / bytes per event
-(``INFO`` deltas; this Redis must serve only the benchmark), kernel time and batch sizes from
+time in ``ts``; latency = the recommendation's Kafka timestamp minus it), Redis commands / socket reads /
+bytes per event (``INFO`` deltas; this Redis must serve only the benchmark), kernel time and batch sizes from
 ``/stats``, RSS and CPU of each worker. Medians over runs, ratios between variants. Never fails on
 a timing: a phase that runs out of time is recorded as such.
 """
@@ -74,10 +74,10 @@ from streams.topics import TopicNames, ensure_topics
 from tests.benchmarks.common import REPO, RESULTS, header, median, ratio
 from tests.benchmarks.cpu import CpuMeter, listener_pid, process_cpu_s
 
-VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "noop_faust_eager", "pipeline_stub", "pipeline",
-            "pipeline_notrain", "pipeline_notrain_stock", "pipeline_notrain_d1", "pipeline_notrain_d2",
-            "pipeline_nomerge", "pipeline_split", "pipeline_2w", "naive", "pipeline_batched",
-            "pipeline_notrain_batched", "pipeline_notrain_batched_b2048")
+VARIANTS = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "noop_faust_eager", "pipeline_stub",
+            "pipeline", "pipeline_notrain", "pipeline_notrain_stock", "pipeline_notrain_d1",
+            "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_split", "pipeline_2w", "naive",
+            "pipeline_batched", "pipeline_notrain_batched", "pipeline_notrain_batched_b2048")
 # Variants that read the same backlog sent as batched messages (``streams.codec.encode_events``: a JSON
 # array of up to ``--batch-events`` events a message, grouped by partition as ``streams.replay`` does)
 BATCHED_VARIANTS = ("pipeline_batched", "pipeline_notrain_batched", "pipeline_notrain_batched_b2048")
@@ -88,8 +88,10 @@ STOCK_FAUST = {"eager_delivery": False, "faust_message_stats": True, "faust_cyth
 # Worker variants: (which app runs, how its settings differ from the pipeline's defaults).
 WORKER_VARIANTS = {
     "pipeline": ("pipeline", {}),
-    "pipeline_notrain": ("pipeline", {"train_enabled": False}),  # the rank path alone: no examples, no trainer
-    "pipeline_notrain_stock": ("pipeline", {"train_enabled": False, "eager_delivery": False}),  # stock Faust delivery
+    # the rank path alone: no examples, no trainer
+    "pipeline_notrain": ("pipeline", {"train_enabled": False}),
+    # stock Faust delivery
+    "pipeline_notrain_stock": ("pipeline", {"train_enabled": False, "eager_delivery": False}),
     "pipeline_notrain_d1": ("pipeline", {"train_enabled": False, "pipeline_depth": 1}),
     "pipeline_notrain_d2": ("pipeline", {"train_enabled": False, "pipeline_depth": 2}),
     "pipeline_nomerge": ("pipeline", {"batch_merge": False, "batch_within_s": 0.02}),
@@ -99,7 +101,8 @@ WORKER_VARIANTS = {
     "naive": ("naive", {}),
     "noop_faust": ("noop", STOCK_FAUST),  # stock Faust: its own ceiling
     "noop_faust_asyncio": ("noop", {**STOCK_FAUST, "event_loop": "asyncio"}),
-    "noop_faust_eager": ("noop", {}),  # Faust as the worker configures it (eager delivery, lean Monitor, Cython paths)
+    # Faust as the worker configures it (eager delivery, lean Monitor, Cython paths)
+    "noop_faust_eager": ("noop", {}),
     # the real rank worker with a stub engine (tests/benchmarks/stub_app.py): Faust, agent and outputs
     "pipeline_stub": ("stub", {"train_enabled": False}),
     "pipeline_batched": ("pipeline", {}),
@@ -111,9 +114,9 @@ LATENCY_VARIANTS = ("pipeline", "naive", "pipeline_notrain", "pipeline_notrain_s
                     "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_split")
 # Measured on the first catalogue only (time budget): the baselines that never look at item ids, and the
 # pipeline variants whose question (trainer cost, scaling) the first catalogue answers.
-FIRST_CATALOGUE_ONLY = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "noop_faust_eager", "pipeline_stub",
-                        "pipeline_notrain", "pipeline_notrain_stock", "pipeline_notrain_d1", "pipeline_notrain_d2",
-                        "pipeline_nomerge", "pipeline_split", "pipeline_2w")
+FIRST_CATALOGUE_ONLY = ("raw_aiokafka", "noop_faust", "noop_faust_asyncio", "noop_faust_eager",
+                        "pipeline_stub", "pipeline_notrain", "pipeline_notrain_stock", "pipeline_notrain_d1",
+                        "pipeline_notrain_d2", "pipeline_nomerge", "pipeline_split", "pipeline_2w")
 EVENT_TYPES = ("view", "click", "cart", "purchase")
 TYPE_P = (0.75, 0.15, 0.07, 0.03)
 SCENES = ("default", "home", "search", "product")
@@ -155,7 +158,8 @@ class Dataset:
     def _columns(self, n: int):
         rng = self.rng
         items = self._popularity[rng.choice(self.n_items, n, p=self._item_p)]
-        return (rng.integers(0, self.n_users, n), items, rng.choice(4, n, p=TYPE_P), rng.choice(4, n, p=SCENE_P))
+        return (rng.integers(0, self.n_users, n), items, rng.choice(4, n, p=TYPE_P),
+                rng.choice(4, n, p=SCENE_P))
 
     def events(self, n: int, ts0: float, step: float = 1e-4, prefix: str = "b") -> list[tuple[bytes, bytes]]:
         users, items, types, scenes = self._columns(n)
@@ -170,7 +174,8 @@ class Dataset:
     def live(self, n: int):
         """Columns for ``n`` live events; the caller stamps ``ts`` at send time."""
         users, items, types, scenes = self._columns(n)
-        return [(f"u{u}", self.item_ids[i], EVENT_TYPES[t], SCENES[s]) for u, i, t, s in zip(users, items, types, scenes)]
+        return [(f"u{u}", self.item_ids[i], EVENT_TYPES[t], SCENES[s])
+                for u, i, t, s in zip(users, items, types, scenes)]
 
 
 def batched(pairs: list[tuple[bytes, bytes]], partitions: int, max_events: int) -> list[tuple[bytes, bytes]]:
@@ -233,7 +238,8 @@ def produce_at_rate(settings: Settings, dataset: Dataset, rate: float, seconds: 
     return asyncio.run(_produce_at_rate(settings, dataset, rate, seconds, desc))
 
 
-async def _produce_at_rate(settings: Settings, dataset: Dataset, rate: float, seconds: float, desc: str) -> dict:
+async def _produce_at_rate(settings: Settings, dataset: Dataset, rate: float, seconds: float,
+                           desc: str) -> dict:
     from aiokafka import AIOKafkaProducer
     from tqdm import tqdm
 
@@ -254,8 +260,9 @@ async def _produce_at_rate(settings: Settings, dataset: Dataset, rate: float, se
                 due = min(len(columns), int((time.time() - started) * rate) + 1)
                 now = time.time()
                 deliveries += await outbox.send(
-                    (topic, user.encode(), orjson.dumps({"user_id": user, "item_id": item, "type": etype, "ts": now,
-                                                         "scene": scene, "event_id": f"l{sent + i}"}))
+                    (topic, user.encode(),
+                     orjson.dumps({"user_id": user, "item_id": item, "type": etype, "ts": now,
+                                   "scene": scene, "event_id": f"l{sent + i}"}))
                     for i, (user, item, etype, scene) in enumerate(columns[sent:due]))
                 bar.update(due - sent)
                 sent = due
@@ -265,8 +272,8 @@ async def _produce_at_rate(settings: Settings, dataset: Dataset, rate: float, se
         await kafka.stop()
     took = time.time() - started
     return {"sent": sent, "seconds": took, "rate_achieved": sent / took,
-            "failed_batches": sum(isinstance(o, BaseException) for o in outcomes), "producer": "aiokafka record batches",
-            "start": started, "end": started + took}
+            "failed_batches": sum(isinstance(o, BaseException) for o in outcomes),
+            "producer": "aiokafka record batches", "start": started, "end": started + took}
 
 
 # ---- worker processes ----------------------------------------------------------------------
@@ -445,11 +452,14 @@ def redis_info(client) -> dict:
 def redis_delta(before: dict, after: dict, events: int, kind: str = "pipeline") -> dict | None:
     if not events:
         return None
-    per = lambda key: (after[key] - before[key]) / events if after.get(key) is not None else None  # noqa: E731
+    def per(key):
+        return (after[key] - before[key]) / events if after.get(key) is not None else None
+
     calls = {c: (n - before["calls"].get(c, 0)) / events for c, n in after["calls"].items()
              if n - before["calls"].get(c, 0) > 0 and c not in ("info", "client|setinfo", "hello")}
     # Client round trips, from what each design sends: the pipeline one pipelined read (MGET, item-index
-    # script, LLEN, GET: one LLEN each) and one write script per batch; the naive one GET and one SET per event.
+    # script, LLEN, GET: one LLEN each) and one write script per batch; the naive
+    # one GET and one SET per event.
     if kind == "pipeline":
         trips = 2 * calls.get("llen", 0)
     elif kind == "naive":
@@ -461,7 +471,8 @@ def redis_delta(before: dict, after: dict, events: int, kind: str = "pipeline") 
             "bytes_in_per_event": per("net_in"), "bytes_out_per_event": per("net_out"),
             "calls_per_event": dict(sorted(calls.items())), "events": events,
             "note": "commands include those run inside Lua scripts (GETRANGE/SET of the fenced write); "
-                    "socket reads > round trips when a request is large (a 500-state write arrives in many reads)"}
+                    "socket reads > round trips when a request is large (a 500-state write "
+                    "arrives in many reads)"}
 
 
 # ---- phases --------------------------------------------------------------------------------
@@ -519,8 +530,8 @@ def consume_backlog(workers: list[Worker], target: int, cap_s: float, kafka: Kaf
         window = "first to last batch (worker clock)"
     return {
         "events_per_s": (total - c0) / seconds if seconds > 0 and total > c0 else None,
-        "events_per_s_per_worker": ((total - c0) / seconds / len(workers)) if seconds > 0 and total > c0 else None,
-        "seconds": seconds, "events_counted": total - c0, "capped": capped,
+        "events_per_s_per_worker": ((total - c0) / seconds / len(workers)) if seconds > 0
+        and total > c0 else None, "seconds": seconds, "events_counted": total - c0, "capped": capped,
         "window": window,
         "group_stable_after_first_s": (t_stable - t_first) if len(workers) > 1 else None,
         "per_worker_events": counts,
@@ -605,10 +616,12 @@ def send_and_collect(workers: list[Worker], kafka: Kafka, dataset: Dataset, rate
         doc = orjson.loads(message.value)
         if doc.get("event_ts", 0) < sent["start"] - 1:
             continue
-        rows.append((doc["event_ts"], message.timestamp / 1000.0 - doc["event_ts"], doc["emitted_ts"] - doc["event_ts"]))
+        rows.append((doc["event_ts"], message.timestamp / 1000.0 - doc["event_ts"],
+                     doc["emitted_ts"] - doc["event_ts"]))
     rows.sort()
     return {"sent": sent, "stats0": stats0, "stats1": stats1, "cpu": cpu_usage,
-            "event_ts": [r[0] for r in rows], "to_recommendation": [r[1] for r in rows], "to_emit": [r[2] for r in rows]}
+            "event_ts": [r[0] for r in rows], "to_recommendation": [r[1] for r in rows],
+            "to_emit": [r[2] for r in rows]}
 
 
 def latency_phase(workers: list[Worker], kafka: Kafka, dataset: Dataset, rate: float, seconds: float,
@@ -636,7 +649,8 @@ def latency_phase(workers: list[Worker], kafka: Kafka, dataset: Dataset, rate: f
 
     def window(key):  # the worker's own percentiles (its window also holds earlier phases' batches)
         q = [s.get(key) or {} for s in stats1]
-        return {p: (q[0].get(p) * 1e3 if q and q[0].get(p) is not None else None) for p in ("p50", "p95", "p99")}
+        return {p: (q[0].get(p) * 1e3 if q and q[0].get(p) is not None else None)
+                for p in ("p50", "p95", "p99")}
 
     def stage_means():  # mean ms per event in each stage over this phase (worker-side, all workers)
         out = {}
@@ -649,8 +663,9 @@ def latency_phase(workers: list[Worker], kafka: Kafka, dataset: Dataset, rate: f
             out[stage] = 1e3 * seconds / events if events else None
         return out
 
-    return {"rate_target": rate, "rate_achieved": sent["rate_achieved"], "sent": sent["sent"], "consumed": consumed,
-            "drained": consumed >= sent["sent"], "mean_batch_events": consumed / batches if batches else None,
+    return {"rate_target": rate, "rate_achieved": sent["rate_achieved"], "sent": sent["sent"],
+            "consumed": consumed, "drained": consumed >= sent["sent"],
+            "mean_batch_events": consumed / batches if batches else None,
             "event_to_recommendation": latency_percentiles(lat_kafka),
             "event_to_emit": latency_percentiles(run["to_emit"]),
             "event_to_recommendation_mean_ms": 1e3 * float(np.mean(lat_kafka)) if lat_kafka else None,
@@ -668,11 +683,13 @@ class Context:
     redis: object
     log_dir: Path
     tag: str
-    services: dict = field(default_factory=dict)  # pids of the broker and Redis, when they run on this machine
+    # pids of the broker and Redis, when they run on this machine
+    services: dict = field(default_factory=dict)
 
     def meter(self, workers: list[Worker], trainers: list[Worker] = ()) -> CpuMeter:
         """CPU accounting for one variant: its processes, the services, and this process (load generator)."""
-        return CpuMeter({"worker": [w.process.pid for w in workers], "trainer": [t.process.pid for t in trainers],
+        return CpuMeter({"worker": [w.process.pid for w in workers],
+                         "trainer": [t.process.pid for t in trainers],
                          **{name: [pid] for name, pid in self.services.items()}, "benchmark": [os.getpid()]},
                         threads_of=("worker", "trainer"))
 
@@ -726,7 +743,8 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
         register_catalogue(settings, dataset)
     workers = []
     for i in range(n_workers):
-        workers.append(start_worker(kind, replace(settings, web_port=free_port()) if i else settings, ctx.log_dir))
+        workers.append(start_worker(kind, replace(settings, web_port=free_port()) if i else settings,
+                                    ctx.log_dir))
     trainers = start_trainers(name, settings, ctx)
     out: dict = {"workers": n_workers}
     profiler = None
@@ -764,8 +782,8 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
         fractions = fractions_for(args, name, dataset.n_items, profile)
         latency_wanted = name in LATENCY_VARIANTS or (profile and kind == "pipeline")
         # Fractions of a fixed rate when comparing runs with each other. Otherwise the pipeline's variants
-        # (no trainer, depths, batching, dedicated trainer) run at the pipeline's maximum in this run, so that their latency
-        # rows compare at equal load; the pipeline and the baselines at their own maximum.
+        # (no trainer, depths, batching, dedicated trainer) run at the pipeline's maximum in this run, so that
+        # their latency rows compare at equal load; the pipeline and the baselines at their own maximum.
         same_load = kind == "pipeline" and name != "pipeline" and max_rates.get("pipeline")
         base = args.latency_base_rate or same_load or rate
         out["latency_base_rate"] = base
@@ -783,7 +801,8 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
             workers = [start_worker(kind, settings, ctx.log_dir)]
             trainers = start_trainers(name, settings, ctx)
             wait_ready(workers + trainers)
-            out["live_start_to_ready_s"] = time.perf_counter() - ready_started  # a new worker on a live catalogue
+            # a new worker on a live catalogue
+            out["live_start_to_ready_s"] = time.perf_counter() - ready_started
             out["latency_group_stable"] = wait_stable(ctx.kafka, settings.app_id, 1)
             out["latency"] = {}
             for fraction in fractions:
@@ -820,7 +839,8 @@ def run_worker_variant(ctx: Context, name: str, ds_settings: Settings, dataset: 
 
 
 def start_trainers(name: str, settings: Settings, ctx: Context) -> list[Worker]:
-    """The dedicated trainer beside a rank-only worker (``pipeline_split``), in the same group and namespace."""
+    """The dedicated trainer beside a rank-only worker (``pipeline_split``), in
+    the same group and namespace."""
     if WORKER_VARIANTS[name][1].get("role") != "rank" or not settings.train_enabled:
         return []
     return [start_worker("pipeline", replace(settings, role="train", web_port=free_port()), ctx.log_dir)]
@@ -854,8 +874,9 @@ def start_profiler(worker: Worker, ctx: Context, suffix: str = ""):
         log("py-spy not found (pip install py-spy); no profile")
         return None
     path = ctx.log_dir / f"profile-{worker.settings.app_id}{suffix}.txt"
-    proc = subprocess.Popen([exe, "record", "--pid", str(worker.process.pid), "--rate", "200", "--format", "raw",
-                             "--threads", "--idle", "--full-filenames", "--nonblocking", "-o", str(path), "--duration", "600"],
+    proc = subprocess.Popen([exe, "record", "--pid", str(worker.process.pid), "--rate", "200", "--format",
+                             "raw", "--threads", "--idle", "--full-filenames", "--nonblocking", "-o",
+                             str(path), "--duration", "600"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     proc.output_path = path
     return proc
@@ -873,7 +894,8 @@ def stop_profiler(proc, seconds) -> dict:
     path = proc.output_path
     if not path.exists():
         return {"error": f"py-spy wrote nothing: {proc.stderr.read().decode()[-500:]}"}
-    return {"raw_profile": str(path), "sampled_s": seconds, **summarise(path.read_text(), rate=200, seconds=seconds)}
+    return {"raw_profile": str(path), "sampled_s": seconds,
+            **summarise(path.read_text(), rate=200, seconds=seconds)}
 
 
 # ---- the run -------------------------------------------------------------------------------
@@ -881,7 +903,8 @@ def stop_profiler(proc, seconds) -> dict:
 def run_once(ctx: Context, run: int, n_items: int, variants: list[str], first_catalogue: bool) -> dict:
     args = ctx.args
     prefix = f"b{ctx.tag}r{run}i{n_items // 1000}k."
-    ds_settings = replace(ctx.base, topic_prefix=prefix, app_id=f"bench-{ctx.tag}", redis_prefix=f"bench-{ctx.tag}",
+    ds_settings = replace(ctx.base, topic_prefix=prefix, app_id=f"bench-{ctx.tag}",
+                          redis_prefix=f"bench-{ctx.tag}",
                           initial_capacity=max(16384, 1 << (n_items - 1).bit_length()),
                           log_level="warn", partitions=4)
     ensure_topics(ds_settings)
@@ -889,7 +912,8 @@ def run_once(ctx: Context, run: int, n_items: int, variants: list[str], first_ca
     backlog = dataset.events(args.events, ts0=time.time() - 3600)
     result: dict = {"n_items": n_items, "topic_prefix": prefix, "load_average": os.getloadavg()}
     result["produce"] = produce_backlog(ds_settings, backlog)
-    log(f"run {run}, {n_items} items: backlog of {args.events} events produced at {result['produce']['rate']:.0f}/s")
+    log(f"run {run}, {n_items} items: backlog of {args.events} events produced at "
+        f"{result['produce']['rate']:.0f}/s")
     batched_settings = None
     if any(name in BATCHED_VARIANTS for name in variants):
         batched_settings = replace(ds_settings, topic_prefix=prefix + "batched.")
@@ -903,14 +927,16 @@ def run_once(ctx: Context, run: int, n_items: int, variants: list[str], first_ca
             continue
         if name == "raw_aiokafka":
             result[name] = asyncio.run(_raw_consume(ds_settings, TopicNames.of(ds_settings).events,
-                                                    f"bench-{ctx.tag}-raw-{n_items}-r{run}", args.events, args.cap_s))
+                                                    f"bench-{ctx.tag}-raw-{n_items}-r{run}", args.events,
+                                                    args.cap_s))
         else:
             own = batched_settings if name in BATCHED_VARIANTS else ds_settings
             result[name] = run_worker_variant(ctx, name, own, dataset, run, max_rates)
         rate = (result[name].get("throughput") or result[name]).get("events_per_s")
         max_rates[name] = rate
         log(f"run {run}, {n_items} items, {name}: "
-            f"{'%.0f events/s' % rate if rate else result[name].get('error') or result[name].get('throughput', {}).get('error')}")
+            + (f"{rate:.0f} events/s" if rate
+               else str(result[name].get("error") or result[name].get("throughput", {}).get("error"))))
     if args.delete_topics:
         from streams.topics import delete_topics
 
@@ -948,7 +974,8 @@ def medians(runs: list[dict], sizes: list[int]) -> dict:
                     # how much of the stream the online trainer (in a worker or on its own) had learned
                     # from when the backlog was done, and after the live phases
                     for key, stats in (("train_examples_per_event", snaps + (v.get("trainer_stats") or [])),
-                                       ("live_train_examples_per_event", v.get("worker_stats_after_latency") or [])):
+                                       ("live_train_examples_per_event",
+                                        v.get("worker_stats_after_latency") or [])):
                         if stats:
                             learned = sum((s.get("trainer") or {}).get("examples", 0) for s in stats)
                             per[name][key].append(learned / max(sum(s.get("events", 0) for s in stats), 1))
@@ -965,7 +992,8 @@ def medians(runs: list[dict], sizes: list[int]) -> dict:
                 for fraction, lat in (v.get("latency") or {}).items():
                     for p in ("p50_ms", "p95_ms", "p99_ms", "within_slo"):
                         per[name][f"latency@{fraction}_{p}"].append(lat["event_to_recommendation"].get(p))
-                    if lat.get("lead_in"):  # a fresh worker's first second at this rate, and the whole lead-in
+                    if lat.get("lead_in"):
+                        # a fresh worker's first second at this rate, and the whole lead-in
                         for part in ("first_second", "event_to_recommendation"):
                             q = lat["lead_in"][part]
                             label = "first_second" if part == "first_second" else "lead_in"
@@ -973,11 +1001,13 @@ def medians(runs: list[dict], sizes: list[int]) -> dict:
                                 per[name][f"latency@{fraction}_{label}_{p}"].append(q.get(p))
                     per[name][f"latency@{fraction}_rate"].append(lat["rate_target"])
                     per[name][f"latency@{fraction}_mean_batch_events"].append(lat["mean_batch_events"])
-                    per[name][f"latency@{fraction}_mean_ms"].append(lat.get("event_to_recommendation_mean_ms"))
+                    per[name][f"latency@{fraction}_mean_ms"].append(
+                        lat.get("event_to_recommendation_mean_ms"))
                     for stage, ms in (lat.get("stage_mean_ms") or {}).items():
                         per[name][f"latency@{fraction}_stage_{stage}_ms"].append(ms)
                     add_cpu(per[name], f"latency@{fraction}_", lat.get("cpu"))
-        out[str(n)] = {name: {k: median(vals) for k, vals in metrics.items()} for name, metrics in per.items()}
+        out[str(n)] = {name: {k: median(vals) for k, vals in metrics.items()}
+                       for name, metrics in per.items()}
     return out
 
 
@@ -1013,7 +1043,8 @@ def ratios(med: dict) -> dict:
             # the lean Monitor and the Cython fast paths save together (the do-nothing rate is fetch-bound)
             "noop_faust_cpu_stock_over_eager": ratio(*((m.get(name) or {}).get("cpu_us_per_event_worker")
                                                        for name in ("noop_faust", "noop_faust_eager"))),
-            "pipeline_notrain_eager_over_stock": ratio(own("pipeline_notrain"), own("pipeline_notrain_stock")),
+            "pipeline_notrain_eager_over_stock": ratio(own("pipeline_notrain"),
+                                                       own("pipeline_notrain_stock")),
             "pipeline_2w_over_1w": ratio(own("pipeline_2w"), get("pipeline")),
             "pipeline_over_pipeline_notrain": ratio(get("pipeline"), own("pipeline_notrain")),
             # pipeline_notrain runs the default depth (streams.settings.Settings.pipeline_depth)
@@ -1023,7 +1054,8 @@ def ratios(med: dict) -> dict:
             "pipeline_split_over_pipeline": ratio(own("pipeline_split"), get("pipeline")),
             # the same events, batched messages over one event per message (same run, same catalogue)
             "pipeline_batched_over_single": ratio(own("pipeline_batched"), own("pipeline")),
-            "pipeline_notrain_batched_over_single": ratio(own("pipeline_notrain_batched"), own("pipeline_notrain")),
+            "pipeline_notrain_batched_over_single": ratio(own("pipeline_notrain_batched"),
+                                                          own("pipeline_notrain")),
             "pipeline_notrain_batched_b2048_over_single": ratio(own("pipeline_notrain_batched_b2048"),
                                                                 own("pipeline_notrain")),
         }
@@ -1034,17 +1066,21 @@ def table(med: dict, rat: dict, fractions) -> str:
     def f(x, spec=".0f"):
         return "-" if x is None else format(x, spec)
 
-    lines = [f"{'items':>7} {'variant':<13} {'ev/s':>8} {'ev/s/wkr':>8} {'cpu':>5} {'kern p50':>8} {'batch':>6} "
-             f"{'redis cmd/ev':>12} {'trips/ev':>8} {'B in/ev':>8} {'B out/ev':>8} {'RSS MiB':>8} {'trained':>7}"]
+    lines = [f"{'items':>7} {'variant':<13} {'ev/s':>8} {'ev/s/wkr':>8} {'cpu':>5} "
+             f"{'kern p50':>8} {'batch':>6} {'redis cmd/ev':>12} {'trips/ev':>8} {'B in/ev':>8} "
+             f"{'B out/ev':>8} {'RSS MiB':>8} {'trained':>7}"]
     for n, m in med.items():
         for name in VARIANTS:
             v = m.get(name)
             if not v:
                 continue
-            lines.append(f"{n:>7} {name:<13} {f(v.get('events_per_s')):>8} {f(v.get('events_per_s_per_worker')):>8} "
-                         f"{f(v.get('worker_cpu_utilisation'), '.0%'):>5} {f(v.get('kernel_ms_p50'), '.1f'):>8} "
-                         f"{f(v.get('batch_size_p50')):>6} {f(v.get('redis_commands_per_event'), '.2f'):>12} "
-                         f"{f(v.get('redis_round_trips_per_event'), '.4f'):>8} {f(v.get('redis_bytes_in_per_event')):>8} "
+            lines.append(f"{n:>7} {name:<13} {f(v.get('events_per_s')):>8} "
+                         f"{f(v.get('events_per_s_per_worker')):>8} "
+                         f"{f(v.get('worker_cpu_utilisation'), '.0%'):>5} "
+                         f"{f(v.get('kernel_ms_p50'), '.1f'):>8} {f(v.get('batch_size_p50')):>6} "
+                         f"{f(v.get('redis_commands_per_event'), '.2f'):>12} "
+                         f"{f(v.get('redis_round_trips_per_event'), '.4f'):>8} "
+                         f"{f(v.get('redis_bytes_in_per_event')):>8} "
                          f"{f(v.get('redis_bytes_out_per_event')):>8} {f(v.get('rss_mib')):>8} "
                          f"{f(v.get('train_examples_per_event'), '.0%'):>7}")
     lines.append("")
@@ -1058,10 +1094,12 @@ def table(med: dict, rat: dict, fractions) -> str:
                 continue
             lines.append(f"{n:>7} {name:<13} {f(v['cpu_us_per_event_total']):>9} "
                          + " ".join(f"{f(v.get(f'cpu_us_per_event_{p}')):>9}" for p in parts)
-                         + f" {f(v.get('machine_utilisation'), '.0%'):>7} {f(v.get('cpu_ceiling_events_per_s')):>9}")
+                         + f" {f(v.get('machine_utilisation'), '.0%'):>7} "
+                           f"{f(v.get('cpu_ceiling_events_per_s')):>9}")
     lines.append("")
     roles = [r.replace(" ", "_") for r in ALL_ROLES]
-    lines.append(f"{'items':>7} {'variant':<13} worker CPU us/ev by thread: " + " ".join(f"{r[:9]:>9}" for r in roles))
+    lines.append(f"{'items':>7} {'variant':<13} worker CPU us/ev by thread: "
+                 + " ".join(f"{r[:9]:>9}" for r in roles))
     for n, m in med.items():
         for name in VARIANTS:
             v = m.get(name) or {}
@@ -1070,8 +1108,8 @@ def table(med: dict, rat: dict, fractions) -> str:
             lines.append(f"{n:>7} {name:<13} {'':>27}"
                          + " ".join(f"{f(v.get(f'thread_us_per_event_worker_{r}')):>9}" for r in roles))
     lines.append("")
-    lines.append(f"{'items':>7} {'variant':<13} {'load':>5} {'rate/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-                 f"{'<=50 ms':>8} {'ev/batch':>8} {'1st s p99':>9}")
+    lines.append(f"{'items':>7} {'variant':<13} {'load':>5} {'rate/s':>8} {'p50 ms':>8} "
+                 f"{'p95 ms':>8} {'p99 ms':>8} {'<=50 ms':>8} {'ev/batch':>8} {'1st s p99':>9}")
     for n, m in med.items():
         for name in VARIANTS:
             v = m.get(name) or {}
@@ -1079,9 +1117,11 @@ def table(med: dict, rat: dict, fractions) -> str:
                 key = f"latency@{fr:.2f}"
                 if v.get(f"{key}_rate") is None:
                     continue
-                lines.append(f"{n:>7} {name:<13} {fr:>5.0%} {f(v.get(f'{key}_rate')):>8} {f(v.get(f'{key}_p50_ms'), '.1f'):>8} "
-                             f"{f(v.get(f'{key}_p95_ms'), '.1f'):>8} {f(v.get(f'{key}_p99_ms'), '.1f'):>8} "
-                             f"{f(v.get(f'{key}_within_slo'), '.1%'):>8} {f(v.get(f'{key}_mean_batch_events'), '.1f'):>8} "
+                lines.append(f"{n:>7} {name:<13} {fr:>5.0%} {f(v.get(f'{key}_rate')):>8} "
+                             f"{f(v.get(f'{key}_p50_ms'), '.1f'):>8} {f(v.get(f'{key}_p95_ms'), '.1f'):>8} "
+                             f"{f(v.get(f'{key}_p99_ms'), '.1f'):>8} "
+                             f"{f(v.get(f'{key}_within_slo'), '.1%'):>8} "
+                             f"{f(v.get(f'{key}_mean_batch_events'), '.1f'):>8} "
                              f"{f(v.get(f'{key}_first_second_p99_ms'), '.0f'):>9}")
     lines.append("")
     for n, r in rat.items():
@@ -1090,31 +1130,35 @@ def table(med: dict, rat: dict, fractions) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small backlog, 1 run, short phases (smoke check)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="small backlog, 1 run, short phases (smoke check)")
     parser.add_argument("--runs", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
     parser.add_argument("--events", type=int, default=None,
-                        help="backlog size N (default 40000: seconds of steady state, not a start-up transient; "
-                             "4000 with --quick)")
+                        help="backlog size N (default 40000: seconds of steady state, not a "
+                             "start-up transient; 4000 with --quick)")
     parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000], help="catalogue sizes")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--every-variant-everywhere", action="store_true",
                         help=f"run {', '.join(FIRST_CATALOGUE_ONLY)} on every catalogue, not only the first")
     parser.add_argument("--latency-s", type=float, default=None, help="seconds per latency rate (0: skip)")
     parser.add_argument("--latency-lead-in-s", type=float, default=None,
-                        help="seconds at each latency rate before it is measured (default 3; 1 with --quick): "
-                             "the percentiles describe a worker in its steady state, the lead-in's are kept apart")
+                        help="seconds at each latency rate before it is measured (default 3; "
+                             "1 with --quick): the percentiles describe a worker in its steady state, the "
+                             "lead-in's are kept apart")
     parser.add_argument("--latency-fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75],
                         help="latency rates as fractions of the measured maximum, first catalogue")
     parser.add_argument("--latency-fractions-other", type=float, nargs="*", default=[0.5],
                         help="the same for the other catalogues")
     parser.add_argument("--latency-base-rate", type=float, default=None,
-                        help="events/s the latency fractions apply to, instead of each run's measured maximum "
-                             "(the same load in every run, for A/B comparisons)")
+                        help="events/s the latency fractions apply to, instead of each run's "
+                             "measured maximum (the same load in every run, for A/B comparisons)")
     parser.add_argument("--cap-s", type=float, default=120.0, help="most seconds a backlog phase may take")
     parser.add_argument("--naive-cap-s", type=float, default=None, help="same for the naive baseline")
     parser.add_argument("--profile", action="store_true",
-                        help="one extra pipeline run under py-spy (first catalogue): at max throughput and at 50%%")
+                        help="one extra pipeline run under py-spy (first catalogue): at max "
+                             "throughput and at 50%%")
     parser.add_argument("--batch-events", type=int, default=200,
                         help="events per message of the batched variants' backlog (%(default)s)")
     parser.add_argument("--seed", type=int, default=0)
@@ -1132,7 +1176,8 @@ def main(argv=None) -> dict:
     args.runs = args.runs or (1 if args.quick else 3)
     args.events = args.events or (4000 if args.quick else 40000)
     args.latency_s = args.latency_s if args.latency_s is not None else (5.0 if args.quick else 10.0)
-    args.latency_lead_in_s = args.latency_lead_in_s if args.latency_lead_in_s is not None else (1.0 if args.quick else 3.0)
+    if args.latency_lead_in_s is None:
+        args.latency_lead_in_s = 1.0 if args.quick else 3.0
     args.naive_cap_s = args.naive_cap_s or (6.0 if args.quick else 12.0)
     base = Settings.from_env(log_level="warn")
     # Workers log every XLA compilation (at WARNING), so a shape the warm-up missed shows in the report.
@@ -1142,22 +1187,24 @@ def main(argv=None) -> dict:
     client = redis.Redis.from_url(base.redis_url)
     kafka = Kafka(base)
     ctx = Context(args, base, kafka, client, args.log_dir, tag, service_pids(base, client))
-    log(f"CPU accounting: {', '.join(f'{k} pid {v}' for k, v in ctx.services.items()) or 'no local services found'}")
+    log("CPU accounting: "
+        f"{', '.join(f'{k} pid {v}' for k, v in ctx.services.items()) or 'no local services found'}")
     report = header()
     report["parameters"] = {
-        "quick": args.quick, "runs": args.runs, "events": args.events, "users": args.events // 5, "items": args.items,
-        "zipf_s": 1.0, "k": base.k, "history": base.history, "dim": base.dim, "scenes": list(base.scenes),
-        "batch_size": base.batch_size, "batch_within_s": base.batch_within_s, "partitions": 4,
-        "pipeline_depth": base.pipeline_depth,
+        "quick": args.quick, "runs": args.runs, "events": args.events, "users": args.events // 5,
+        "items": args.items, "zipf_s": 1.0, "k": base.k, "history": base.history, "dim": base.dim,
+        "scenes": list(base.scenes), "batch_size": base.batch_size, "batch_within_s": base.batch_within_s,
+        "partitions": 4, "pipeline_depth": base.pipeline_depth,
         "latency_s": args.latency_s, "latency_lead_in_s": args.latency_lead_in_s,
         "latency_fractions": args.latency_fractions,
         "latency_base_rate": args.latency_base_rate, "cap_s": args.cap_s,
         "naive_cap_s": args.naive_cap_s, "kafka": base.kafka_bootstrap, "redis": base.redis_url,
-        "variants": args.variants, "first_catalogue_only": list(FIRST_CATALOGUE_ONLY), "batch_events": args.batch_events,
-        "latency_fractions_other": args.latency_fractions_other,
+        "variants": args.variants, "first_catalogue_only": list(FIRST_CATALOGUE_ONLY),
+        "batch_events": args.batch_events, "latency_fractions_other": args.latency_fractions_other,
         "notes": ["raw_aiokafka and noop_faust read item ids never: measured on the first catalogue only",
                   "naive phases stop after naive_cap_s; its rate is over that window",
-                  "Redis runs with appendfsync always (deploy/redis.conf): the naive SET per event pays an fsync"]}
+                  "Redis runs with appendfsync always (deploy/redis.conf): the naive SET per "
+                  "event pays an fsync"]}
     runs = []
     started = time.perf_counter()
 
@@ -1192,15 +1239,18 @@ def main(argv=None) -> dict:
         noop = (report["profile"].get("noop_faust") or {}).get("profile") or {}
         print("\n== do-nothing Faust agent at max throughput ==\n" + format_summary(noop))
         for fraction, phase in (report["profile"].get("latency") or {}).items():
-            print(f"\n== profile at {float(fraction):.0%} of max ==\n" + format_summary(phase.get("profile") or {}))
-    print(f"\n{'quick' if args.quick else 'full'} run, {args.runs} run(s), {report['wall_s'] / 60:.1f} min; wrote {args.out}")
+            print(f"\n== profile at {float(fraction):.0%} of max ==\n"
+                  + format_summary(phase.get("profile") or {}))
+    print(f"\n{'quick' if args.quick else 'full'} run, {args.runs} run(s), {report['wall_s'] / 60:.1f} min; "
+          f"wrote {args.out}")
     return report
 
 
 def profile_run(ctx: Context) -> dict:
     n_items = ctx.args.items[0]
     prefix = f"b{ctx.tag}prof."
-    ds_settings = replace(ctx.base, topic_prefix=prefix, initial_capacity=max(16384, 1 << (n_items - 1).bit_length()),
+    ds_settings = replace(ctx.base, topic_prefix=prefix,
+                          initial_capacity=max(16384, 1 << (n_items - 1).bit_length()),
                           log_level="warn", partitions=4)
     ensure_topics(ds_settings)
     dataset = Dataset(n_items=n_items, n_users=max(1, ctx.args.events // 5), seed=ctx.args.seed)

@@ -1,4 +1,5 @@
-"""Request-time API benchmark: ``attnflow serve`` on the real Redis under real HTTP load, batched path on and off.
+"""Request-time API benchmark: ``attnflow serve`` on the real Redis under real HTTP load, batched path on and
+off.
 
     python -m tests.benchmarks.bench_serve                 # writes docs/results/serve.json (~6 minutes)
     python -m tests.benchmarks.bench_serve --duration 3 --reps 1 --users 200 --out /tmp/s.json   # smoke size
@@ -12,9 +13,9 @@ this script does when it is missing) with 1 and 16 connections, each a closed lo
 its next request when the answer arrives; autocannon reports whole milliseconds); and
 ``tests.benchmarks.open_loop`` (aiohttp, its own process) at ``--rate`` requests/s, an open loop that
 measures latency from each request's due time. (autocannon's own rate limit, ``-R``, is no open loop:
-its connections send in bursts, which here gave a p99 ten times the open loop's at the same rate.) Requests cycle through a fixed list:
-``--unknown-share`` unknown users (cold starts), the rest known ones, every scene, k=20, some with
-three excluded ids. The report holds every run and the median over rounds. Load generator and
+its connections send in bursts, which here gave a p99 ten times the open loop's at the same rate.) Requests
+cycle through a fixed list: ``--unknown-share`` unknown users (cold starts), the rest known ones, every scene,
+k=20, some with three excluded ids. The report holds every run and the median over rounds. Load generator and
 server share this machine's cores. Never fails on a timing.
 """
 from __future__ import annotations
@@ -78,7 +79,8 @@ def seed(settings: Settings, users: int, items: int, events_per_user: int, seed_
     return {"users": users, "items": items, "events": n}
 
 
-def request_paths(settings: Settings, users: int, items: int, unknown_share: float, n: int, seed_: int) -> list[str]:
+def request_paths(settings: Settings, users: int, items: int, unknown_share: float, n: int,
+                  seed_: int) -> list[str]:
     rng = np.random.default_rng(seed_ + 1)
     paths = []
     for i in range(n):
@@ -93,8 +95,9 @@ def request_paths(settings: Settings, users: int, items: int, unknown_share: flo
 def start_server(settings: Settings, port: int, batching: bool, log_path: Path) -> subprocess.Popen:
     env = {**os.environ, **settings.as_env(), "ATTNFLOW_SERVE_PORT": str(port),
            "ATTNFLOW_SERVE_BATCHING": str(batching).lower()}
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", "serve"], env=env, stdout=open(log_path, "ab"),
-                            stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", "serve"], env=env,
+                            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, cwd=REPO,
+                            start_new_session=True)
 
 
 def get_json(port: int, path: str) -> dict:
@@ -104,10 +107,11 @@ def get_json(port: int, path: str) -> dict:
         return orjson.loads(reply.read())
 
 
-def autocannon(port: int, paths: list[str], connections: int, duration: float, rate: float, work: Path) -> dict:
+def autocannon(port: int, paths: list[str], connections: int, duration: float, rate: float,
+               work: Path) -> dict:
     options = work / "autocannon.json"
-    options.write_bytes(orjson.dumps({"url": f"http://127.0.0.1:{port}", "paths": paths, "connections": connections,
-                                      "duration": duration, "rate": rate}))
+    options.write_bytes(orjson.dumps({"url": f"http://127.0.0.1:{port}", "paths": paths,
+                                      "connections": connections, "duration": duration, "rate": rate}))
     env = {**os.environ, "NODE_PATH": str(TOOLS / "node_modules")}
     out = subprocess.run(["node", str(Path(__file__).with_name("serve_load.js")), str(options)], env=env,
                          capture_output=True, text=True, check=True, timeout=duration + 60)
@@ -128,16 +132,20 @@ def open_loop(port: int, paths: list[str], rate: float, duration: float, work: P
                          capture_output=True, text=True, check=True, timeout=duration + 120)
     result = orjson.loads(out.stdout.strip().splitlines()[-1])
     return {"tool": "open_loop (aiohttp)", "rate_target": rate, "requests": result["requests"],
-            "rps": result["rate_achieved"], "non_2xx": sum(v for k, v in result["status"].items() if k != "200"),
-            "errors": result["errors"], "latency_ms": result["latency_ms"], "client_behind_ms": result["behind_ms"]}
+            "rps": result["rate_achieved"],
+            "non_2xx": sum(v for k, v in result["status"].items() if k != "200"),
+            "errors": result["errors"], "latency_ms": result["latency_ms"],
+            "client_behind_ms": result["behind_ms"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=5000)
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--events-per-user", type=int, default=20)
-    parser.add_argument("--unknown-share", type=float, default=0.1, help="share of requests for unknown users")
+    parser.add_argument("--unknown-share", type=float, default=0.1,
+                        help="share of requests for unknown users")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
     parser.add_argument("--reps", type=int, default=3, help="rounds; the report's summary is the median")
     parser.add_argument("--rate", type=float, default=1000.0, help="requests/s of the fixed-rate runs")
@@ -158,11 +166,12 @@ def main(argv=None) -> dict:
 
     tag = uuid.uuid4().hex[:8]
     settings = Settings.from_env(redis_prefix=f"attnflow-bench-serve-{tag}", train_enabled=False)
-    report = {**header(), "parameters": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                                         "redis_prefix": settings.redis_prefix, "autocannon": version,
-                                         "serve_batch_size": settings.serve_batch_size,
-                                         "serve_batch_window_s": settings.serve_batch_window_s,
-                                         "dim": settings.dim, "history": settings.history, "k": 20}}
+    report = {**header(),
+              "parameters": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                             "redis_prefix": settings.redis_prefix, "autocannon": version,
+                             "serve_batch_size": settings.serve_batch_size,
+                             "serve_batch_window_s": settings.serve_batch_window_s,
+                             "dim": settings.dim, "history": settings.history, "k": 20}}
     servers = {}
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     try:
@@ -189,7 +198,8 @@ def main(argv=None) -> dict:
                         result = autocannon(port, paths, connections, args.duration, 0, work)
                     stats = get_json(port, "/stats")
                     result["kernel_calls"] = stats["batches"] - before
-                    result["requests_per_call"] = round(result["requests"] / max(1, result["kernel_calls"]), 2)
+                    per_call = result["requests"] / max(1, result["kernel_calls"])
+                    result["requests_per_call"] = round(per_call, 2)
                     runs[mode][load].append(result)
                     log(f"round {rep + 1} {mode:9s} {load:15s} {result['rps']:8.0f} req/s  p50 "
                         f"{result['latency_ms']['p50']:.2f} ms  p99 {result['latency_ms']['p99']:.2f} ms  "
@@ -201,7 +211,8 @@ def main(argv=None) -> dict:
             "p99_ms": median([r["latency_ms"]["p99"] for r in runs[mode][load]]),
             "mean_ms": median([r["latency_ms"].get("mean") for r in runs[mode][load]]),
             "requests_per_call": median([r["requests_per_call"] for r in runs[mode][load]]),
-            "non_2xx": sum(r["non_2xx"] + r["errors"] for r in runs[mode][load])} for load in LOADS} for mode in MODES}
+            "non_2xx": sum(r["non_2xx"] + r["errors"] for r in runs[mode][load])} for load in LOADS}
+                             for mode in MODES}
         report["load_average_at_end"] = os.getloadavg()  # the machine is shared: how busy it was
         p99 = report["summary"]["batched"]["rate_open_loop"]["p99_ms"]
         report["goal"] = {"p99_ms_at_rate": p99, "rate": args.rate, "target_ms": 10.0,

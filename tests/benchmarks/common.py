@@ -1,4 +1,5 @@
-"""What every benchmark report carries: the command, the machine, the date, the commit; plus timing helpers."""
+"""What every benchmark report carries: the command, the machine, the date, the
+commit; plus timing helpers."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -47,13 +48,17 @@ def machine() -> dict:
 def git_commit() -> dict:
     def git(*args):
         try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    if os.environ.get("ATTNFLOW_BENCH_COMMIT"):  # a copied tree whose .git is not this commit's (a lent GPU machine)
-        return {"commit": os.environ["ATTNFLOW_BENCH_COMMIT"], "dirty": None, "source": "ATTNFLOW_BENCH_COMMIT"}
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    if os.environ.get("ATTNFLOW_BENCH_COMMIT"):
+        # a copied tree whose .git is not this commit's (a lent GPU machine)
+        return {"commit": os.environ["ATTNFLOW_BENCH_COMMIT"], "dirty": None,
+                "source": "ATTNFLOW_BENCH_COMMIT"}
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def command_line() -> list[str]:

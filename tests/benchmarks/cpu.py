@@ -9,7 +9,8 @@ events per second, whatever the pipeline does, and the split says which process 
     >>> while meter.delta(before, meter.sample(), events=1)["cpu_us_per_event"]["self"] == 0:  # a clock tick
     ...     _ = sum(i * i for i in range(100_000))
     >>> usage = meter.delta(before, meter.sample(), events=1000)
-    >>> usage["cpu_us_per_event"]["self"] > 0 and usage["total_us_per_event"] >= usage["cpu_us_per_event"]["self"]
+    >>> own = usage["cpu_us_per_event"]["self"]
+    >>> own > 0 and usage["total_us_per_event"] >= own
     True
 """
 from __future__ import annotations
@@ -127,7 +128,8 @@ class CpuMeter:
         for name in self.groups:
             a, b = before["procs"].get(name), after["procs"].get(name)
             per[name] = (b - a) if a is not None and b is not None else None
-        machine = (after["machine"] - before["machine"]) if None not in (before["machine"], after["machine"]) else None
+        machine = (after["machine"] - before["machine"]
+                   if None not in (before["machine"], after["machine"]) else None)
         named = sum(v for v in per.values() if v is not None)
         if machine is not None:
             per["other"] = max(machine - named, 0.0)

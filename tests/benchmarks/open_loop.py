@@ -58,7 +58,8 @@ async def run(url: str, paths: list[str], rate: float, duration: float) -> dict:
         elapsed = time.perf_counter() - start
     done = latency[~np.isnan(latency)] * 1e3
     p = np.percentile(done, [50, 90, 99, 99.9]) if len(done) else [None] * 4
-    return {"requests": n, "answered": int(len(done)), "errors": errors, "status": {str(k): v for k, v in status.items()},
+    return {"requests": n, "answered": int(len(done)), "errors": errors,
+            "status": {str(k): v for k, v in status.items()},
             "rate_target": rate, "rate_achieved": round(len(done) / elapsed, 1),
             "latency_ms": {"p50": _ms(p[0]), "p90": _ms(p[1]), "p99": _ms(p[2]), "p99_9": _ms(p[3]),
                            "mean": _ms(done.mean()) if len(done) else None,

@@ -1,4 +1,5 @@
-"""Where a worker's time goes: a py-spy ``--format raw --threads --idle --full-filenames`` profile in categories.
+"""Where a worker's time goes: a py-spy ``--format raw --threads --idle --full-filenames`` profile, in
+categories.
 
 Each sample is one thread's stack at one instant. Walking from the innermost frame outwards, the
 first frame that belongs to a known category names the sample (so time in ``orjson`` called from
@@ -26,43 +27,51 @@ AGENT_GLUE = tuple(f"streams/{name}.py" for name in ("agents", "rank_worker", "t
 
 # (category, test on (function, file)); checked in this order on every frame.
 CATEGORIES = [
-    ("idle: event loop waiting (select, or in uvloop)", lambda fn, f: f.endswith("selectors.py") and "select" in fn),
-    ("idle: executor thread waiting for work", lambda fn, f: f.endswith(("concurrent/futures/thread.py", "queue.py"))
+    ("idle: event loop waiting (select, or in uvloop)",
+     lambda fn, f: f.endswith("selectors.py") and "select" in fn),
+    ("idle: executor thread waiting for work",
+     lambda fn, f: f.endswith(("concurrent/futures/thread.py", "queue.py"))
      and fn.split(".")[-1] in ("_worker", "get")),
     ("idle: trainer waiting for a gap in ranking",
      lambda fn, f: f.endswith("streams/timeshare.py") and fn.endswith("wait_idle")),
     ("jax compile (a new shape at run time)", lambda fn, f: ("/jax/" in f or "/jaxlib/" in f)
      and any(w in fn for w in ("compile", "lower", "_cached_lowering", "trace_to_jaxpr"))),
-    ("jax kernel (dispatch, transfer, XLA wait)", lambda fn, f: "/jax/" in f or "/jaxlib/" in f or f.endswith("models/kernels.py")),
+    ("jax kernel (dispatch, transfer, XLA wait)",
+     lambda fn, f: "/jax/" in f or "/jaxlib/" in f or f.endswith("models/kernels.py")),
     ("redis (client, pipelining, round trips)", lambda fn, f: "/redis/" in f or "models/store/" in f),
-    ("kafka client socket I/O (aiokafka connection)", lambda fn, f: f.endswith(("aiokafka/conn.py", "aiokafka/client.py"))),
+    ("kafka client socket I/O (aiokafka connection)",
+     lambda fn, f: f.endswith(("aiokafka/conn.py", "aiokafka/client.py"))),
     ("kafka send (faust topic.send, aiokafka producer)", lambda fn, f: "/aiokafka/producer/" in f
-     or ("/faust/" in f and (f.endswith("faust/topics.py") or "/faust/channels.py" in f and "send" in fn.lower()
-                            or "transport/producer" in f or ("drivers/aiokafka.py" in f and "send" in fn.lower())))),
-    ("kafka consume (aiokafka fetcher, faust consumer)", lambda fn, f: "/aiokafka/" in f or "/faust/transport/" in f),
+     or ("/faust/" in f and (f.endswith("faust/topics.py")
+                            or "/faust/channels.py" in f and "send" in fn.lower()
+                            or "transport/producer" in f
+                            or ("drivers/aiokafka.py" in f and "send" in fn.lower())))),
+    ("kafka consume (aiokafka fetcher, faust consumer)",
+     lambda fn, f: "/aiokafka/" in f or "/faust/transport/" in f),
     ("faust streams/agents machinery", lambda fn, f: "/faust/" in f or "/mode/" in f),
-    ("json encode/decode (streams/codec.py, orjson)", lambda fn, f: f.endswith("streams/codec.py") or "orjson" in f),
+    ("json encode/decode (streams/codec.py, orjson)",
+     lambda fn, f: f.endswith("streams/codec.py") or "orjson" in f),
     ("engine host-side NumPy (batching, state codec, feedback, ids)",
      lambda fn, f: any(f.endswith(m) for m in ("models/engine.py", "models/batching.py", "models/state.py",
                                                  "models/params.py", "models/events.py"))),
     ("trainer step (optax, XLA wait)", lambda fn, f: f.endswith("models/training.py")),
     ("agent glue (streams/agents.py)", lambda fn, f: f.endswith(AGENT_GLUE)),
-    ("metrics + web views (/stats polling)", lambda fn, f: f.endswith(("streams/metrics.py", "streams/views.py",
-                                                                        "tests/benchmarks/baseline_app.py"))
+    ("metrics + web views (/stats polling)",
+     lambda fn, f: f.endswith(("streams/metrics.py", "streams/views.py", "tests/benchmarks/baseline_app.py"))
      or "/aiohttp/" in f),
     ("asyncio event loop", lambda fn, f: "/asyncio/" in f or f.endswith("selectors.py")),
     ("logging", lambda fn, f: "/logging/" in f),
 ]
-KEY_FUNCTIONS = ["RankWorker.handle", "RankWorker._complete", "RankWorker._queue_outputs", "RankWorker._deadletter_records",
-                 "RankWorker._run", "decode_event", "encode_recommendation", "encode_feedback", "Engine.process",
-                 "Engine.commit", "Engine._fold_and_rank", "Engine._feedback", "Engine._decode", "Engine.item_id",
-                 "Engine._learn_ids", "step", "prepare", "rank_inputs", "StateCodec.decode", "StateCodec.encode",
-                 "RedisStore.read_batch", "RedisStore.write_states", "PipelineMetrics.observe_feedbacks",
-                 "PipelineMetrics.snapshot", "Topic.send", "Topic.publish_message", "Stream.take_events",
-                 "Stream.__aiter__", "Stream._py_aiter"]
+KEY_FUNCTIONS = ["RankWorker.handle", "RankWorker._complete", "RankWorker._queue_outputs",
+                 "RankWorker._deadletter_records", "RankWorker._run", "decode_event", "encode_recommendation",
+                 "encode_feedback", "Engine.process", "Engine.commit", "Engine._fold_and_rank",
+                 "Engine._feedback", "Engine._decode", "Engine.item_id", "Engine._learn_ids", "step",
+                 "prepare", "rank_inputs", "StateCodec.decode", "StateCodec.encode", "RedisStore.read_batch",
+                 "RedisStore.write_states", "PipelineMetrics.observe_feedbacks", "PipelineMetrics.snapshot",
+                 "Topic.send", "Topic.publish_message", "Stream.take_events", "Stream.__aiter__",
+                 "Stream._py_aiter"]
 FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 KERNEL = "jax kernel (dispatch, transfer, XLA wait)"
-
 
 def timed_kernel_lines(engine_py: Path) -> set[int]:
     """Lines of ``models/engine.py`` between ``started = time.perf_counter()`` and ``kernel_s = ...``: the
@@ -111,7 +120,8 @@ ASYNCIO = "asyncio event loop"
 # Under uvloop the loop (and its epoll wait) is C: an idle loop thread's innermost Python frame is the one
 # that called ``run_until_complete``/``run_forever``.
 UVLOOP_RUNNERS = ("Worker.execute_from_commandline", "ServiceThread._start_thread")
-LOOP_BOUNDARY = ("Handle._run", "BaseEventLoop._run_once", "BaseEventLoop.run_forever", "BaseEventLoop.run_until_complete")
+LOOP_BOUNDARY = ("Handle._run", "BaseEventLoop._run_once", "BaseEventLoop.run_forever",
+                 "BaseEventLoop.run_until_complete")
 
 
 def classify(frames, kernel_lines=frozenset()) -> str:
@@ -203,7 +213,8 @@ def format_summary(s: dict) -> str:
 
 
 def update_report(report_path: Path) -> None:
-    """Recompute every profile summary in a bench report from its raw py-spy file (after a classifier change)."""
+    """Recompute every profile summary in a bench report from its raw py-spy file (after a classifier
+    change)."""
     import datetime
     import orjson
 
@@ -212,9 +223,11 @@ def update_report(report_path: Path) -> None:
     def visit(node):
         if isinstance(node, dict):
             if "raw_profile" in node and Path(node["raw_profile"]).exists():
-                fresh = summarise(Path(node["raw_profile"]).read_text(), node.get("rate_hz", 200), node.get("sampled_s"))
+                fresh = summarise(Path(node["raw_profile"]).read_text(), node.get("rate_hz", 200),
+                                  node.get("sampled_s"))
                 node.update(fresh)
-                node["summarised"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+                now = datetime.datetime.now(datetime.timezone.utc)
+                node["summarised"] = now.isoformat(timespec="seconds")
             for value in node.values():
                 visit(value)
         elif isinstance(node, list):
@@ -229,5 +242,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "--update":
         update_report(Path(sys.argv[2]))
     else:
-        path, rate, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else None
+        path, rate = sys.argv[1], float(sys.argv[2])
+        seconds = float(sys.argv[3]) if len(sys.argv) > 3 else None
         print(format_summary(summarise(open(path).read(), rate, seconds)))

@@ -23,7 +23,8 @@ def test_candidate_benchmark_runs_and_reports_recall_for_each_nprobe(tmp_path):
 def test_gpu_benchmark_runs_on_the_device_jax_gives(tmp_path):
     report = bench_gpu.main(["--items", "2000", "--reps", "1", "--batches", "8", "--engine-events", "32",
                              "--engine-batches", "2", "--out-dir", str(tmp_path), "--quiet"])
-    kernel, engine = (orjson.loads((tmp_path / f"{name}_gpu.json").read_bytes()) for name in ("kernel", "engine"))
+    kernel, engine = (orjson.loads((tmp_path / f"{name}_gpu.json").read_bytes())
+                      for name in ("kernel", "engine"))
     assert kernel["machine"]["jax_devices"] and kernel["results"][0]["host_ms"] > 0
     assert [row["mode"] for row in engine["results"]] == ["exact", "candidates"]
     assert engine["results"][1]["index_builds"] == 1 and report["engine"]["results"][0]["events_per_s"] > 0

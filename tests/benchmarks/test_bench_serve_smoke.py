@@ -20,10 +20,12 @@ def test_serve_benchmark_runs_and_cleans_up(services, tmp_path):
     report = bench_serve.main(["--users", "50", "--items", "500", "--events-per-user", "4", "--duration", "1",
                                "--reps", "1", "--rate", "100", "--out", str(out), "--quiet"])
     assert orjson.loads(out.read_bytes())["summary"] == report["summary"]
-    assert {"command", "machine", "date", "git", "parameters", "data", "runs", "summary", "goal"} <= set(report)
+    assert {"command", "machine", "date", "git", "parameters", "data", "runs", "summary",
+            "goal"} <= set(report)
     for mode in ("batched", "unbatched"):
         for load in bench_serve.LOADS:
             row = report["summary"][mode][load]
             assert row["rps"] > 0 and row["p50_ms"] is not None and row["non_2xx"] == 0, (mode, load, row)
     client = connect(services[1])
-    assert not list(client.scan_iter(f"{report['parameters']['redis_prefix']}*", count=1000)), "left keys behind"
+    assert not list(client.scan_iter(f"{report['parameters']['redis_prefix']}*",
+                                     count=1000)), "left keys behind"

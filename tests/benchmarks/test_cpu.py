@@ -35,9 +35,11 @@ def usage_while_spinning(meter: CpuMeter, child: subprocess.Popen, events: int) 
 
 
 def test_meter_charges_a_busy_child_to_its_group_and_an_idle_one_nothing():
-    spin = ("import sys, time\ninput()\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\n"
-            "print('done', flush=True)\ntime.sleep(10)\n")  # spins 0.4 s of CPU when told, then stays alive
-    busy = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    # spins 0.4 s of CPU when told, then stays alive
+    spin = ("import sys, time\ninput()\nend = time.process_time() + 0.4\n"
+            "while time.process_time() < end: pass\nprint('done', flush=True)\ntime.sleep(10)\n")
+    busy = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
     idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
     try:
         time.sleep(0.2)  # both interpreters started
@@ -57,7 +59,8 @@ def test_meter_charges_a_busy_child_to_its_group_and_an_idle_one_nothing():
 
 
 def test_meter_splits_a_process_by_what_its_named_threads_do():
-    """A child names a thread ``af-engine`` and spins in it: the engine role is charged, the event loop is not."""
+    """A child names a thread ``af-engine`` and spins in it: the engine role is charged, the event loop is
+    not."""
     spin = "\n".join([
         "import threading, time",
         "from streams.threadnames import set_native_name",
@@ -71,8 +74,8 @@ def test_meter_splits_a_process_by_what_its_named_threads_do():
         "set_native_name('af-loop')",
         "threading.Thread(target=work).start()",
         "time.sleep(10)"])
-    child = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                             cwd=bench_pipeline.REPO)
+    child = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, cwd=bench_pipeline.REPO)
     try:
         time.sleep(0.5)  # the interpreter has started and named its threads
         meter = CpuMeter({"worker": [child.pid]}, threads_of=("worker", "absent"))
@@ -116,10 +119,12 @@ def test_medians_keep_the_slo_share_and_the_lead_in_apart_from_the_measured_phas
             "rate_target": 4000.0, "mean_batch_events": 60.0, "lead_in": lead,
             "event_to_recommendation": q([0.01] * 98 + [p99] * 2)}}}}}
 
-    med = bench_pipeline.medians([run(0.2, 0.3), run(0.04, 0.1), run(0.06, 0.2)], [10000])["10000"]["pipeline"]
+    runs = [run(0.2, 0.3), run(0.04, 0.1), run(0.06, 0.2)]
+    med = bench_pipeline.medians(runs, [10000])["10000"]["pipeline"]
     assert round(med["latency@0.50_p99_ms"]) == 60 and med["latency@0.50_within_slo"] == 0.98
     assert round(med["latency@0.50_first_second_p99_ms"]) == 200
     assert med["latency@0.50_lead_in_within_slo"] == 0.9
     old = run(0.2, 0.3)  # a run from before the lead-in existed
     del old["10000"]["pipeline"]["latency"]["0.50"]["lead_in"]
-    assert "latency@0.50_first_second_p99_ms" not in bench_pipeline.medians([old], [10000])["10000"]["pipeline"]
+    old_med = bench_pipeline.medians([old], [10000])["10000"]["pipeline"]
+    assert "latency@0.50_first_second_p99_ms" not in old_med

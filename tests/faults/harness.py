@@ -47,7 +47,8 @@ WORKERS = 3
 
 
 def deploy(script: Path, *args: str) -> str:
-    return subprocess.run(["bash", str(script), *args], check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(["bash", str(script), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
 
 
 def clusters_up() -> tuple[str, str]:
@@ -166,7 +167,8 @@ def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 def inject(name: str, workers: list[subprocess.Popen], ports: list[int], outage_s: float,
            mark: Callable[[], None]) -> Fault:
-    """Inject fault ``name``; ``mark`` is called the moment the fault has struck (progress is measured from there)."""
+    """Inject fault ``name``; ``mark`` is called the moment the fault has struck
+    (progress is measured from there)."""
     if name == "worker_kill":
         victim = _busiest_worker(workers, ports)
         started = time.monotonic()
@@ -273,7 +275,8 @@ def recount(settings: Settings, store, log: list[tuple[dict, int, int]]) -> dict
         lost += max(len(events) - n, 0)
         twice += max(n - len(events), 0)
         fence_ok = (int(state["partition"]), int(state["offset"])) == events[-1][1:]
-        history_ok = [ids[i] for i in state["hist_item"] if i >= 0] == [e[0] for e in events][-settings.history:]
+        held = [ids[i] for i in state["hist_item"] if i >= 0]
+        history_ok = held == [e[0] for e in events][-settings.history:]
         wrong_fence += not fence_ok
         wrong_history += not history_ok
         if (n != len(events) or not fence_ok or not history_ok) and len(examples) < 5:
@@ -284,8 +287,9 @@ def recount(settings: Settings, store, log: list[tuple[dict, int, int]]) -> dict
             "examples": examples}
 
 
-def run_scenario(name: str, events: int, *, fault_at: float = 0.3, outage_s: float = 10.0, timeout_s: float = 900.0,
-                 log_dir: Path, base_port: int = 7400, say: Callable[[str], None] = print) -> dict:
+def run_scenario(name: str, events: int, *, fault_at: float = 0.3, outage_s: float = 10.0,
+                 timeout_s: float = 900.0, log_dir: Path, base_port: int = 7400,
+                 say: Callable[[str], None] = print) -> dict:
     """Run one scenario end to end and return its record (see the module docstring)."""
     kafka, redis_url = clusters_up()
     settings = run_settings(kafka, redis_url, base_port)
@@ -297,7 +301,8 @@ def run_scenario(name: str, events: int, *, fault_at: float = 0.3, outage_s: flo
     t_begin = time.monotonic()
     try:
         for i, port in enumerate(ports):
-            workers.append(start_worker(dataclasses.replace(settings, web_port=port), log_dir / f"{name}-worker{i}.log"))
+            workers.append(start_worker(dataclasses.replace(settings, web_port=port),
+                                        log_dir / f"{name}-worker{i}.log"))
         for worker, port in zip(workers, ports):
             wait_ready(port, worker)
         say(f"[{name}] 3 workers ready; producing {events} events")
@@ -322,13 +327,15 @@ def run_scenario(name: str, events: int, *, fault_at: float = 0.3, outage_s: flo
                 pending = [p for p, e in progress.end.items() if at_fault.get(p, 0) < e]
                 if all(committed.get(p, 0) > at_fault.get(p, 0) for p in pending):
                     recovered_at = now
-                    say(f"[{name}] resumed on every partition {recovered_at - fault.started:.1f}s after the fault")
+                    say(f"[{name}] resumed on every partition "
+                        f"{recovered_at - fault.started:.1f}s after the fault")
             if progress.done(committed) and fault is not None and recovered_at is not None:
                 break
             if now > deadline:
                 raise TimeoutError(f"[{name}] {done_n}/{total} events committed after {timeout_s:.0f}s")
             if now - last_say > 10:
-                say(f"[{name}] {done_n}/{total} committed" + (f" (offsets unread: {progress.error})" if progress.error else ""))
+                say(f"[{name}] {done_n}/{total} committed"
+                    + (f" (offsets unread: {progress.error})" if progress.error else ""))
                 last_say = now
             time.sleep(0.25)
         t_done = time.monotonic()
@@ -361,6 +368,7 @@ def run_scenario(name: str, events: int, *, fault_at: float = 0.3, outage_s: flo
 
 
 def passed(record: dict) -> bool:
-    return (record["events_lost"] == 0 and record["events_applied_twice"] == 0 and record["users_missing"] == 0
+    return (record["events_lost"] == 0 and record["events_applied_twice"] == 0
+            and record["users_missing"] == 0
             and record["users_wrong_fence"] == 0 and record["users_wrong_history"] == 0
             and record["feedback_missing"] == 0)

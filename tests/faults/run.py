@@ -24,7 +24,8 @@ def main(argv=None) -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated; default: all")
     parser.add_argument("--outage-s", type=float, default=10.0, help="how long a stopped service stays down")
     parser.add_argument("--out", type=Path, default=RESULTS / "faults.json")
-    parser.add_argument("--log-dir", type=Path, default=None, help="worker logs (default: a temporary folder)")
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="worker logs (default: a temporary folder)")
     args = parser.parse_args(argv)
     names = [s for s in args.scenarios.split(",") if s]
     unknown = set(names) - set(SCENARIOS)

@@ -22,7 +22,8 @@ def faults_enabled(request):
 @pytest.mark.integration
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_the_pipeline_loses_nothing_applies_nothing_twice_and_resumes_by_itself(faults_enabled, scenario, tmp_path):
+def test_the_pipeline_loses_nothing_applies_nothing_twice_and_resumes_by_itself(faults_enabled, scenario,
+                                                                                tmp_path):
     record = run_scenario(scenario, EVENTS, log_dir=tmp_path)
     assert record["events"] == EVENTS
     assert record["events_lost"] == 0 and record["users_missing"] == 0, record["examples"]

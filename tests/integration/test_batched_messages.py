@@ -29,7 +29,8 @@ def stream(prefix: str, n: int = 120, seed: int = 11) -> list[Event]:
     """The same sequence of events for users named ``prefix + user``."""
     rng = np.random.default_rng(seed)
     return [Event(prefix + USERS[rng.integers(len(USERS))], CATALOGUE[rng.integers(len(CATALOGUE))],
-                  EVENT_TYPES[rng.integers(4)], 1_700_000_000.0 + t, ("default", "search")[t % 2], f"{prefix}e{t}")
+                  EVENT_TYPES[rng.integers(4)], 1_700_000_000.0 + t, ("default", "search")[t % 2],
+                  f"{prefix}e{t}")
             for t in range(n)]
 
 
@@ -43,13 +44,15 @@ def assert_same_list(single: dict, batched: dict, tol: float = 1e-3) -> None:
             == {i for i, s in zip(batched["items"], batched["scores"]) if s > floor})
 
 
-def test_a_batched_stream_gives_the_states_and_lists_of_the_single_event_stream(settings, redis_store, tmp_path):
+def test_a_batched_stream_gives_the_states_and_lists_of_the_single_event_stream(settings, redis_store,
+                                                                                tmp_path):
     settings = dataclasses.replace(settings, train_enabled=False)
     ensure_topics(settings)
     single, batched = stream("s-"), stream("b-")
     # Two more events of one user: one message each in the single stream, one batch with a bad event
     # between them in the batched stream.
-    tail = [Event("s-" + USERS[0], CATALOGUE[n], "click", 1_700_001_000.0 + n, event_id=f"s-tail{n}") for n in (1, 2)]
+    tail = [Event("s-" + USERS[0], CATALOGUE[n], "click", 1_700_001_000.0 + n, event_id=f"s-tail{n}")
+            for n in (1, 2)]
     btail = [dataclasses.replace(e, user_id="b-" + USERS[0], event_id="b" + e.event_id[1:]) for e in tail]
     bad = {"user_id": "b-" + USERS[0], "item_id": CATALOGUE[3], "type": "like", "ts": 1_700_001_001.5}
 

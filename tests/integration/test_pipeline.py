@@ -33,7 +33,8 @@ BAD = {
     b'{"item_id": "sku-001", "type": "view", "ts": 1.0}': "missing required field 'user_id'",
     b'{"user_id": "u", "item_id": "sku-001", "type": "view", "ts": "yesterday"}': "field 'ts' must be",
     b'{"user_id": "u", "item_id": "sku-001", "type": "like", "ts": 1.0}': "unknown event type 'like'",
-    b'{"user_id": "u", "item_id": "sku-001", "type": "view", "ts": 1.0, "scene": "moon"}': "unknown scene 'moon'",
+    b'{"user_id": "u", "item_id": "sku-001", "type": "view", "ts": 1.0, "scene": "moon"}':
+        "unknown scene 'moon'",
 }
 
 
@@ -85,7 +86,8 @@ def wait_for_stage(port, stage, events, timeout_s=120):
         if stats["stages"][stage]["events"] >= events:
             return stats
         time.sleep(0.2)
-    raise AssertionError(f"{stats['stages'][stage]['events']} of {events} events passed {stage} in {timeout_s}s")
+    raise AssertionError(f"{stats['stages'][stage]['events']} of {events} events passed "
+                         f"{stage} in {timeout_s}s")
 
 
 def run_worker_until(settings, log_path, events):
@@ -242,7 +244,8 @@ def test_killed_worker_loses_nothing_and_applies_each_event_once(settings, redis
         producer = Producer(settings)
         for step in steps:
             for n, user in enumerate(users):
-                producer.event(user, CATALOGUE[(step * 3 + n) % 40], EVENT_TYPES[step % 4], 1_700_000_000.0 + step)
+                producer.event(user, CATALOGUE[(step * 3 + n) % 40], EVENT_TYPES[step % 4],
+                               1_700_000_000.0 + step)
         producer.close()
         return producer.sent
 
@@ -378,4 +381,5 @@ def test_a_layout_change_with_the_previous_layout_named_converts_states(settings
     stats = run_worker_until(longer, tmp_path / "new.log", len(producer.sent) - first)
     assert stats["migrated"] == 4 and not stats["deadletters"] and stats["replayed"] == 0
     assert_states_hold_each_event_once(longer, redis_store, producer.sent)  # 9 events each, all kept
-    assert {len(redis_store.read_state(u)) for u in USERS[:4]} == {StateCodec(longer.engine_config()).dtype.itemsize}
+    longer_size = StateCodec(longer.engine_config()).dtype.itemsize
+    assert {len(redis_store.read_state(u)) for u in USERS[:4]} == {longer_size}

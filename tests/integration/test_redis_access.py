@@ -29,14 +29,17 @@ def worker_user(settings, redis_store):
     """An ACL user for this test's prefix on every node; (settings that use it, password)."""
     user, password = f"aw-{settings.redis_prefix[-8:]}", secrets.token_hex(16)
     nodes = {"target_nodes": redis_store.redis.ALL_NODES} if redis_store.cluster else {}
-    redis_store.redis.execute_command("ACL", "SETUSER", *worker_acl(user, password, settings.redis_prefix), **nodes)
+    redis_store.redis.execute_command("ACL", "SETUSER", *worker_acl(user, password, settings.redis_prefix),
+                                      **nodes)
     try:
-        yield dataclasses.replace(settings, redis_url=with_credentials(settings.redis_url, user, password)), password
+        yield dataclasses.replace(settings,
+                                  redis_url=with_credentials(settings.redis_url, user, password)), password
     finally:
         redis_store.redis.execute_command("ACL", "DELUSER", user, **nodes)
 
 
-def test_a_worker_runs_as_a_least_privilege_user_and_never_shows_its_password(worker_user, redis_store, tmp_path):
+def test_a_worker_runs_as_a_least_privilege_user_and_never_shows_its_password(worker_user, redis_store,
+                                                                              tmp_path):
     settings, password = worker_user
     ensure_topics(settings)
     producer = Producer(settings)
@@ -53,7 +56,8 @@ def test_a_worker_runs_as_a_least_privilege_user_and_never_shows_its_password(wo
         stats = worker_stats(settings.web_port)
     finally:
         stop_worker(worker)
-    assert all(redis_store.read_state(f"user-{n}") is not None for n in range(6)), "states written as the user"
+    assert all(redis_store.read_state(f"user-{n}") is not None
+               for n in range(6)), "states written as the user"
     deadletters = list(read_topic(settings, "deadletter", timeout_s=3))
     assert len(deadletters) == 1
 
@@ -63,12 +67,14 @@ def test_a_worker_runs_as_a_least_privilege_user_and_never_shows_its_password(wo
     with pytest.raises(redis.exceptions.NoPermissionError):
         limited.execute_command("FLUSHALL")          # a command workers never need
     with pytest.raises((redis.exceptions.RedisError, redis.exceptions.RedisClusterException)) as refused:
-        connect(with_credentials(redis_store_url(redis_store, settings), "nobody", "wrong-" + password)).ping()
+        connect(with_credentials(redis_store_url(redis_store, settings), "nobody",
+                                 "wrong-" + password)).ping()
     limited.close()
 
-    for where, text in (("worker log", log_path.read_text(errors="replace")), ("/stats", orjson.dumps(stats).decode()),
-                        ("dead letters", orjson.dumps(deadletters).decode()), ("error message", str(refused.value)),
-                        ("settings repr", repr(settings))):
+    for where, text in (("worker log", log_path.read_text(errors="replace")),
+                        ("/stats", orjson.dumps(stats).decode()),
+                        ("dead letters", orjson.dumps(deadletters).decode()),
+                        ("error message", str(refused.value)), ("settings repr", repr(settings))):
         assert password not in text, f"the Redis password appears in the {where}"
 
 

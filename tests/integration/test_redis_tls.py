@@ -27,8 +27,8 @@ def _openssl(*args: str, cwd) -> None:
 
 def _certificates(folder, name: str) -> None:
     """``{name}-ca.pem`` and a ``server.pem``/``server.key`` it signed for 127.0.0.1."""
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}-ca.key", "-out", f"{name}-ca.pem",
-             "-days", "2", "-subj", f"/CN={name} test CA", cwd=folder)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}-ca.key", "-out",
+             f"{name}-ca.pem", "-days", "2", "-subj", f"/CN={name} test CA", cwd=folder)
     if name != "server":
         return
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
@@ -47,8 +47,9 @@ def tls_redis(tmp_path_factory):
     port = _free_port()
     process = subprocess.Popen(
         ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-         "--tls-cert-file", "server.pem", "--tls-key-file", "server.key", "--tls-ca-cert-file", "server-ca.pem",
-         "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+         "--tls-cert-file", "server.pem", "--tls-key-file", "server.key", "--tls-ca-cert-file",
+         "server-ca.pem", "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir",
+         str(folder)],
         cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
@@ -70,7 +71,8 @@ def test_states_are_written_and_read_over_tls(tls_redis):
     port, folder = tls_redis
     store = RedisStore(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={folder / 'server-ca.pem'}", "attnflow-tls")
     try:
-        result = run(Engine(CFG, store), batch([("u", "a", "view", 1.0, "default"), ("u", "b", "click", 2.0, "search")]))
+        result = run(Engine(CFG, store),
+                     batch([("u", "a", "view", 1.0, "default"), ("u", "b", "click", 2.0, "search")]))
         assert len(result.feedback) == 2
         assert store.read_state("u") is not None and store.item_ids() == ["a", "b"]
         again = Engine(CFG, store).process(batch([("u", "a", "view", 1.0, "default")]))
@@ -82,7 +84,8 @@ def test_states_are_written_and_read_over_tls(tls_redis):
 
 def test_an_untrusted_certificate_and_plaintext_are_refused(tls_redis):
     port, folder = tls_redis
-    untrusted = RedisStore(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={folder / 'other-ca.pem'}", "attnflow-tls")
+    untrusted = RedisStore(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={folder / 'other-ca.pem'}",
+                           "attnflow-tls")
     with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
         untrusted.n_items()
     untrusted.close()

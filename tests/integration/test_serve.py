@@ -44,8 +44,9 @@ def get(port: int, **query) -> tuple[int, dict]:
 
 def start_serve(settings, log_path) -> subprocess.Popen:
     env = {**os.environ, **settings.as_env()}
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", "serve"], env=env, stdout=open(log_path, "ab"),
-                            stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", "serve"], env=env,
+                            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, cwd=REPO,
+                            start_new_session=True)
 
 
 def seed(settings, store) -> dict[str, list[str]]:
@@ -54,7 +55,8 @@ def seed(settings, store) -> dict[str, list[str]]:
     store.set_item_scenes(SEARCH_ONLY, [scene_mask(["search"], scenes)] * len(SEARCH_ONLY))
     store.set_item_scenes(HIDDEN, [0] * len(HIDDEN))
     engine = Engine(settings.engine_config(), store)
-    rows = [(f"user-{n % 6}", CATALOGUE[(7 * n) % 40], "view", 1_700_000_000.0 + n, "default") for n in range(60)]
+    rows = [(f"user-{n % 6}", CATALOGUE[(7 * n) % 40], "view", 1_700_000_000.0 + n, "default")
+            for n in range(60)]
     rows += [(f"fan-{n}", "sku-033", "click", 1_700_001_000.0 + n, "search") for n in range(5)]
     rows += [(f"fan-{n}", "sku-044", "click", 1_700_002_000.0 + n, "search") for n in range(3)]
     rows += [("fan-9", "sku-050", "click", 1_700_003_000.0, "search")] * 9  # hidden: counted, never shown
@@ -89,7 +91,8 @@ def test_serve_process_answers_from_redis(settings, redis_store, tmp_path):
         assert status == 200 and not search["cold_start"] and len(search["items"]) == 30
         assert set(search["items"]) & set(SEARCH_ONLY) and not set(search["items"]) & set(HIDDEN)
 
-        status, excluded = get(port, user_id="user-1", scene="default", k=10, exclude=",".join(known["items"][:3]))
+        status, excluded = get(port, user_id="user-1", scene="default", k=10,
+                               exclude=",".join(known["items"][:3]))
         assert status == 200 and not set(known["items"][:3]) & set(excluded["items"])
         assert excluded["items"][:7] == known["items"][3:10]
 
@@ -115,7 +118,8 @@ def test_serve_process_answers_from_redis(settings, redis_store, tmp_path):
         assert later["model_version"] == newer and later["catalogue_version"] == 13
         assert later["items"][0] == boosted and known["items"][0] not in later["items"]
 
-        for query, error in (({"scene": "default"}, "missing_user_id"), ({"user_id": "u", "scene": "moon"}, "unknown_scene"),
+        for query, error in (({"scene": "default"}, "missing_user_id"),
+                             ({"user_id": "u", "scene": "moon"}, "unknown_scene"),
                              ({"user_id": "u", "k": 31}, "bad_k"), ({"user_id": "u", "k": 0}, "bad_k"),
                              ({"user_id": "u", "exclude": ",".join(CATALOGUE[:11])}, "too_many_excludes")):
             status, body = get(port, **query)
@@ -123,7 +127,8 @@ def test_serve_process_answers_from_redis(settings, redis_store, tmp_path):
         assert get(port, user_id="u", scene="moon")[1]["scenes"] == list(settings.scenes)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as reply:
             stats = orjson.loads(reply.read())
-        assert stats["responses"]["200"] >= 50 and stats["responses"]["400"] == 6 and stats["cold_starts"] == 1
+        assert stats["responses"]["200"] >= 50 and stats["responses"]["400"] == 6
+        assert stats["cold_starts"] == 1
     finally:
         stop_worker(server)
     assert server.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
@@ -156,12 +161,14 @@ def test_a_running_worker_answers_recommendations(settings, redis_store, tmp_pat
             user, scene = f"user-{n % 5}", ("default", "search")[n % 2]
             doc = {"user_id": user, "item_id": CATALOGUE[n % 25], "type": "view", "ts": 1_700_000_000.0 + n,
                    "scene": scene}
-            producer.send(TopicNames.of(settings).events, key=user.encode(), value=orjson.dumps(doc)).get(timeout=30)
+            producer.send(TopicNames.of(settings).events, key=user.encode(),
+                          value=orjson.dumps(doc)).get(timeout=30)
             sent += 1
         for n in range(6):  # one item clicked most in "product": what an unknown user there is shown first
             doc = {"user_id": f"fan-{n}", "item_id": "sku-024", "type": "click", "ts": 1_700_000_100.0 + n,
                    "scene": "product"}
-            producer.send(TopicNames.of(settings).events, key=doc["user_id"].encode(), value=orjson.dumps(doc)).get(timeout=30)
+            producer.send(TopicNames.of(settings).events, key=doc["user_id"].encode(),
+                          value=orjson.dumps(doc)).get(timeout=30)
             sent += 1
         producer.flush()
         deadline = time.time() + 120
@@ -177,7 +184,8 @@ def test_a_running_worker_answers_recommendations(settings, redis_store, tmp_pat
         assert why["history"] and {e["item_id"] for e in why["history"]} <= user_2_items, why
         assert set(why["scene_interest"]) == {"default", "search"}, why
         status, cold = get(settings.web_port, user_id="stranger", scene="product", k=3)
-        assert status == 200 and cold["cold_start"] and cold["items"][0] == "sku-024" and cold["scores"][0] == 6.0
+        assert status == 200 and cold["cold_start"]
+        assert cold["items"][0] == "sku-024" and cold["scores"][0] == 6.0
         status, bad = get(settings.web_port, user_id="user-2", scene="nowhere")
         assert status == 400 and bad["scenes"] == list(settings.scenes)
     finally:

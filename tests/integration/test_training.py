@@ -21,11 +21,12 @@ def nice_of(pid: int) -> int:
     return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[16])  # field 19: nice
 
 
-@pytest.mark.parametrize("roles", [("all", "all"), ("rank", "train")], ids=["two-workers", "rank-and-trainer"])
+@pytest.mark.parametrize("roles", [("all", "all"), ("rank", "train")],
+                         ids=["two-workers", "rank-and-trainer"])
 def test_snapshot_published_and_hot_reloaded_by_every_worker(settings, redis_store, tmp_path, roles):
     """Two full workers (one of them trains), or a rank-only worker beside a dedicated, niced trainer."""
-    settings = type(settings).from_env(**{**settings.__dict__, "snapshot_interval_s": 2.0, "train_batch_size": 16,
-                                          "role": roles[0]})
+    settings = type(settings).from_env(**{**settings.__dict__, "snapshot_interval_s": 2.0,
+                                          "train_batch_size": 16, "role": roles[0]})
     second = type(settings).from_env(**{**settings.__dict__, "web_port": _free_port(), "role": roles[1]})
     ensure_topics(settings)
     producer = Producer(settings)
@@ -38,7 +39,8 @@ def test_snapshot_published_and_hot_reloaded_by_every_worker(settings, redis_sto
         assert [nice_of(process.pid) for process in workers] == want_nice
         for step in range(6):
             for user in USERS:
-                producer.event(user, CATALOGUE[(step * 5 + len(user) * 3) % 40], "click", 1_700_000_000.0 + step)
+                producer.event(user, CATALOGUE[(step * 5 + len(user) * 3) % 40], "click",
+                               1_700_000_000.0 + step)
         deadline = time.time() + 120
         while redis_store.params_version() == 0 and time.time() < deadline:
             time.sleep(0.5)

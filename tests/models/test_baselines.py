@@ -1,4 +1,5 @@
-"""Baselines on toy streams: the interface contract (exclude, padding, catalogue growth) and basic behaviour."""
+"""Baselines on toy streams: the interface contract (exclude, padding, catalogue
+growth) and basic behaviour."""
 from __future__ import annotations
 
 from collections import deque

@@ -18,9 +18,11 @@ def synthetic(n_items=3000, users=24, seed=5, clusters=40):
     C, d = params.item_emb.shape
     centres = rng.normal(size=(clusters, d))
     emb = centres[rng.integers(clusters, size=C)] + 0.6 * rng.normal(size=(C, d))
-    nbr_item = np.where(rng.random(params.nbr_item.shape) < 0.3, rng.integers(n_items, size=params.nbr_item.shape), -1)
+    nbr_item = np.where(rng.random(params.nbr_item.shape) < 0.3,
+                        rng.integers(n_items, size=params.nbr_item.shape), -1)
     params = params._replace(
-        item_emb=jnp.asarray(0.3 * emb, jnp.float32), item_bias=jnp.asarray(0.2 * rng.normal(size=C), jnp.float32),
+        item_emb=jnp.asarray(0.3 * emb, jnp.float32),
+        item_bias=jnp.asarray(0.2 * rng.normal(size=C), jnp.float32),
         pop=jnp.asarray(rng.exponential(3.0, size=params.pop.shape), jnp.float32),
         nbr_item=jnp.asarray(nbr_item, jnp.int32),
         nbr_weight=jnp.asarray(rng.random(params.nbr_weight.shape) * (nbr_item >= 0), jnp.float32))
@@ -37,7 +39,8 @@ def synthetic(n_items=3000, users=24, seed=5, clusters=40):
 
 
 def exact(params, interest, weight, ranks, n_items, item_scenes):
-    items, scores = kernels.rank(params, interest, weight, ranks, jnp.int32(n_items), item_scenes, k=CFG.k, chunk=0)
+    items, scores = kernels.rank(params, interest, weight, ranks, jnp.int32(n_items), item_scenes, k=CFG.k,
+                                 chunk=0)
     return np.asarray(items), np.asarray(scores)
 
 
@@ -110,7 +113,8 @@ def test_rerank_dedupes_history_and_neighbour_items_it_is_also_given():
     params, interest, weight, ranks = synthetic(seed=6)
     user, _ = kernels.user_vectors(params, interest, weight, ranks)
     proposed = np.concatenate([ranks.hist_item, ranks.hist_item], axis=1)  # every history item, twice
-    items, _ = rerank(params, user, ranks, proposed, 3000, np.full(params.item_emb.shape[0], 3, np.uint32), k=CFG.k)
+    items, _ = rerank(params, user, ranks, proposed, 3000, np.full(params.item_emb.shape[0], 3, np.uint32),
+                      k=CFG.k)
     for row in np.asarray(items):
         shown = row[row >= 0]
         assert len(set(shown.tolist())) == len(shown)

@@ -13,7 +13,8 @@ CFG = EngineConfig(dim=8, history=4, scenes=("default", "search"), k=3, initial_
 
 
 def batch(rows, partition=0, start=0):
-    return [SourcedEvent(Event(u, i, t, ts, s), partition, start + n) for n, (u, i, t, ts, s) in enumerate(rows)]
+    return [SourcedEvent(Event(u, i, t, ts, s), partition, start + n)
+            for n, (u, i, t, ts, s) in enumerate(rows)]
 
 
 def run(engine, events):
@@ -49,7 +50,8 @@ def test_replayed_events_are_skipped_and_state_is_unchanged():
 def test_masked_types_are_never_recommended_back():
     cfg = EngineConfig(**{**CFG.__dict__, "mask_types": ("purchase",)})
     engine = Engine(cfg, MemoryStore())
-    rows = [("u", f"i{j}", "view", float(j), "default") for j in range(6)] + [("u", "i5", "purchase", 9.0, "default")]
+    rows = [("u", f"i{j}", "view", float(j), "default") for j in range(6)]
+    rows += [("u", "i5", "purchase", 9.0, "default")]
     rec = run(engine, batch(rows)).recommendations[0]
     assert "i5" not in rec.items and len(rec.items) == 3
 
@@ -60,8 +62,8 @@ def test_catalogue_grows_past_capacity_without_restart():
     for start in range(0, 40, 10):
         run(engine, batch(rows[start:start + 10], start=start))
     assert engine.n_items == 40 and engine.params.item_emb.shape[0] == 64
-    seen = {i for r in run(engine, batch([("u0", "item-0", "view", 99.0, "default")], start=40)).recommendations
-            for i in r.items}
+    later = run(engine, batch([("u0", "item-0", "view", 99.0, "default")], start=40))
+    seen = {i for r in later.recommendations for i in r.items}
     assert seen <= {f"item-{j}" for j in range(40)}
 
 
@@ -95,7 +97,8 @@ def test_occurrence_counts_earlier_equal_keys():
 def test_pipelined_batches_build_on_uncommitted_states():
     """Processing batch 2 before batch 1 is committed (the rank worker's pipeline) gives the same states,
     lists and feedback as one batch at a time; discarding uncommitted states falls back to the store."""
-    rows = [("u", "a", "view", 1.0, "default"), ("v", "b", "cart", 1.5, "search"), ("u", "c", "click", 2.0, "default")]
+    rows = [("u", "a", "view", 1.0, "default"), ("v", "b", "cart", 1.5, "search"),
+            ("u", "c", "click", 2.0, "default")]
     later = [("u", "d", "view", 3.0, "search"), ("v", "a", "purchase", 3.5, "search")]
 
     sequential_store = MemoryStore()
@@ -110,7 +113,8 @@ def test_pipelined_batches_build_on_uncommitted_states():
     assert not pipelined_store.states
     assert pipelined.commit(first) == [True, True] and pipelined.commit(second) == [True, True]
     assert pipelined_store.states == sequential_store.states
-    assert [(r.user_id, r.items) for r in second.recommendations] == [(r.user_id, r.items) for r in expected.recommendations]
+    lists = [(r.user_id, r.items) for r in second.recommendations]
+    assert lists == [(r.user_id, r.items) for r in expected.recommendations]
     assert [(f.hit, f.rank) for f in second.feedback] == [(f.hit, f.rank) for f in expected.feedback]
 
     again = pipelined.process(batch([("u", "e", "view", 4.0, "default")], start=5))
@@ -150,7 +154,8 @@ def test_loading_a_snapshot_of_new_shapes_compiles_nothing():
     compile on the rank path (jnp.asarray of a NumPy array compiles a small function per shape)."""
     import jax
 
-    cfg = EngineConfig(**{**CFG.__dict__, "dim": 6, "history": 3, "initial_capacity": 24})  # shapes no other test uses
+    # shapes no other test uses
+    cfg = EngineConfig(**{**CFG.__dict__, "dim": 6, "history": 3, "initial_capacity": 24})
     store = MemoryStore()
     engine = Engine(cfg, store, params=init_params(cfg, 24))
     store.publish_params(to_bytes(init_params(cfg, 24), {"version": 1}))
@@ -183,7 +188,8 @@ def test_states_of_the_previous_layout_are_converted_not_rejected():
     assert [r.event.event.user_id for r in refused.rejected] == ["u"]
 
     engine = Engine(replace(longer, previous_layout="history=4"), store)
-    result = run(engine, batch([("u", "c", "view", 3.0, "default"), ("w", "a", "view", 3.0, "default")], start=3))
+    rows = [("u", "c", "view", 3.0, "default"), ("w", "a", "view", 3.0, "default")]
+    result = run(engine, batch(rows, start=3))
     assert not result.rejected and result.migrated == 1 and result.replayed == 0
     assert [f.list_age_s is not None for f in result.feedback] == [True, False]  # u's last list survived
     index = {**old._index, **engine._index}
@@ -255,7 +261,8 @@ def test_items_assigned_after_the_batch_read_do_not_break_the_id_fetch():
 
     store = Growing()
     engine = Engine(CFG, store)
-    run(Engine(CFG, store), batch([("w", f"x{j}", "purchase", float(j), "default") for j in range(4)], partition=1))
+    run(Engine(CFG, store),
+        batch([("w", f"x{j}", "purchase", float(j), "default") for j in range(4)], partition=1))
     result = run(engine, batch([("u", "a", "view", 10.0, "default")]))
     assert len(result.feedback) == 1 and None not in result.recommendations[0].items
     assert engine.n_items == 5   # the late item waits for the next read

@@ -27,7 +27,8 @@ def random_state(rng, B, cfg, n_items):
         hist_item[b, -n:] = rng.integers(0, n_items, n)
     hist_type = rng.integers(0, 4, hist_item.shape).astype(np.int32)
     ages = rng.uniform(0, 7200, hist_item.shape).astype(np.float32)
-    weight = (rng.uniform(size=(B, cfg.n_scenes)) > 0.4).astype(np.float32) * rng.uniform(0.5, 2, (B, cfg.n_scenes))
+    present = (rng.uniform(size=(B, cfg.n_scenes)) > 0.4).astype(np.float32)
+    weight = present * rng.uniform(0.5, 2, (B, cfg.n_scenes))
     interest = rng.normal(size=(B, cfg.n_scenes, cfg.dim)).astype(np.float32)
     scene = rng.integers(0, cfg.n_scenes, B).astype(np.int32)
     from models.kernels import RankInputs
@@ -40,20 +41,22 @@ def test_most_attended_events_and_scene_weights_match_the_reference():
     rng = np.random.default_rng(0)
     n_items = 12
     params = init_params(CFG, capacity=16)
-    params = params._replace(item_emb=params.item_emb + rng.normal(size=params.item_emb.shape).astype(np.float32))
+    noise = rng.normal(size=params.item_emb.shape).astype(np.float32)
+    params = params._replace(item_emb=params.item_emb + noise)
     names = np.array([f"i{n}" for n in range(16)], object)
     interest, weight, ranks = random_state(rng, 5, CFG, n_items)
     docs = explanations(params, interest, weight, ranks, names, CFG.scenes, events=3, bucket=8)
     gate = 1 / (1 + np.exp(-float(params.transfer)))
     for b, doc in enumerate(docs):
-        _, attn = reference.user_vector(params, interest[b], weight[b], ranks.hist_item[b], ranks.hist_type[b],
-                                        ranks.hist_age[b], int(ranks.scene[b]))
+        _, attn = reference.user_vector(params, interest[b], weight[b], ranks.hist_item[b],
+                                        ranks.hist_type[b], ranks.hist_age[b], int(ranks.scene[b]))
         order = np.argsort(-attn, kind="stable")[:3]
         expected = [(names[ranks.hist_item[b, j]], attn[j]) for j in order if attn[j] > 0]
         got = [(e["item_id"], e["attention"]) for e in doc["history"]]
         assert [g[0] for g in got] == [e[0] for e in expected], (b, got, expected)
         np.testing.assert_allclose([g[1] for g in got], [e[1] for e in expected], atol=2e-4)
-        assert all(e["age_s"] >= 0 and e["type"] in ("view", "click", "cart", "purchase") for e in doc["history"])
+        assert all(e["age_s"] >= 0 and e["type"] in ("view", "click", "cart", "purchase")
+                   for e in doc["history"])
         visited = [s for s in range(CFG.n_scenes) if weight[b, s] > 0]
         assert list(doc["scene_interest"]) == [CFG.scenes[s] for s in visited]
         if visited:
@@ -73,8 +76,8 @@ def reference_scene_logits(params, interest, ranks, b, visited):
 def run_engine(cfg):
     engine = Engine(cfg, MemoryStore())
     batch = [SourcedEvent(Event("u1", item, etype, ts, scene=scene), 0, off) for off, (item, etype, ts, scene)
-             in enumerate([("a", "view", 1.0, "home"), ("b", "purchase", 2.0, "home"), ("c", "click", 3.0, "search"),
-                           ("d", "view", 4.0, "search")])]
+             in enumerate([("a", "view", 1.0, "home"), ("b", "purchase", 2.0, "home"),
+                           ("c", "click", 3.0, "search"), ("d", "view", 4.0, "search")])]
     result = engine.process(batch)
     engine.commit(result)
     return engine, result.recommendations[0]
@@ -97,17 +100,20 @@ def test_engine_lists_carry_explanations_only_when_asked():
                if item in ages)
 
     # The request path explains a known user from the stored state, and not a cold start.
-    ranker = RequestRanker(EngineConfig(**{**CFG.__dict__, "explain_events": 2}), engine.store, clock=lambda: 10.0)
+    ranker = RequestRanker(EngineConfig(**{**CFG.__dict__, "explain_events": 2}), engine.store,
+                           clock=lambda: 10.0)
     known, cold = ranker.answer([Request("u1", "default", 2, ()), Request("nobody", "default", 2, ())])
     assert known.explanation is not None and set(known.explanation["scene_interest"]) == {"home", "search"}
     assert {e["item_id"] for e in known.explanation["history"]} <= {"a", "b", "c", "d"}
-    assert "explanation" in known.as_json() and cold.explanation is None and "explanation" not in cold.as_json()
+    assert "explanation" in known.as_json()
+    assert cold.explanation is None and "explanation" not in cold.as_json()
 
 
 def test_explain_settings():
     assert Settings.from_env({}).engine_config().explain_events == 0
     assert Settings.from_env({"ATTNFLOW_EXPLAIN": "true"}).engine_config().explain_events == 3
-    assert Settings.from_env({"ATTNFLOW_EXPLAIN": "1", "ATTNFLOW_EXPLAIN_EVENTS": "5"}).engine_config().explain_events == 5
+    five = Settings.from_env({"ATTNFLOW_EXPLAIN": "1", "ATTNFLOW_EXPLAIN_EVENTS": "5"})
+    assert five.engine_config().explain_events == 5
     try:
         Settings.from_env({"ATTNFLOW_EXPLAIN_EVENTS": "0"})
     except ValueError as exc:

@@ -26,7 +26,8 @@ def random_params(cfg, capacity, seed=1):
     successors[rng.random((C, tables, M)) < 0.3] = -1                 # rows that are not full
     return params._replace(
         pop=jnp.asarray(rng.exponential(3.0, params.pop.shape), jnp.float32),
-        nbr_item=jnp.asarray(successors), nbr_weight=jnp.asarray(rng.random((C, tables, M)) * 0.3, jnp.float32),
+        nbr_item=jnp.asarray(successors),
+        nbr_weight=jnp.asarray(rng.random((C, tables, M)) * 0.3, jnp.float32),
         item_scene_bits=jnp.asarray(rng.integers(0, 1 << cfg.n_scenes, C), jnp.uint32))
 
 
@@ -57,8 +58,8 @@ def test_rank_matches_reference(capacity, n_items, chunk):
 
     items, scores = kernels.rank(params, interest, weight, ranks, jnp.int32(n_items), k=CFG.k, chunk=chunk)
     for b in range(B):
-        user, attn = reference.user_vector(params, interest[b], weight[b], ranks.hist_item[b], ranks.hist_type[b],
-                                           ranks.hist_age[b], ranks.scene[b])
+        user, attn = reference.user_vector(params, interest[b], weight[b], ranks.hist_item[b],
+                                           ranks.hist_type[b], ranks.hist_age[b], ranks.scene[b])
         want_items, want_scores = reference.top_k(params, user, n_items, ranks.exclude[b], CFG.k,
                                                   ranks.hist_item[b], ranks.scene[b])
         np.testing.assert_allclose(np.asarray(scores[b]), want_scores, rtol=1e-4, atol=1e-4)
@@ -81,7 +82,8 @@ def test_running_block_top_k_is_exact(capacity, chunk, tail, catalogue):
     rng = np.random.default_rng(2)
     k, B = CFG.k, 6  # 5: a 256-item chunk holds 8 blocks, enough for the running block top-k
     params = random_params(CFG, capacity)
-    params = params._replace(item_bias=params.item_bias.at[catalogue - 40:catalogue].add(50.0))  # the best items come last
+    # the best items come last
+    params = params._replace(item_bias=params.item_bias.at[catalogue - 40:catalogue].add(50.0))
     user = jnp.asarray(rng.normal(size=(B, CFG.dim)).astype(np.float32))
     # per user: most of the catalogue, nothing rankable, fewer live items than k, all of it, all but
     # the last 37 (3 boosted items left), half of it
@@ -93,7 +95,8 @@ def test_running_block_top_k_is_exact(capacity, chunk, tail, catalogue):
     full = kernels._chunk_scores(user, params, hist, n_items, exclude, 0, 0, capacity)
     want_top, want_items = jax.lax.top_k(full, k)
     live = np.asarray(want_top) > kernels.NEG_INF / 2
-    np.testing.assert_allclose(np.asarray(top)[live], np.asarray(want_top)[live], rtol=1e-6)  # matmul shapes differ
+    # matmul shapes differ
+    np.testing.assert_allclose(np.asarray(top)[live], np.asarray(want_top)[live], rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(items)[live], np.asarray(want_items)[live])
     assert (np.asarray(items)[~live] == -1).all()
     assert live[1].sum() == 0 and live[2].sum() == 3
@@ -132,7 +135,8 @@ def test_catalogue_padding_and_empty_users_never_leak():
         hist_age=np.zeros((B, CFG.history), np.float32), scene=np.zeros(B, np.int32),
         exclude=np.array([[0, -1], [-1, -1]], np.int32))
     items, scores = kernels.rank(params, np.zeros((B, CFG.n_scenes, CFG.dim), np.float32),
-                                 np.zeros((B, CFG.n_scenes), np.float32), ranks, jnp.int32(3), k=CFG.k, chunk=64)
+                                 np.zeros((B, CFG.n_scenes), np.float32), ranks, jnp.int32(3), k=CFG.k,
+                                 chunk=64)
     items = np.asarray(items)
     assert sorted(items[0][items[0] >= 0].tolist()) == [1, 2]    # 3 items, item 0 excluded
     assert sorted(items[1][items[1] >= 0].tolist()) == [0, 1, 2]

@@ -51,8 +51,10 @@ def test_tmall_parser_maps_types_days_and_keeps_file_order(tmp_path):
         "user_id,brand_id,type,visit_datetime\n"
         "1,10,0,6-4\n1,11,2,6-4\n2,10,1,4-15\n2,12,3,6-4\n")
     log = loaders.load("tmall", data_dir=tmp_path, scene="type")
-    assert [log.item_ids[i] for i in log.item] == ["10", "10", "11", "12"]  # 4-15 first, then 6-4 in file order
-    assert log.type.tolist() == [TYPE_CODE["purchase"], TYPE_CODE["click"], TYPE_CODE["cart"], TYPE_CODE["cart"]]
+    # 4-15 first, then 6-4 in file order
+    assert [log.item_ids[i] for i in log.item] == ["10", "10", "11", "12"]
+    assert log.type.tolist() == [TYPE_CODE["purchase"], TYPE_CODE["click"], TYPE_CODE["cart"],
+                                 TYPE_CODE["cart"]]
     assert log.ts[0] == 1365984000.0  # 2013-04-15 00:00 UTC
     assert [log.scene_names[s] for s in log.scene] == ["buy", "click", "favourite", "cart"]
 

@@ -13,13 +13,15 @@ from models.requests import Request, RequestError, RequestLimits, RequestRanker,
 from models.store import MemoryStore
 
 SCENES = ("default", "home", "search")
-CFG = EngineConfig(dim=8, history=6, scenes=SCENES, k=4, initial_capacity=64, buckets=(4, 8, 16, 32), max_batch=32)
+CFG = EngineConfig(dim=8, history=6, scenes=SCENES, k=4, initial_capacity=64, buckets=(4, 8, 16, 32),
+                   max_batch=32)
 LIMITS = RequestLimits(max_k=10, max_exclude=5, max_batch=8)
 ITEMS = [f"i{n}" for n in range(40)]
 
 
 def events(rows, partition=0, start=0):
-    return [SourcedEvent(Event(u, i, t, ts, s), partition, start + n) for n, (u, i, t, ts, s) in enumerate(rows)]
+    return [SourcedEvent(Event(u, i, t, ts, s), partition, start + n)
+            for n, (u, i, t, ts, s) in enumerate(rows)]
 
 
 def run(engine, rows, start=0):
@@ -74,7 +76,8 @@ def test_unknown_users_get_the_scenes_popular_items_then_the_models_prior(store)
     serving = ranker(CFG, store)
     search, home, default = serving.answer([Request("stranger", "search", 5), Request("stranger", "home", 3),
                                             Request("stranger", "default", 3)])
-    assert search.cold_start and search.items[:3] == ["i7", "i8", "i9"] and search.scores[:3] == [5.0, 3.0, 1.0]
+    assert search.cold_start
+    assert search.items[:3] == ["i7", "i8", "i9"] and search.scores[:3] == [5.0, 3.0, 1.0]
     assert len(search.items) == 5 and len(set(search.items)) == 5 and search.scores[3:] == [0.0, 0.0]
     assert home.items[0] == "i20" and len(home.items) == 3
     assert default.cold_start and len(default.items) == 3 and default.scores == [0.0, 0.0, 0.0]
@@ -178,4 +181,5 @@ def test_bad_requests_are_refused_with_what_is_wrong(query, error, detail):
 
 def test_good_requests_take_defaults_and_drop_repeated_excludes():
     assert parse_request({"user_id": "u"}, SCENES, 4, LIMITS) == Request("u", "default", 4, ())
-    assert parse_request({"user_id": "u", "k": "10", "exclude": "a,,b,a"}, SCENES, 4, LIMITS).exclude == ("a", "b")
+    request = parse_request({"user_id": "u", "k": "10", "exclude": "a,,b,a"}, SCENES, 4, LIMITS)
+    assert request.exclude == ("a", "b")

@@ -91,8 +91,10 @@ def test_states_of_the_previous_layout_are_converted_on_read():
     np.testing.assert_array_equal(old["interest"][:, 0], states["interest"][:, 0])   # default
     np.testing.assert_array_equal(old["interest"][:, 1], states["interest"][:, 2])   # home
     assert old["interest_weight"].tolist() == [[0.5, 2.5]] * 2                        # search's is dropped
-    assert got["offset"][[1, 2]].tolist() == [-1, -1]                                # fresh and current states
-    assert codec.decode(codec.encode(old)).tobytes() == old.tobytes()                # written back: current layout
+    # fresh and current states
+    assert got["offset"][[1, 2]].tolist() == [-1, -1]
+    # written back: current layout
+    assert codec.decode(codec.encode(old)).tobytes() == old.tobytes()
     assert codec.migrated == 2
 
 
@@ -108,7 +110,8 @@ def test_a_longer_history_and_a_new_dim_keep_the_events_and_drop_the_interests()
 
 def test_other_layouts_are_still_refused_with_the_migration_named():
     _, values = old_states(1)
-    codec = StateCodec(EngineConfig(dim=4, history=2, scenes=("default", "home"), k=2, previous_layout="history=7"))
+    codec = StateCodec(EngineConfig(dim=4, history=2, scenes=("default", "home"), k=2,
+                                    previous_layout="history=7"))
     with pytest.raises(StateLayoutError, match="not in the previous layout either .*history=7"):
         codec.decode(values)
     assert codec.migrated == 0

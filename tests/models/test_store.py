@@ -11,7 +11,9 @@ CODEC = StateCodec(EngineConfig(dim=2, history=2, scenes=("default",), k=1))
 
 def value(partition, offset, n_events=0, index=0):
     state = CODEC.decode([None])
-    state["partition"], state["offset"], state["n_events"], state["fence_index"] = partition, offset, n_events, index
+    for name, field in (("partition", partition), ("offset", offset), ("n_events", n_events),
+                        ("fence_index", index)):
+        state[name] = field
     return CODEC.encode(state)[0]
 
 
@@ -38,7 +40,8 @@ def test_fence_refuses_replays_and_zombies(store):
 def test_fence_orders_events_within_a_batched_message_by_index(store):
     assert store.write_states(["a"], [value(0, 5, 1, index=3)]) == [True]
     # the same message: an earlier or the same index is a replay, a later one is new
-    assert store.write_states(["a", "a"], [value(0, 5, 9, index=2), value(0, 5, 9, index=3)]) == [False, False]
+    replays = [value(0, 5, 9, index=2), value(0, 5, 9, index=3)]
+    assert store.write_states(["a", "a"], replays) == [False, False]
     assert store.write_states(["a"], [value(0, 5, 2, index=300)]) == [True]
     # a later message wins whatever its index; an earlier one loses whatever its index
     assert store.write_states(["a"], [value(0, 4, 9, index=65535)]) == [False]
@@ -87,7 +90,8 @@ def test_scene_popularity_sums_the_newest_windows_counted_with_the_write(store):
     store.count_scene_items([("home", 2, 5), ("home", 7, 1), ("home", 8, 2), ("home", 9, 4)], now=150.0)
     assert store.scene_popularity(["home", "search", "default"], 10, now=160.0) == {
         "home": [(2, 6.0), (9, 4.0), (1, 3.0), (8, 2.0)], "search": [(1, 1.0)], "default": []}
-    assert store.scene_popularity(["home"], 2, now=260.0) == {"home": [(2, 5.0), (9, 4.0)]}  # first window gone
+    # first window gone
+    assert store.scene_popularity(["home"], 2, now=260.0) == {"home": [(2, 5.0), (9, 4.0)]}
     assert store.write_states(["a"], [value(0, 1)], scene_counts=[("default", 4, 2)]) == [True]
     assert store.write_states(["a"], [value(0, 1)], scene_counts=[("default", 4, 1)]) == [False]
     assert store.scene_popularity(["default"], 5)["default"] == [(4, 3.0)]

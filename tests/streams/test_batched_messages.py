@@ -28,8 +28,8 @@ def stream(n=64, seed=3):
 
 def worker_on(store, batch_size=16):
     """A rank worker with a stand-in producer; ``batch_size`` is also the engine's events per kernel call."""
-    settings = Settings(compile_cache_dir="", dim=8, history=4, k=3, initial_capacity=32, batch_size=batch_size,
-                        scenes=("default",), train_enabled=False, pipeline_depth=1)
+    settings = Settings(compile_cache_dir="", dim=8, history=4, k=3, initial_capacity=32,
+                        batch_size=batch_size, scenes=("default",), train_enabled=False, pipeline_depth=1)
     producer = Producer(partitions=1)
     topics = [SimpleNamespace(get_topic_name=lambda name=name: name) for name in ("recs", "feedback", "dead")]
     worker = RankWorker(settings, *topics)
@@ -40,7 +40,8 @@ def worker_on(store, batch_size=16):
 
 
 def messages(values, first_offset=0):
-    return [FaustEvent(value=v, message=Message(topic="events", partition=0, offset=first_offset + n, timestamp=None))
+    return [FaustEvent(value=v,
+                       message=Message(topic="events", partition=0, offset=first_offset + n, timestamp=None))
             for n, v in enumerate(values)]
 
 

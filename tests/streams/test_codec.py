@@ -61,7 +61,8 @@ def test_settings_reject_bad_configuration():
 
 
 def test_quick_path_accepts_exactly_what_the_field_checks_accept():
-    """``decode_event`` checks the common case in one go; every answer must match the field-by-field checks."""
+    """``decode_event`` checks the common case in one go; every answer must
+    match the field-by-field checks."""
     import itertools
 
     from streams.codec import MAX_ID_BYTES, _checked
@@ -74,7 +75,8 @@ def test_quick_path_accepts_exactly_what_the_field_checks_accept():
     cases = 0
     for user, item, etype, ts, scene, event_id in itertools.product(ids, ids[:3] + [5], types, stamps, scenes,
                                                                      event_ids):
-        doc = {"user_id": user, "item_id": item, "type": etype, "ts": ts, "scene": scene, "event_id": event_id}
+        doc = {"user_id": user, "item_id": item, "type": etype, "ts": ts, "scene": scene,
+               "event_id": event_id}
         doc = {k: v for k, v in doc.items() if v is not None or k == "scene"}
         outcomes = []
         for decode in (lambda: decode_event(orjson.dumps(doc), SCENES), lambda: _checked(doc, SCENES)):

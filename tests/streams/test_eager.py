@@ -1,4 +1,5 @@
-"""streams/eager.py: Faust's consumer hands messages over without tasks, and waits exactly as before otherwise."""
+"""streams/eager.py: Faust's consumer hands messages over without tasks, and waits
+exactly as before otherwise."""
 import asyncio
 
 import pytest
@@ -121,4 +122,5 @@ def test_the_producer_buffer_check_flushes_exactly_when_faust_would():
 
     for pending in (0, ProducerBuffer.max_messages, ProducerBuffer.max_messages + 1):
         lean, stock = (run(flushes(check, pending)) for check in (lean_wait_until_ebb, _original_ebb))
-        assert lean == stock == ([ProducerBuffer.max_messages] if pending > ProducerBuffer.max_messages else [])
+        assert lean == stock == ([ProducerBuffer.max_messages] if pending > ProducerBuffer.max_messages
+                                 else [])

@@ -1,4 +1,5 @@
-"""streams/faustapp.py: the worker and the benchmark's baseline apps get their Faust options from one place."""
+"""streams/faustapp.py: the worker and the benchmark's baseline apps get their
+Faust options from one place."""
 import pytest
 from faust.sensors.monitor import Monitor
 

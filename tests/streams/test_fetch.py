@@ -14,7 +14,8 @@ def test_the_limits_reach_the_consumer_faust_builds(monkeypatch):
 
     built = asyncio.run(make())
     monkeypatch.setattr(fetch, "_original", lambda thread, transport: built)
-    monkeypatch.setattr(AIOKafkaConsumerThread, "_create_worker_consumer", AIOKafkaConsumerThread._create_worker_consumer)
+    monkeypatch.setattr(AIOKafkaConsumerThread, "_create_worker_consumer",
+                        AIOKafkaConsumerThread._create_worker_consumer)
     fetch.install(min_bytes=16384, max_wait_ms=5)
     consumer = AIOKafkaConsumerThread._create_worker_consumer(object(), transport=None)
     assert consumer is built
@@ -34,7 +35,8 @@ def test_faust_still_uses_the_defaults_the_settings_name():
     import faust.transport.drivers.aiokafka as driver
 
     assert inspect.signature(AIOKafkaConsumer).parameters["fetch_min_bytes"].default == 1
-    assert "fetch_max_wait_ms=1500" in inspect.getsource(driver.AIOKafkaConsumerThread._create_worker_consumer)
+    source = inspect.getsource(driver.AIOKafkaConsumerThread._create_worker_consumer)
+    assert "fetch_max_wait_ms=1500" in source
     assert fetch.FAUST_DEFAULTS == {"fetch_min_bytes": 1, "fetch_max_wait_ms": 1500}
     before = AIOKafkaConsumerThread._create_worker_consumer
     assert fetch.install(1, 1500) is False

@@ -2,8 +2,9 @@
 
 Outputs leave in batch order but do not wait for the previous batch's state write; writes and
 acks stay in batch order; a batch whose outputs fail is neither written nor acked, and neither is
-any batch after it; events taken while a batch waits for the engine join it, up to the batch size. The engine and the producer are stand-ins: the real ones are covered by the
-integration tests, this is about the agent's bookkeeping.
+any batch after it; events taken while a batch waits for the engine join it, up to the batch size. The engine
+and the producer are stand-ins: the real ones are covered by the integration tests, this is about the agent's
+bookkeeping.
 """
 import asyncio
 import threading
@@ -21,8 +22,8 @@ class FakeEvent:
     def __init__(self, batch: int, n: int, log: list):
         self.batch, self.log = batch, log
         self.value = orjson.dumps({"user_id": f"u{n}", "item_id": "i1", "type": "view", "ts": 1.0})
-        self.message = SimpleNamespace(incref=lambda: None, topic="events", partition=0, offset=batch * 10 + n,
-                                       timestamp=None)
+        self.message = SimpleNamespace(incref=lambda: None, topic="events", partition=0,
+                                       offset=batch * 10 + n, timestamp=None)
 
     def ack(self):
         self.log.append(("ack", self.batch))
@@ -66,7 +67,8 @@ def rank_worker(log: list, engine: FakeEngine, deliveries: dict, **settings) -> 
     async def queue_outputs(results, _dead, _topic):
         for result in results:
             log.append(("queued", result.batch))
-        return [deliveries.setdefault(result.batch, asyncio.get_running_loop().create_future()) for result in results]
+        return [deliveries.setdefault(result.batch, asyncio.get_running_loop().create_future())
+                for result in results]
 
     worker._queue_outputs = queue_outputs
     return worker

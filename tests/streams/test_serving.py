@@ -115,7 +115,8 @@ def test_statuses_not_ready_bad_request_answer_and_store_down():
     (not_ready, ok, bad_k, too_many, down), stats = asyncio.run(go())
     assert not_ready == (503, {"error": "not_ready", "message": not_ready[1]["message"]})
     assert ok[0] == 200 and ok[1]["cold_start"] and len(ok[1]["items"]) == 4 and ok[1]["scene"] == "home"
-    assert set(ok[1]) == {"user_id", "scene", "items", "scores", "model_version", "catalogue_version", "cold_start"}
+    assert set(ok[1]) == {"user_id", "scene", "items", "scores", "model_version", "catalogue_version",
+                          "cold_start"}
     assert bad_k[0] == 400 and bad_k[1]["error"] == "bad_k" and bad_k[1]["max_k"] == 10
     assert too_many[0] == 400 and too_many[1]["error"] == "too_many_excludes"
     assert down[0] == 503 and down[1]["error"] == "store_unavailable"

@@ -30,7 +30,8 @@ def trainer_and_blob(settings: Settings, activity: RankActivity | None, store=No
     store = store if store is not None else MemoryStore()
     store.item_index([f"i{n}" for n in range(10)])
     worker = TrainWorker(settings, store=store, activity=activity, clock=clock or ManualClock())
-    [blob] = examples_to_messages(toy_examples(settings.engine_config(), n=16, n_items=10), settings.engine_config())
+    [blob] = examples_to_messages(toy_examples(settings.engine_config(), n=16, n_items=10),
+                                  settings.engine_config())
     return worker, blob
 
 

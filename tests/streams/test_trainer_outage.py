@@ -47,7 +47,8 @@ def test_a_store_outage_before_the_steps_is_retried_and_the_examples_are_learned
     worker, blob = trainer(FlakyStore(failures=2), snapshot_interval_s=1e9)
     asyncio.run(worker.handle([message(blob)]))
     assert worker.metrics.retries == 2
-    assert worker.trainer.steps == 2 and worker.metrics.examples == 16  # 16 examples, batch 8: once, not thrice
+    # 16 examples, batch 8: once, not thrice
+    assert worker.trainer.steps == 2 and worker.metrics.examples == 16
 
 
 def test_a_snapshot_that_cannot_be_published_is_published_later():
