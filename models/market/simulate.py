@@ -10,9 +10,14 @@ Then the model learns from the event; what was shown never changes what it learn
 only in their slots. Budgets are per period: an equal share of the replayed events (``--periods``), the
 market's clock being the event count, so that an even plan is even over traffic.
 
-Reports per design: revenue, clicks, fill rate, mean price, overspend, spend vs budget over each period
-(pacing smoothness), HR@10 / NDCG@10 of the organic entries and of the shown list vs the organic lists
-alone (S=0), and the calibration's reliability; writes ``docs/results/market.json`` and a spend plot.
+A design may assume a position effect (``examined``): an event on an ad is then a click only if a draw
+(the same for every design) falls below :func:`examination` of its rank; lists and pCTR labels are as in
+the others.
+
+Reports per design: revenue (and the part from the first eval_k positions), clicks, fill rate, mean price,
+overspend, spend vs budget over each period (pacing smoothness), HR@10 / NDCG@10 of the organic entries
+and of the shown list vs the organic lists alone (S=0, with its hits per position), and the calibration's
+reliability; writes ``docs/results/market.json`` and a spend plot.
 """
 from __future__ import annotations
 
@@ -28,13 +33,14 @@ from models import batching
 from models.market.auction import place, run_auction
 from models.market.calibration import ScoreCalibrator
 from models.market.campaigns import MICROS
-from models.market.pacing import DAY_S, can_pay, pass_rate, throttle
+from models.market.pacing import DAY_S, can_pay, draws, pass_rate, throttle
 from models.market.scoring import score_items
 
 DEFAULT_OUT = "docs/results/market.json"
 # name -> the design: mechanism, pacing, and optionally 1-based slot ranks other than the run's, a quality floor
-# (an ad needs a pCTR of at least floor x that of the organic item it pushes off the first eval_k positions)
-# and a pacing gain other than the run's
+# (an ad needs a pCTR of at least floor x that of the organic item it pushes off the first eval_k positions),
+# a pacing gain other than the run's, and ``examined``: an event on an ad at rank r is a click only with
+# probability examination(r) (a position effect the log cannot show; see :func:`examination`)
 DESIGNS = {
     "gsp_attention_paced": {"mechanism": "gsp", "pacing": True},
     "gsp_attention": {"mechanism": "gsp", "pacing": False},
@@ -47,7 +53,21 @@ DESIGNS = {
     "gsp_attention_paced_gain_16": {"mechanism": "gsp", "pacing": True, "gain": 16.0},
     "gsp_attention_paced_floor_0.8": {"mechanism": "gsp", "pacing": True, "floor": 0.8},
     "gsp_attention_paced_floor_0.9": {"mechanism": "gsp", "pacing": True, "floor": 0.9},
+    "gsp_attention_paced_examined": {"mechanism": "gsp", "pacing": True, "examined": True},
+    "gsp_attention_paced_ranks_15_20_examined": {"mechanism": "gsp", "pacing": True, "ranks": (15, 20),
+                                                 "examined": True},
+    "bid_only_paced_examined": {"mechanism": "bid_only", "pacing": True, "examined": True},
 }
+
+
+def examination(rank: np.ndarray) -> np.ndarray:
+    """Chance that a user looks at 1-based ``rank``: DCG's discount ``1 / log2(rank + 1)``, an assumed
+    position effect (the log was not produced by these lists, so it cannot measure one).
+
+    >>> examination(np.array([1, 3, 15])).round(3).tolist()
+    [1.0, 0.5, 0.25]
+    """
+    return 1.0 / np.log2(np.asarray(rank, np.float64) + 1.0)
 
 
 @dataclass
@@ -104,6 +124,7 @@ class Design:
     ranks: tuple[int, ...]                              # 0-based slot positions
     floor: float
     gain: float
+    examined: bool
     calibrator: ScoreCalibrator
     spent: np.ndarray                                   # [P, C] micros
     revenue: int = 0
@@ -136,7 +157,8 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
     C = len(campaigns.bid)
     state = {name: Design(name, spec["mechanism"], spec["pacing"],
                           tuple(r - 1 for r in spec.get("ranks") or [r + 1 for r in ranks]), spec.get("floor", 0.0),
-                          spec.get("gain", gain), ScoreCalibrator(prior_ctr=prior_ctr), np.zeros((periods, C), np.int64))
+                          spec.get("gain", gain), bool(spec.get("examined")),
+                          ScoreCalibrator(prior_ctr=prior_ctr), np.zeros((periods, C), np.int64))
              for name, spec in designs.items()}
     for design in state.values():
         if not all(0 <= r < k for r in design.ranks):
@@ -179,6 +201,7 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
         period = np.minimum(when.astype(np.int64), periods - 1)
         frac = when - period
         keys = (np.arange(start, stop, dtype=np.uint64) * np.uint64(2654435761)) ^ np.uint64(12345)
+        looks = draws(keys ^ np.uint64(0x5EED), 1)[:, 0]   # one draw per event, the same in every design
         for design in state.values():
             spent = design.spent[period]                                                     # [B, C]
             live = can_pay(spent, campaigns.budget[None, :], campaigns.bid[None, :])
@@ -204,6 +227,8 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
                 design.hits[f"{name}_hr"] += hr; design.hits[f"{name}_ndcg"] += ndcg
             clicked = (rank > 0) & on_ad
             design.hits["sponsored_hr"] += float(clicked.sum())
+            if design.examined:
+                clicked &= looks < examination(np.maximum(rank, 1))
             for b in np.flatnonzero(clicked).tolist():  # the clicks (a few per batch): charged in event order
                 s = int(slot[b, rank[b] - 1])
                 c = int(campaigns.campaign[sold.ad[b, s]])
@@ -239,6 +264,7 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
         results[design.name] = {
             "mechanism": design.mechanism, "pacing": design.pacing, "sponsored_ranks": [r + 1 for r in design.ranks],
             "quality_floor": design.floor, "pacing_gain": design.gain if design.pacing else None,
+            "examined": design.examined,
             "revenue": design.revenue / MICROS, "clicks": design.clicks,
             f"revenue_top{eval_k}": design.revenue_top / MICROS, f"clicks_top{eval_k}": design.clicks_top,
             "mean_price": design.revenue / MICROS / design.clicks if design.clicks else None,

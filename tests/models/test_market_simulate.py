@@ -40,6 +40,8 @@ def test_every_design_is_reported_and_none_overspends():
     assert 0 <= report["organic_only"]["HR@5"] <= 1
     organic = report["organic_only"]
     assert sum(organic["hits_by_rank"]) == round(organic["HR@5"] * report["n_events"])
+    examined = report["designs"]["gsp_attention_paced_examined"]   # an assumed position effect on clicks only
+    assert examined["examined"] and not report["designs"]["gsp_attention_paced"]["examined"]
     below = report["designs"]["below"]   # slots past the first eval_k positions leave them organic
     assert below["organic_HR@5_loss"] == 0 and below["clicks_top5"] == 0 and below["revenue_top5"] == 0
 
