@@ -15,8 +15,6 @@ MAX_LINES = 400
 
 # Files allowed more than MAX_LINES lines, and why. An entry that no longer needs it fails the last test.
 LONG_FILES = {
-    "tests/benchmarks/bench_pipeline.py": "one benchmark driver (variants, phases, report of one run); its "
-                                          "steps share the run's context, split it when it is next reworked",
     "models/engine.py": "the Engine class alone is some 360 lines: one batch protocol (warmup, process, "
                         "commit) kept whole; its result records come first in the file",
     "models/loaders.py": "one short loader per public dataset over shared helpers, a few lines over",
@@ -25,7 +23,8 @@ LONG_FILES = {
                           "changing them now); the market part moves out once that settles",
 }
 # TEMPORARY, like NOT_YET_WRAPPED below: long files other engineers are editing now; splitting them is theirs.
-LONG_ELSEWHERE = {"models/evaluate.py", "models/training.py", "models/baselines.py", "models/kernels.py"}
+LONG_ELSEWHERE = {"models/evaluate.py", "models/training.py", "models/baselines.py", "models/kernels.py",
+                  "models/market/simulate.py"}
 
 # TEMPORARY: files other engineers are editing now, whose long lines their owner wraps (issue 25). Another
 # engineer empties this set; do not add to it.
