@@ -150,9 +150,10 @@ class AttentionRecommender:
         ex = prepared.examples
         recs = None
         if k:
-            masked = (np.where(np.isin(ex.hist_type, self._mask_codes), ex.hist_item, -1)
-                      if len(self._mask_codes)
-                      else np.full((len(users), 1), -1, np.int32))
+            if len(self._mask_codes):
+                masked = np.where(np.isin(ex.hist_type, self._mask_codes), ex.hist_item, -1)
+            else:
+                masked = np.full((len(users), 1), -1, np.int32)
             if exclude is not None:
                 extra = np.full((len(users), max(1, max((len(e) for e in exclude), default=1))), -1, np.int32)
                 for row, banned in enumerate(exclude):
@@ -235,8 +236,8 @@ def publish_bootstrap(model: AttentionRecommender, log: EventLog, store) -> int:
         moved[name] = rows
     # transition neighbours name items too: their ids move the same way
     successor = moved["nbr_item"]
-    moved["nbr_item"] = np.where(successor >= 0, index[np.clip(successor, 0, len(index) - 1)],
-                                 -1).astype(np.int32)
+    successor_index = index[np.clip(successor, 0, len(index) - 1)]
+    moved["nbr_item"] = np.where(successor >= 0, successor_index, -1).astype(np.int32)
     params = params._replace(**{name: jnp.asarray(value) for name, value in moved.items()})
     meta = {"source": f"bootstrap:{log.name}", "events": len(log), "epochs": model.epochs,
             "steps": model.trainer.steps, "loss": model.trainer.last_loss, "n_items": store.n_items()}

@@ -275,8 +275,8 @@ class CandidateRanker:
 
     def step(self, params: Params, interest, weight, events: kernels.FoldInputs, ranks: kernels.RankInputs,
              n_items: int, item_scenes: np.ndarray, *, k: int, gamma: float):
-        """What ``kernels.step`` returns, ``(interest, weight, top_items,
-        top_scores)``, from the candidates."""
+        """What ``kernels.step`` returns, from the candidates:
+        ``(interest, weight, top_items, top_scores)``."""
         interest, weight = kernels.fold(params, interest, weight, events, gamma=gamma)
         user, _ = _user_vectors(params, interest, weight, ranks)
         items, scores = self.rank_users(params, user, ranks, n_items, item_scenes, k=k)

@@ -273,8 +273,9 @@ def encode_campaign(campaign, scenes: tuple[str, ...]) -> bytes:
 
 
 def encode_ledger(entry: bytes) -> tuple[bytes, bytes]:
-    """``(key, value)`` of a ``ledger`` record from a store ledger entry (``b"<charged micros>:<charge
-    JSON>"``, ``models.market.book``): the charge with what was actually charged, keyed by its charge id.
+    """``(key, value)`` of a ``ledger`` record from a store ledger entry
+    (``b"<charged micros>:<charge JSON>"``, ``models.market.book``): the charge with what was actually
+    charged, keyed by its charge id.
 
     >>> key, value = encode_ledger(b'7:{"charge_id":"ab","price_micros":9}')
     >>> key, orjson.loads(value)["amount"], orjson.loads(value)["capped"]

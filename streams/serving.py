@@ -1,5 +1,5 @@
-"""The web side of request-time ranking: ``GET /recommendations`` on every rank worker and on ``attnflow
-serve``.
+"""The web side of request-time ranking: ``GET /recommendations`` on every rank worker and on
+``attnflow serve``.
 
 ``ServingService`` parses a query, queues the request, and answers it from ``models.requests.RequestRanker``.
 Concurrent requests are coalesced (``RequestBatcher``): while one kernel call runs, the requests that
@@ -135,10 +135,8 @@ class ServingMetrics:
 
     def snapshot(self) -> dict:
         return {"responses": {str(k): v for k, v in sorted(self.responses.items())},
-                "cold_starts": self.cold_starts,
-                "store_retries": self.retries, "batches": self.batches,
-                "batch_size": self.batch_sizes.summary(),
-                "batch_seconds": self.batch_seconds.summary(),
+                "cold_starts": self.cold_starts, "store_retries": self.retries, "batches": self.batches,
+                "batch_size": self.batch_sizes.summary(), "batch_seconds": self.batch_seconds.summary(),
                 "latency_seconds": self.latency_seconds.summary()}
 
     def prometheus(self) -> str:

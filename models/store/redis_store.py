@@ -289,8 +289,8 @@ class RedisStore:
         return int(version or 0), {k.decode(): v for k, v in docs.items()}
 
     def read_market(self, users: list[str], spend_of: list[tuple[str, int]]) -> MarketRead:
-        """The campaigns' version, ``users``' last shown sponsored lists and the spend of each ``(campaign id,
-        day)`` in ``spend_of``, in one round trip."""
+        """The campaigns' version, ``users``' last shown sponsored lists and the spend of each
+        ``(campaign id, day)`` in ``spend_of``, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.get(self._market("campaigns", "version"))
         for user in users:
