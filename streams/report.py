@@ -12,18 +12,9 @@ import json
 import shlex
 from pathlib import Path
 
-from streams.benchtables import (
-    _cpu_lines,
-    _fmt,
-    _profile_lines,
-    _provenance,
-    _share,
-    _thread_lines,  # noqa: F401
-    bench_tables,
-    engine_tables,
-    generic_table,
-    kernel_tables,
-)
+from streams.benchtables import (_cpu_lines, _fmt, _profile_lines, _provenance, _share, bench_tables,
+                                 engine_tables, generic_table, kernel_tables)
+from streams.benchtables import _thread_lines  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
