@@ -20,7 +20,7 @@ import orjson
 
 from models.requests import Answer, Request, RequestError, RequestLimits, RequestRanker, parse_request
 from models.store import FATAL_STORE_ERRORS, TRANSIENT_ERRORS
-from streams.metrics import Quantiles
+from streams.quantiles import Quantiles
 from streams.threadnames import set_native_name
 
 log = logging.getLogger(__name__)

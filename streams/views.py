@@ -3,7 +3,8 @@ only, no quantiles), ``/ready`` (probe), ``/recommendations`` (request-time list
 
 from __future__ import annotations
 
-from streams.metrics import lag_lines, market_lines
+from streams.market_metrics import market_lines
+from streams.metrics import lag_lines
 from streams.serving import ServingService
 
 

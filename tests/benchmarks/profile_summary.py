@@ -57,7 +57,8 @@ CATEGORIES = [
     ("trainer step (optax, XLA wait)", lambda fn, f: f.endswith("models/training.py")),
     ("agent glue (streams/agents.py)", lambda fn, f: f.endswith(AGENT_GLUE)),
     ("metrics + web views (/stats polling)",
-     lambda fn, f: f.endswith(("streams/metrics.py", "streams/views.py", "tests/benchmarks/baseline_app.py"))
+     lambda fn, f: f.endswith(("streams/metrics.py", "streams/quantiles.py", "streams/market_metrics.py",
+                               "streams/views.py", "tests/benchmarks/baseline_app.py"))
      or "/aiohttp/" in f),
     ("asyncio event loop", lambda fn, f: "/asyncio/" in f or f.endswith("selectors.py")),
     ("logging", lambda fn, f: "/logging/" in f),
