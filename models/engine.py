@@ -405,10 +405,9 @@ class Engine:
             if self.candidates is None:
                 from models.candidates import CandidateConfig, CandidateRanker
 
-                self.candidates = CandidateRanker(CandidateConfig(cfg.candidates, cfg.candidates_lists,
-                                                                  cfg.candidates_nprobe,
-                                                                  threads=cfg.candidates_threads,
-                                                                  seed=cfg.seed))
+                self.candidates = CandidateRanker(CandidateConfig(
+                    cfg.candidates, cfg.candidates_lists, cfg.candidates_nprobe,
+                    threads=cfg.candidates_threads, seed=cfg.seed))
             return self.candidates.step(self.params, interest, weight, fold, ranks, self.n_items,
                                         self.item_scenes(), k=cfg.k, gamma=cfg.interest_decay)
         return kernels.step(self.params, interest, weight, fold, ranks, jnp.int32(self.n_items),

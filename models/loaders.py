@@ -386,9 +386,8 @@ DATASETS: dict[str, Callable[..., EventLog]] = {
     MOVIE_BOOK: load_movie_book,
 }
 ALIASES = {"tmall": "tmall2014-brand-behavior", "taobao": "taobao-userbehavior-43users",
-           "otto": "otto-sample",
-           "yoochoose": "yoochoose-clicks-100k", "movielens": "ml-100k", "beauty": "amazon-beauty",
-           "moviebook": MOVIE_BOOK}
+           "otto": "otto-sample", "yoochoose": "yoochoose-clicks-100k", "movielens": "ml-100k",
+           "beauty": "amazon-beauty", "moviebook": MOVIE_BOOK}
 
 
 def load(name: str, data_dir: str | Path | None = None, **opts) -> EventLog:
