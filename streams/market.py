@@ -55,7 +55,8 @@ class CampaignWorker:
             try:
                 messages.append(decode_campaign(event.value, self.scenes))
             except BadEvent as exc:
-                log.warning("dead letter %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
+                log.warning("dead letter %s[%d]@%d: %s", message.topic, message.partition, message.offset,
+                            exc)
                 await self.send_deadletter(encode_deadletter(event.value, str(exc), message.topic,
                                                              message.partition, message.offset))
                 self.refused += 1
@@ -83,14 +84,16 @@ class LedgerPublisher:
         self.published += n
 
 
-def read_campaigns_file(path: str | Path, scenes: tuple[str, ...]) -> tuple[list[tuple[bytes, bytes]], list[str]]:
+def read_campaigns_file(path: str | Path,
+                        scenes: tuple[str, ...]) -> tuple[list[tuple[bytes, bytes]], list[str]]:
     """Campaign messages ``(key, value)`` from a JSONL file (one message object a line) or a CSV file (header
     ``campaign_id,advertiser,items,bid,daily_budget[,start_ts,end_ts,scenes,status,action]``; items and
     scenes separated by ``;``), and the errors (``file:line: reason``) of lines that would be dead-lettered.
 
     >>> import tempfile, os
     >>> with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
-    ...     _ = f.write("campaign_id,advertiser,items,bid,daily_budget\\nc1,acme,i1;i2,0.5,10\\nc2,acme,i3,0,1\\n")
+    ...     _ = f.write("campaign_id,advertiser,items,bid,daily_budget\\n"
+    ...                 "c1,acme,i1;i2,0.5,10\\nc2,acme,i3,0,1\\n")
     >>> messages, errors = read_campaigns_file(f.name, ("default",))
     >>> [m[0] for m in messages], [e.split(": ", 1)[1] for e in errors]
     ([b'c1'], ['bid 0 must be above 0 and at most 1e+06'])
@@ -140,8 +143,9 @@ def market_for(settings):
     from models.market.campaigns import to_micros
 
     cfg = MarketConfig(ranks=settings.market_ranks(), reserve=to_micros(settings.reserve_price),
-                       window_s=settings.attribution_window_s, pacing=settings.pacing, gain=settings.pacing_gain,
-                       prior_ctr=settings.calibration_prior_ctr, quality_floor=settings.sponsored_quality_floor)
+                       window_s=settings.attribution_window_s, pacing=settings.pacing,
+                       gain=settings.pacing_gain, prior_ctr=settings.calibration_prior_ctr,
+                       quality_floor=settings.sponsored_quality_floor)
     return Market(cfg, settings.engine_config().scenes)
 
 

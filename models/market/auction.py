@@ -42,8 +42,8 @@ def first_of(keys: np.ndarray) -> np.ndarray:
     return out.reshape(B, M)
 
 
-def run_auction(bid: np.ndarray, campaign: np.ndarray, item: np.ndarray, pctr: np.ndarray, eligible: np.ndarray,
-                slots: int, reserve: int, mechanism: str = "gsp") -> Auction:
+def run_auction(bid: np.ndarray, campaign: np.ndarray, item: np.ndarray, pctr: np.ndarray,
+                eligible: np.ndarray, slots: int, reserve: int, mechanism: str = "gsp") -> Auction:
     """Fill ``slots`` slots per row from the ads ``eligible`` for it ([B, M]); prices in micros.
 
     ``bid`` [M] (micros), ``campaign`` [M], ``item`` [M]: the ad table; ``pctr`` [B, M] calibrated click
@@ -55,7 +55,8 @@ def run_auction(bid: np.ndarray, campaign: np.ndarray, item: np.ndarray, pctr: n
     ([[0, 2]], [[100, 120]])
     """
     if mechanism not in MECHANISMS:
-        raise ValueError(f"unknown auction mechanism {mechanism!r}; expected one of {', '.join(MECHANISMS)}")
+        raise ValueError(f"unknown auction mechanism {mechanism!r}; "
+                         f"expected one of {', '.join(MECHANISMS)}")
     B, M = pctr.shape
     if M == 0 or slots == 0:
         empty = np.full((B, slots), -1, np.int64)
@@ -99,7 +100,8 @@ def run_auction(bid: np.ndarray, campaign: np.ndarray, item: np.ndarray, pctr: n
                    np.where(filled, own_value[:, :-1], 0.0))
 
 
-def place(organic: np.ndarray, sponsored: np.ndarray, ranks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def place(organic: np.ndarray, sponsored: np.ndarray,
+          ranks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Merge each row's sponsored items (``[B, S]``, -1: unfilled) into its organic list (``[B, K]``) at
     ``ranks`` (0-based, sorted); organic items fill what is left in their order, so an unfilled slot
     shows the next organic item. Returns the ``[B, K]`` list and ``[B, K]`` slot index (-1: organic).

@@ -162,11 +162,13 @@ class Market:
         sold = None
         if len(table) and C:
             unique, inverse = np.unique(table.item, return_inverse=True)
-            ad_scores = score_items(engine.params, interest, weight, ranks, unique, bucket)[:, inverse]  # [B, M]
+            ad_scores = score_items(engine.params, interest, weight, ranks, unique,
+                                    bucket)[:, inverse]                                    # [B, M]
             pctr = self.calibrator.predict(ad_scores)
             arrays = table.campaign_arrays()
             campaign_ids = [c.campaign_id for c in table.campaigns]
-            by_day = np.array([[spend_of.get((cid, int(d)), 0) for d in days] for cid in campaign_ids], np.int64)
+            by_day = np.array([[spend_of.get((cid, int(d)), 0) for d in days] for cid in campaign_ids],
+                              np.int64)
             spent = by_day[:, np.searchsorted(days, day_of(now))].T                          # [B, C]
             live = (arrays["active"][None, :] & (arrays["start"][None, :] <= now[:, None])
                     & (now[:, None] < arrays["end"][None, :])
@@ -182,9 +184,10 @@ class Market:
             self._note_pacing(campaign_ids, by_day[:, -1], rate, live, throttled)
             live &= ~throttled
             item_scene = engine.item_scenes()[table.item]                                    # [M]
-            eligible = live[:, table.campaign] & ((item_scene[None, :] >> scene.astype(np.uint32)[:, None]) & 1
-                                                  ).astype(bool)
-            eligible &= ~(table.item[None, :, None] == top_items[:, None, :]).any(axis=2)    # shown organically
+            in_scene = ((item_scene[None, :] >> scene.astype(np.uint32)[:, None]) & 1).astype(bool)
+            eligible = live[:, table.campaign] & in_scene
+            # not shown organically, not excluded for the user
+            eligible &= ~(table.item[None, :, None] == top_items[:, None, :]).any(axis=2)
             eligible &= ~(table.item[None, :, None] == ranks.exclude[:, None, :]).any(axis=2)
             if cfg.quality_floor:
                 displaced = top_scores[:, min(cfg.quality_rank, K) - 1]
@@ -251,8 +254,9 @@ class Market:
                 cid = charge_id(doc["rec"], event.item_id, campaign_id, price)
                 record = {"charge_id": cid, "campaign_id": campaign_id,
                           "advertiser": campaign.advertiser, "user_id": event.user_id,
-                          "item_id": event.item_id, "rec_id": doc["rec"], "rank": rank + 1, "price_micros": price,
-                          "price": price / MICROS, "pctr": pctr, "shown_ts": doc["ts"], "click_ts": event.ts,
+                          "item_id": event.item_id, "rec_id": doc["rec"], "rank": rank + 1,
+                          "price_micros": price, "price": price / MICROS, "pctr": pctr, "shown_ts": doc["ts"],
+                          "click_ts": event.ts,
                           "click_type": event.type, "event_id": event.event_id, "day": day,
                           "source": {"partition": position[0], "offset": position[1], "index": position[2]}}
                 batch.charges.append((campaign_id, day, cid, price, campaign.daily_budget,
@@ -261,14 +265,16 @@ class Market:
         if label_scores:
             self.calibrator.update(np.concatenate(label_scores), np.concatenate(label_clicks))
 
-    def _keep_shown(self, engine, users, last_source, now, scene, items, scores, sold, batch: MarketBatch) -> None:
+    def _keep_shown(self, engine, users, last_source, now, scene, items, scores, sold,
+                    batch: MarketBatch) -> None:
         ads_by_row = [[] for _ in users]
         if sold is not None:
             b_idx, s_idx = np.nonzero(sold.filled)
             table = self.table
             for b, s in zip(b_idx.tolist(), s_idx.tolist()):
                 ad = int(sold.ad[b, s])
-                ads_by_row[b].append((self.cfg.ranks[s], int(table.item[ad]), table.campaigns[table.campaign[ad]].campaign_id,
+                campaign_id = table.campaigns[table.campaign[ad]].campaign_id
+                ads_by_row[b].append((self.cfg.ranks[s], int(table.item[ad]), campaign_id,
                                       int(sold.price[b, s]), round(float(sold.pctr[b, s]), 6)))
         ids = engine._item_ids()
         for b, (user, source) in enumerate(zip(users, last_source)):
@@ -279,7 +285,8 @@ class Market:
                    "scores": np.round(scores[b].astype(np.float64), 5).tolist(), "ads": ads}
             batch.shown.append(shown_value(source.partition, source.offset, index, doc))
             batch.sponsored.append([{"rank": r + 1, "item_id": ids[i], "campaign_id": c, "price": p / MICROS,
-                                     "price_micros": p, "pctr": q, "rec_id": rec} for r, i, c, p, q in ads] or None)
+                                     "price_micros": p, "pctr": q, "rec_id": rec}
+                                    for r, i, c, p, q in ads] or None)
             batch.impressions += len(ads)
         with self._lock:
             self._pending.update(zip(batch.users, batch.shown))

@@ -72,7 +72,8 @@ class ScoreCalibrator:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"unknown calibration method {self.method!r}; expected one of {', '.join(METHODS)}")
+            raise ValueError(f"unknown calibration method {self.method!r}; "
+                             f"expected one of {', '.join(METHODS)}")
         self.b = float(np.log(self.prior_ctr / (1 - self.prior_ctr)))
         self._n, self._clicks, self._score = np.zeros(self.bins), np.zeros(self.bins), np.zeros(self.bins)
         self._rel = np.zeros((len(RELIABILITY_EDGES) - 1, 3))
@@ -107,7 +108,8 @@ class ScoreCalibrator:
         n, c = self._n[used], self._clicks[used]
         s = self._score[used] / n
         b0 = np.log(self.prior_ctr / (1 - self.prior_ctr))
-        lam = self.prior_weight * self.prior_ctr * (1 - self.prior_ctr)  # the prior's curvature, as impressions
+        # the prior's curvature, as impressions
+        lam = self.prior_weight * self.prior_ctr * (1 - self.prior_ctr)
 
         def loss(a, b):
             z = a * s + b
@@ -161,7 +163,8 @@ class ScoreCalibrator:
         total = n.sum()
         rows = [{"bin": [float(lo), float(hi)], "impressions": int(k), "predicted": float(p / k),
                  "observed": float(c / k)}
-                for lo, hi, k, p, c in zip(RELIABILITY_EDGES[:-1], RELIABILITY_EDGES[1:], n, predicted, clicks) if k]
+                for lo, hi, k, p, c in zip(RELIABILITY_EDGES[:-1], RELIABILITY_EDGES[1:], n, predicted,
+                                           clicks) if k]
         ece = float(np.sum(np.abs(predicted - clicks)) / total) if total else None
         return {"method": self.method, "impressions": int(total), "clicks": int(clicks.sum()), "ece": ece,
                 "platt": {"a": self.a, "b": self.b}, "bins": rows, "memory_bytes": self.nbytes}

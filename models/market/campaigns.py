@@ -34,7 +34,8 @@ def to_micros(amount: float) -> int:
 
 @dataclass(frozen=True)
 class Campaign:
-    """One campaign. ``bid`` and ``daily_budget`` in micro-units; ``scene_mask`` bit s: may show in scene s."""
+    """One campaign. ``bid`` and ``daily_budget`` in micro-units; ``scene_mask`` bit s: may show in
+    scene s."""
 
     campaign_id: str
     advertiser: str
@@ -53,8 +54,8 @@ class Campaign:
     def to_doc(self, scenes: tuple[str, ...]) -> dict:
         """The message that recreates this campaign (``campaign_from_doc``)."""
         doc = {"campaign_id": self.campaign_id, "advertiser": self.advertiser, "items": list(self.items),
-               "bid": self.bid / MICROS, "daily_budget": self.daily_budget / MICROS, "start_ts": self.start_ts,
-               "status": self.status}
+               "bid": self.bid / MICROS, "daily_budget": self.daily_budget / MICROS,
+               "start_ts": self.start_ts, "status": self.status}
         if self.end_ts != math.inf:
             doc["end_ts"] = self.end_ts
         if self.scene_mask != 0xFFFFFFFF:
@@ -89,19 +90,22 @@ def _number(doc: dict, name: str, default: float | None = None) -> float:
 
 
 def campaign_from_doc(doc, scenes: tuple[str, ...]) -> tuple[str, Campaign | str]:
-    """``(action, campaign)`` for an upsert, ``(action, campaign_id)`` for pause / resume; else ``CampaignError``.
+    """``(action, campaign)`` for an upsert, ``(action, campaign_id)`` for pause / resume; else
+    ``CampaignError``.
 
-    >>> action, c = campaign_from_doc({"campaign_id": "c1", "advertiser": "acme", "items": ["i1", "i2", "i1"],
-    ...                                "bid": 0.4, "daily_budget": 20, "scenes": ["home"]}, ("default", "home"))
+    >>> action, c = campaign_from_doc({"campaign_id": "c1", "advertiser": "acme",
+    ...                                "items": ["i1", "i2", "i1"], "bid": 0.4, "daily_budget": 20,
+    ...                                "scenes": ["home"]}, ("default", "home"))
     >>> action, c.items, c.bid, c.daily_budget, c.scene_mask
     ('upsert', ('i1', 'i2'), 400000, 20000000, 2)
     >>> campaign_from_doc({"campaign_id": "c1", "action": "pause"}, ("default",))
     ('pause', 'c1')
-    >>> campaign_from_doc({"campaign_id": "c1", "advertiser": "a", "items": ["i"], "bid": 2, "daily_budget": 1},
-    ...                   ("default",))
-    Traceback (most recent call last):
-    ...
-    models.market.campaigns.CampaignError: daily_budget 1 is below the bid 2: the campaign could never pay a click
+    >>> try:
+    ...     campaign_from_doc({"campaign_id": "c1", "advertiser": "a", "items": ["i"], "bid": 2,
+    ...                        "daily_budget": 1}, ("default",))
+    ... except CampaignError as exc:
+    ...     print(exc)
+    daily_budget 1 is below the bid 2: the campaign could never pay a click
     """
     if not isinstance(doc, dict):
         raise CampaignError(f"campaign message must be a JSON object, got {type(doc).__name__}")
@@ -115,7 +119,8 @@ def campaign_from_doc(doc, scenes: tuple[str, ...]) -> tuple[str, Campaign | str
     items = doc.get("items")
     if items is None:
         raise CampaignError("missing required field 'items'")
-    if not isinstance(items, list) or not all(isinstance(i, str) and 0 < len(i) <= MAX_ID_CHARS for i in items):
+    if not isinstance(items, list) or not all(isinstance(i, str) and 0 < len(i) <= MAX_ID_CHARS
+                                              for i in items):
         raise CampaignError("field 'items' must be a list of item ids (non-empty strings)")
     if not items:
         raise CampaignError("field 'items' is empty: a campaign promotes at least one item")
@@ -127,7 +132,8 @@ def campaign_from_doc(doc, scenes: tuple[str, ...]) -> tuple[str, Campaign | str
     if to_micros(bid) == 0:
         raise CampaignError(f"bid {bid:g} is below one micro-unit")
     if budget < bid:
-        raise CampaignError(f"daily_budget {budget:g} is below the bid {bid:g}: the campaign could never pay a click")
+        raise CampaignError(f"daily_budget {budget:g} is below the bid {bid:g}: "
+                            "the campaign could never pay a click")
     start = _number(doc, "start_ts", 0.0)
     end = _number(doc, "end_ts", math.inf) if doc.get("end_ts") is not None else math.inf
     if start < 0:
@@ -148,8 +154,8 @@ def campaign_from_doc(doc, scenes: tuple[str, ...]) -> tuple[str, Campaign | str
                 raise CampaignError(f"unknown scene {scene!r}; configured scenes: {', '.join(scenes)} "
                                     "(ATTNFLOW_SCENES)")
             mask |= 1 << scenes.index(scene)
-    return action, Campaign(campaign_id, advertiser, tuple(dict.fromkeys(items)), to_micros(bid), to_micros(budget),
-                            start, end, mask, status)
+    return action, Campaign(campaign_id, advertiser, tuple(dict.fromkeys(items)), to_micros(bid),
+                            to_micros(budget), start, end, mask, status)
 
 
 def apply_message(book: dict[str, Campaign], action: str, value) -> dict[str, Campaign]:
@@ -164,8 +170,9 @@ def apply_message(book: dict[str, Campaign], action: str, value) -> dict[str, Ca
         out[value.campaign_id] = value
     elif value in out:
         old = out[value]
-        out[value] = Campaign(old.campaign_id, old.advertiser, old.items, old.bid, old.daily_budget, old.start_ts,
-                              old.end_ts, old.scene_mask, "paused" if action == "pause" else "active")
+        out[value] = Campaign(old.campaign_id, old.advertiser, old.items, old.bid, old.daily_budget,
+                              old.start_ts, old.end_ts, old.scene_mask,
+                              "paused" if action == "pause" else "active")
     return out
 
 

@@ -25,9 +25,11 @@ def day_of(ts, period_s: float = DAY_S) -> np.ndarray:
 
 def pass_rate(spent: np.ndarray, budget: np.ndarray, ts: float | np.ndarray, gain: float = 4.0,
               lookahead: float = 1 / 24, period_s: float = DAY_S) -> np.ndarray:
-    """Share of auctions a campaign takes part in, from what it spent today and when ``ts`` falls in the day.
+    """Share of auctions a campaign takes part in, from what it spent today and when ``ts`` falls in the
+    day.
 
-    >>> pass_rate(np.array([0, 500, 1000]), np.array([1000, 1000, 1000]), 0.5 * DAY_S - 3600).round(3).tolist()
+    >>> budget = np.array([1000, 1000, 1000])
+    >>> pass_rate(np.array([0, 500, 1000]), budget, 0.5 * DAY_S - 3600).round(3).tolist()
     [1.0, 1.0, 0.018]
     """
     elapsed = (np.asarray(ts, np.float64) % period_s) / period_s
@@ -62,7 +64,8 @@ def draws(row_key: np.ndarray, n_campaigns: int) -> np.ndarray:
     True
     """
     with np.errstate(over="ignore"):
-        keys = _mix(row_key.astype(np.uint64))[:, None] ^ _mix(np.arange(n_campaigns, dtype=np.uint64) + np.uint64(1))[None, :]
+        campaign_keys = _mix(np.arange(n_campaigns, dtype=np.uint64) + np.uint64(1))
+        keys = _mix(row_key.astype(np.uint64))[:, None] ^ campaign_keys[None, :]
         return (_mix(keys) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 

@@ -34,8 +34,9 @@ def candidate_scores(params: Params, interest: jax.Array, weight: jax.Array, ran
     scores = scores.at[jnp.broadcast_to(rows, hist.shape), at(hist)].add(kernels.copy_weights(params, hist),
                                                                          mode="drop")
     pair_items, pair_weights = kernels.neighbour_pairs(params, hist, ranks.scene)
-    evidence = jnp.zeros((B, U), scores.dtype).at[jnp.broadcast_to(rows, pair_items.shape), at(pair_items)].add(
-        pair_weights, mode="drop")
+    evidence = jnp.zeros((B, U), scores.dtype)
+    evidence = evidence.at[jnp.broadcast_to(rows, pair_items.shape), at(pair_items)].add(pair_weights,
+                                                                                       mode="drop")
     return scores + params.nbr_scale * jnp.log1p(evidence)
 
 

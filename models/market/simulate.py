@@ -1,11 +1,12 @@
 """``attnflow market-sim DATASET``: the attention market replayed offline on a real log, several market
 designs side by side in one run, against the same organic lists.
 
-The attention model (``models.attention``, the evaluator's ``recommend`` / ``learn`` interface) replays the
-log in time order in user-unique micro-batches: before each event it ranks the user's top-K organic list
-from the pre-event state; every market design then fills its sponsored slots (``models.market.auction``)
-over synthetic campaigns (:func:`synthetic_campaigns`), and the event itself is the user's response to that
-list: an event on a sponsored item is a click, charged at its price (capped at what is left of the budget).
+The attention model (``models.attention``, the evaluator's ``recommend`` / ``learn`` interface) replays
+the log in time order in user-unique micro-batches: before each event it ranks the user's top-K organic
+list from the pre-event state; every market design then fills its sponsored slots
+(``models.market.auction``) over synthetic campaigns (:func:`synthetic_campaigns`), and the event itself is
+the user's response to that list: an event on a sponsored item is a click, charged at its price (capped at
+what is left of the budget).
 Then the model learns from the event; what was shown never changes what it learns, so the designs differ
 only in their slots. Budgets are per period: an equal share of the replayed events (``--periods``), the
 market's clock being the event count, so that an even plan is even over traffic.
@@ -14,10 +15,11 @@ A design may assume a position effect (``examined``): an event on an ad is then 
 (the same for every design) falls below :func:`examination` of its rank; lists and pCTR labels are as in
 the others.
 
-Reports per design: revenue (and the part from the first eval_k positions), clicks, fill rate, mean price,
-overspend, spend vs budget over each period (pacing smoothness), HR@10 / NDCG@10 of the organic entries
-and of the shown list vs the organic lists alone (S=0, with its hits per position), and the calibration's
-reliability; writes ``docs/results/market.json`` and a spend plot.
+Reports per design: revenue (and the part from the first eval_k positions), clicks, fill rate, mean
+price, overspend, spend vs budget over each period (pacing smoothness), HR@10 / NDCG@10 of the organic
+entries and of the shown list vs the organic lists alone (S=0, with its hits per position), and the
+calibration's reliability; writes ``docs/results/market.json`` and a spend plot
+(:mod:`models.market.plot`).
 """
 from __future__ import annotations
 
@@ -34,13 +36,15 @@ from models.market.auction import place, run_auction
 from models.market.calibration import ScoreCalibrator
 from models.market.campaigns import MICROS
 from models.market.pacing import DAY_S, can_pay, draws, pass_rate, throttle
+from models.market.plot import plot
 from models.market.scoring import score_items
+from models.market.synthetic import Campaigns, synthetic_campaigns
 
 DEFAULT_OUT = "docs/results/market.json"
-# name -> the design: mechanism, pacing, and optionally 1-based slot ranks other than the run's, a quality floor
-# (an ad needs a pCTR of at least floor x that of the organic item it pushes off the first eval_k positions),
-# a pacing gain other than the run's, and ``examined``: an event on an ad at rank r is a click only with
-# probability examination(r) (a position effect the log cannot show; see :func:`examination`)
+# name -> the design: mechanism, pacing, and optionally 1-based slot ranks other than the run's, a quality
+# floor (an ad needs a pCTR of at least floor x that of the organic item it pushes off the first eval_k
+# positions), a pacing gain other than the run's, and ``examined``: an event on an ad at rank r is a click
+# only with probability examination(r) (a position effect the log cannot show; see :func:`examination`)
 DESIGNS = {
     "gsp_attention_paced": {"mechanism": "gsp", "pacing": True},
     "gsp_attention": {"mechanism": "gsp", "pacing": False},
@@ -71,50 +75,6 @@ def examination(rank: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class Campaigns:
-    """Synthetic campaigns as the auction's arrays (one row per (campaign, item))."""
-
-    advertiser: list[str]
-    bid: np.ndarray          # [C] micros
-    budget: np.ndarray       # [C] micros per period
-    campaign: np.ndarray     # [M] campaign row of each ad row
-    item: np.ndarray         # [M] dense item index of the log
-
-    def doc(self, log) -> list[dict]:
-        return [{"campaign_id": f"sim-{c}", "advertiser": self.advertiser[c], "bid": self.bid[c] / MICROS,
-                 "daily_budget": self.budget[c] / MICROS, "items": int((self.campaign == c).sum())}
-                for c in range(len(self.bid))]
-
-
-def synthetic_campaigns(item_counts: np.ndarray, n_campaigns: int = 12, seed: int = 0, items_per_campaign=(10, 60),
-                        clicks_per_period=(5.0, 20.0)) -> Campaigns:
-    """Seeded campaigns over a catalogue with ``item_counts`` events per item (in the replayed part).
-
-    Each campaign (advertiser ``adv-{c % 6}``) promotes ``U(items_per_campaign)`` distinct items drawn with
-    probability proportional to sqrt(count + 1) (advertisers promote items people see, not only hits); its
-    bid per click is log-normal around 0.30 (sigma 0.6, clipped to 0.02..5.00); its budget per period is
-    its bid times ``U(clicks_per_period)`` clicks, so that budgets bind and pacing has work to do.
-
-    >>> c = synthetic_campaigns(np.arange(100), n_campaigns=3, seed=1)
-    >>> len(c.bid), bool((c.budget >= c.bid).all()), bool(c.item.max() < 100)
-    (3, True, True)
-    """
-    rng = np.random.default_rng(seed)
-    weight = np.sqrt(np.asarray(item_counts, np.float64) + 1)
-    weight /= weight.sum()
-    rows, items = [], []
-    bids = np.clip(np.exp(rng.normal(np.log(0.30), 0.6, n_campaigns)), 0.02, 5.0)
-    for c in range(n_campaigns):
-        n = min(int(rng.integers(*items_per_campaign, endpoint=True)), len(weight))
-        chosen = np.sort(rng.choice(len(weight), n, replace=False, p=weight))
-        rows += [c] * n
-        items += chosen.tolist()
-    budget = bids * rng.uniform(*clicks_per_period, n_campaigns)
-    return Campaigns([f"adv-{c % 6}" for c in range(n_campaigns)], np.round(bids * MICROS).astype(np.int64),
-                     np.round(budget * MICROS).astype(np.int64), np.asarray(rows, np.int32), np.asarray(items, np.int32))
-
-
-@dataclass
 class Design:
     """One market design's running state and counters."""
 
@@ -129,7 +89,7 @@ class Design:
     spent: np.ndarray                                   # [P, C] micros
     revenue: int = 0
     clicks: int = 0
-    revenue_top: int = 0                                # from clicks on ads within the first eval_k positions
+    revenue_top: int = 0                                # from ad clicks within the first eval_k positions
     clicks_top: int = 0
     offered: int = 0
     filled: int = 0
@@ -144,25 +104,26 @@ def _at_k(rank: np.ndarray, k: int) -> tuple[float, float]:
     return float(hit.sum()), float((hit / np.log2(np.maximum(rank, 1) + 1.0)).sum())
 
 
-def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ranks=(4, 14), reserve: int = 10_000,
-             periods: int = 5, batch: int = 256, prior_ctr: float = 0.01, gain: float = 4.0, eval_k: int = 10,
-             progress: bool = False) -> dict:
+def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ranks=(4, 14),
+             reserve: int = 10_000, periods: int = 5, batch: int = 256, prior_ctr: float = 0.01,
+             gain: float = 4.0, eval_k: int = 10, progress: bool = False) -> dict:
     """Replay ``log`` through ``model`` once and every design in ``designs`` beside it (see the module)."""
     from tqdm import tqdm
 
     model.trainer.ensure_capacity(log.n_items)  # every campaign item has a row to score
-    # the market's clock is the event count: a budget period is an equal share of the replayed events, and the
-    # even plan is even over traffic (a perfect traffic forecast; the log's own time is bursty)
+    # the market's clock is the event count: a budget period is an equal share of the replayed events, and
+    # the even plan is even over traffic (a perfect traffic forecast; the log's own time is bursty)
     period_events = len(log) / periods
     C = len(campaigns.bid)
     state = {name: Design(name, spec["mechanism"], spec["pacing"],
-                          tuple(r - 1 for r in spec.get("ranks") or [r + 1 for r in ranks]), spec.get("floor", 0.0),
-                          spec.get("gain", gain), bool(spec.get("examined")),
+                          tuple(r - 1 for r in spec.get("ranks") or [r + 1 for r in ranks]),
+                          spec.get("floor", 0.0), spec.get("gain", gain), bool(spec.get("examined")),
                           ScoreCalibrator(prior_ctr=prior_ctr), np.zeros((periods, C), np.int64))
              for name, spec in designs.items()}
     for design in state.values():
         if not all(0 <= r < k for r in design.ranks):
-            raise ValueError(f"design {design.name}: sponsored ranks {[r + 1 for r in design.ranks]} must be in 1..{k}")
+            raise ValueError(f"design {design.name}: sponsored ranks {[r + 1 for r in design.ranks]} "
+                             f"must be in 1..{k}")
     organic = {"hr": 0.0, "ndcg": 0.0}
     organic_hits_by_rank = np.zeros(eval_k, np.int64)   # S=0 hits per position 1..eval_k
     seen_by_user: dict[int, set] = {}
@@ -184,14 +145,15 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
         everything = np.arange(log.n_items, dtype=np.int32)
         scores = score_items(model.params, *scoring, everything, model.cfg.bucket(B))           # [B, N]
         ad_scores = scores[:, campaigns.item]                                                    # [B, M]
-        lists = np.asarray(model.recommend_then_learn(users, items, types, scenes, ts, k))  # [B, K] organic
+        lists = np.asarray(model.recommend_then_learn(users, items, types, scenes, ts, k))  # [B, K]
         rank0 = 1 + np.argmax(lists == items[:, None], axis=1)
         rank0 = np.where((lists == items[:, None]).any(axis=1), rank0, 0)
         hr, ndcg = _at_k(rank0, eval_k)
         organic["hr"] += hr; organic["ndcg"] += ndcg
         organic_hits_by_rank += np.bincount(rank0[(rank0 > 0) & (rank0 <= eval_k)] - 1, minlength=eval_k)
         list_scores = np.where(lists >= 0, np.take_along_axis(scores, np.maximum(lists, 0), axis=1), 0.0)
-        base = ~(campaigns.item[None, :, None] == lists[:, None, :]).any(axis=2) & known[campaigns.item][None, :]
+        base = (~(campaigns.item[None, :, None] == lists[:, None, :]).any(axis=2)
+                & known[campaigns.item][None, :])
         if exclude_seen:
             for b, u in enumerate(users.tolist()):
                 seen = seen_by_user.get(u)
@@ -206,10 +168,12 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
             spent = design.spent[period]                                                     # [B, C]
             live = can_pay(spent, campaigns.budget[None, :], campaigns.bid[None, :])
             if design.pacing:
-                live &= throttle(pass_rate(spent, campaigns.budget[None, :], frac[:, None] * DAY_S, design.gain), keys)
+                rate = pass_rate(spent, campaigns.budget[None, :], frac[:, None] * DAY_S, design.gain)
+                live &= throttle(rate, keys)
             pctr = design.calibrator.predict(ad_scores)
             if design.floor:  # the organic item an ad would push off the first eval_k positions sets a floor
-                live_ads = pctr >= design.floor * design.calibrator.predict(list_scores[:, min(eval_k, k) - 1])[:, None]
+                pushed_off = design.calibrator.predict(list_scores[:, min(eval_k, k) - 1])
+                live_ads = pctr >= design.floor * pushed_off[:, None]
             else:
                 live_ads = True
             sold = run_auction(campaigns.bid[campaigns.campaign], campaigns.campaign, campaigns.item, pctr,
@@ -229,7 +193,8 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
             design.hits["sponsored_hr"] += float(clicked.sum())
             if design.examined:
                 clicked &= looks < examination(np.maximum(rank, 1))
-            for b in np.flatnonzero(clicked).tolist():  # the clicks (a few per batch): charged in event order
+            # the clicks (a few per batch): charged in event order
+            for b in np.flatnonzero(clicked).tolist():
                 s = int(slot[b, rank[b] - 1])
                 c = int(campaigns.campaign[sold.ad[b, s]])
                 p = int(period[b])
@@ -262,7 +227,8 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
         h = {key: v / n_events for key, v in design.hits.items()}
         budget_total = int(campaigns.budget.sum()) * periods
         results[design.name] = {
-            "mechanism": design.mechanism, "pacing": design.pacing, "sponsored_ranks": [r + 1 for r in design.ranks],
+            "mechanism": design.mechanism, "pacing": design.pacing,
+            "sponsored_ranks": [r + 1 for r in design.ranks],
             "quality_floor": design.floor, "pacing_gain": design.gain if design.pacing else None,
             "examined": design.examined,
             "revenue": design.revenue / MICROS, "clicks": design.clicks,
@@ -282,7 +248,8 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
             "spend_by_period": (design.spent.sum(axis=1) / MICROS).round(4).tolist(),
             "spend_within_period": spend_within_period(design.charges, campaigns.budget, periods),
             "calibration": design.calibrator.reliability(),
-            "revenue_curve": [[i, r / MICROS] for i, r in spend_curve[design.name][:: max(1, len(bounds) // 50)]],
+            "revenue_curve": [[i, r / MICROS]
+                              for i, r in spend_curve[design.name][:: max(1, len(bounds) // 50)]],
         }
     return {"n_events": n_events, "seconds": round(seconds, 1), "k": k, "eval_k": eval_k,
             "sponsored_ranks": [r + 1 for r in ranks], "reserve_price": reserve / MICROS, "periods": periods,
@@ -295,17 +262,19 @@ def simulate(log, model, campaigns: Campaigns, designs=DESIGNS, k: int = 20, ran
 
 
 def _pre_event_inputs(model, users, items, types, scenes, ts):
-    """``(interest, weight, ranks)`` of each event's user just before it, as ``recommend_then_learn`` ranks."""
+    """``(interest, weight, ranks)`` of each event's user just before it, as ``recommend_then_learn``
+    ranks."""
     from models import kernels
 
     model._ensure_users(users)
     active, dense = np.unique(users, return_inverse=True)
-    prepared = batching.prepare(model.states[active], dense, np.asarray(items, np.int32), np.asarray(types, np.int8),
-                                np.asarray(scenes, np.int8), np.asarray(ts, np.float64), model.cfg.n_scenes,
-                                with_examples=True)
+    prepared = batching.prepare(model.states[active], dense, np.asarray(items, np.int32),
+                                np.asarray(types, np.int8), np.asarray(scenes, np.int8),
+                                np.asarray(ts, np.float64), model.cfg.n_scenes, with_examples=True)
     ex = prepared.examples
-    ranks = kernels.RankInputs(hist_item=ex.hist_item, hist_type=ex.hist_type.astype(np.int32), hist_age=ex.hist_age,
-                               scene=ex.scene.astype(np.int32), exclude=np.full((len(users), 1), -1, np.int32))
+    ranks = kernels.RankInputs(hist_item=ex.hist_item, hist_type=ex.hist_type.astype(np.int32),
+                               hist_age=ex.hist_age, scene=ex.scene.astype(np.int32),
+                               exclude=np.full((len(users), 1), -1, np.int32))
     model.trainer.ensure_capacity(max(model.n_items, int(np.max(items)) + 1))
     return ex.interest.astype(np.float32), ex.weight, ranks
 
@@ -331,31 +300,6 @@ def pacing_error(charges, budget: np.ndarray, periods: int, points: int = 10) ->
     share = curve / np.where(total > 0, total, 1)
     plan = (np.arange(points) + 1) / points
     return float(np.abs(share - plan).max(axis=2)[used].mean())
-
-
-def plot(report: dict, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for name, d in report["designs"].items():
-        curve = np.asarray(d["revenue_curve"])
-        style = "-" if d["pacing"] else "--"
-        axes[0].plot(curve[:, 0], curve[:, 1], style, label=name)
-        axes[1].plot(np.arange(1, 11) / 10, d["spend_within_period"], style, marker=".", label=name)
-    axes[0].set(xlabel="events replayed", ylabel="revenue (currency units)", title="spend over the replay")
-    axes[1].plot([0, 1], [0, 1], ":", color="grey", label="even plan x budget used")
-    axes[1].set(xlabel="fraction of the budget period", ylabel="share of the budget spent",
-                title="spend within a budget period (mean over campaigns)")
-    for ax in axes:
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{report['dataset']}: attention market ({report['n_events']} events, S={len(report['sponsored_ranks'])}"
-                 f" of K={report['k']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     report = simulate(log, model, campaigns, k=args.k, ranks=ranks, reserve=round(args.reserve * MICROS),
                       periods=args.periods, batch=args.batch, progress=True)
     report = {"dataset": log.name, "command": "attnflow market-sim " + " ".join(argv),
-              "machine": machine(), "git": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "machine": machine(), "git": git_commit(),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "generator": {"campaigns": args.campaigns, "seed": args.seed,
                             "doc": synthetic_campaigns.__doc__.split("\n\n")[1].strip()},
               "campaigns": campaigns.doc(log), **report}
@@ -403,11 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{log.name}: {report['n_events']} events in {report['seconds']}s; organic only HR@10 "
           f"{base['HR@10']:.4f} NDCG@10 {base['NDCG@10']:.4f}")
     for name, d in report["designs"].items():
+        pacing = d["pacing_error"] if d["pacing_error"] is None else round(d["pacing_error"], 3)
         print(f"  {name:22s} revenue {d['revenue']:9.2f} (top 10 {d['revenue_top10']:7.2f})  clicks "
               f"{d['clicks']:5d}  fill {d['fill_rate']:.3f}  "
-              f"organic HR@10 loss {d['organic_HR@10_loss']:+.3%}  shown HR@10 loss {d['shown_HR@10_loss']:+.3%}  "
-              f"pacing error {d['pacing_error'] if d['pacing_error'] is None else round(d['pacing_error'], 3)}  "
-              f"overspent {d['overspent_campaign_periods']}")
+              f"organic HR@10 loss {d['organic_HR@10_loss']:+.3%}  "
+              f"shown HR@10 loss {d['shown_HR@10_loss']:+.3%}  "
+              f"pacing error {pacing}  overspent {d['overspent_campaign_periods']}")
     print(f"wrote {out} and {figure}")
     return 0
 

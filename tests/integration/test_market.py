@@ -22,7 +22,8 @@ from streams.cli import start_worker, stop_worker, wait_ready
 from streams.replay import read_topic
 from streams.topics import ensure_topics
 from tests.conftest import REPO
-from tests.integration.test_pipeline import CATALOGUE, Producer, latest_lists, pause_writes, wait_for, wait_for_stage
+from tests.integration.test_pipeline import (CATALOGUE, Producer, latest_lists, pause_writes, wait_for,
+                                             wait_for_stage)
 
 pytestmark = pytest.mark.integration
 
@@ -54,10 +55,11 @@ def test_a_killed_worker_charges_each_click_once_and_spend_equals_the_ledger(set
     settings = market_settings(settings)
     ensure_topics(settings)
     path = tmp_path / "campaigns.jsonl"
-    path.write_text("\n".join(orjson.dumps(c).decode() for c in CAMPAIGNS) + '\n{"campaign_id": "bad", "bid": 1}\n')
+    path.write_text("\n".join(orjson.dumps(c).decode() for c in CAMPAIGNS)
+                    + '\n{"campaign_id": "bad", "bid": 1}\n')
     env = {**os.environ, **settings.as_env()}
-    pushed = subprocess.run([sys.executable, "-m", "streams.cli", "campaigns", str(path), "--skip-bad"], env=env,
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    pushed = subprocess.run([sys.executable, "-m", "streams.cli", "campaigns", str(path), "--skip-bad"],
+                            env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert pushed.returncode == 0 and "sent 4 campaign messages" in pushed.stdout, pushed.stderr
 
     producer = Producer(settings)

@@ -10,7 +10,8 @@ from models.market.pacing import can_pay, day_of, pass_rate, throttle
 
 
 def reference_auction(bid, campaign, item, pctr, eligible, slots, reserve, mechanism):
-    """One row at a time: sort, keep each campaign's best ad, then each item's best campaign, take the slots."""
+    """One row at a time: sort, keep each campaign's best ad, then each item's best campaign, take the
+    slots."""
     ads, prices = [], []
     for b in range(pctr.shape[0]):
         cands = []

@@ -1,5 +1,6 @@
 """models/market/book.py and scoring.py through the engine on a memory store: sponsored slots in the lists,
-a click charged once within the attribution window, budgets that stop, candidate scores equal to the kernel's."""
+a click charged once within the attribution window, budgets that stop, candidate scores equal to the
+kernel's."""
 import numpy as np
 import orjson
 import pytest
@@ -23,27 +24,30 @@ def put(store, *docs):
 
 
 def campaign(cid, items, bid, budget=10.0, **extra):
-    return {"campaign_id": cid, "advertiser": f"adv-{cid}", "items": items, "bid": bid, "daily_budget": budget,
-            **extra}
+    return {"campaign_id": cid, "advertiser": f"adv-{cid}", "items": items, "bid": bid,
+            "daily_budget": budget, **extra}
 
 
 class Pipeline:
     def __init__(self, window_s=600.0, **market):
         self.store = MemoryStore()
-        self.market = Market(MarketConfig(ranks=(1, 3), window_s=window_s, pacing=False, **market), CFG.scenes)
+        self.market = Market(MarketConfig(ranks=(1, 3), window_s=window_s, pacing=False, **market),
+                             CFG.scenes)
         self.engine = Engine(CFG, self.store, market=self.market)
         self.offset = 0
 
     def batch(self, events, partition=0, offset=None):
         start = self.offset if offset is None else offset
-        batch = [SourcedEvent(Event(u, i, "click", ts), partition, start + j) for j, (u, i, ts) in enumerate(events)]
+        batch = [SourcedEvent(Event(u, i, "click", ts), partition, start + j)
+                 for j, (u, i, ts) in enumerate(events)]
         self.offset = max(self.offset, start + len(events))
         result = self.engine.process(batch)
         self.engine.commit(result)
         return result
 
     def ledger(self):
-        return [(int(e.split(b":", 1)[0]), orjson.loads(e.split(b":", 1)[1])) for e in self.store.ledger_entries(0, 10**6)]
+        return [(int(e.split(b":", 1)[0]), orjson.loads(e.split(b":", 1)[1]))
+                for e in self.store.ledger_entries(0, 10**6)]
 
 
 def warm(p: Pipeline):
@@ -53,7 +57,8 @@ def warm(p: Pipeline):
 
 def test_sponsored_slots_take_their_ranks_without_repeating_organic_items():
     p = Pipeline()
-    put(p.store, campaign("c1", ["i2", "i3"], 0.5), campaign("c2", ["i4"], 0.3), campaign("c3", ["i5"], 0.005))
+    put(p.store, campaign("c1", ["i2", "i3"], 0.5), campaign("c2", ["i4"], 0.3),
+        campaign("c3", ["i5"], 0.005))
     result = warm(p)
     for rec in result.recommendations:
         assert len(rec.items) == CFG.k and len(set(rec.items)) == CFG.k
@@ -71,7 +76,8 @@ def test_a_click_within_the_window_is_charged_once_and_spend_equals_the_ledger()
     first = {rec.user_id: rec for rec in warm(p).recommendations}
     ad = first["u1"].sponsored[0]
     # u1 acts on the sponsored item twice (one charge), u2 on it after the window (none)
-    result = p.batch([("u1", ad["item_id"], 120.0), ("u1", ad["item_id"], 121.0), ("u2", ad["item_id"], 5000.0)])
+    result = p.batch([("u1", ad["item_id"], 120.0), ("u1", ad["item_id"], 121.0),
+                      ("u2", ad["item_id"], 5000.0)])
     assert result.market.clicks == 2 and result.market.charged.count(0) == 1
     ledger = p.ledger()
     assert [doc["item_id"] for _, doc in ledger] == [ad["item_id"]]
@@ -146,7 +152,8 @@ def test_orphan_clicks_a_paused_campaign_pays_a_gone_one_is_not_charged_and_no_s
     p = Pipeline()
     everything = [f"i{j}" for j in range(10)]
     put(p.store, campaign("c1", ["i2", "i3", "i4", "i5"], 0.5, budget=0.5), campaign("c2", everything, 0.2))
-    first = {rec.user_id: {s["campaign_id"]: s for s in rec.sponsored or []} for rec in warm(p).recommendations}
+    first = {rec.user_id: {s["campaign_id"]: s for s in rec.sponsored or []}
+             for rec in warm(p).recommendations}
     assert "c1" in first["u1"] and "c1" in first["u2"]
     put(p.store, {"campaign_id": "c1", "action": "pause"})
     # u1 clicks c1's ad (paused since it was shown: charged), u2 clicks it too (capped at what is left)
@@ -162,7 +169,8 @@ def test_orphan_clicks_a_paused_campaign_pays_a_gone_one_is_not_charged_and_no_s
     del p.store.market["campaigns"]["c2"]
     p.store.market["version"] += 1
     result = p.batch([(user, shown[user]["c2"]["item_id"], 140.0)])
-    assert result.market.clicks == 0 and result.market.orphans == 1 and p.market.report()["orphan_clicks"] == 1
+    assert result.market.clicks == 0 and result.market.orphans == 1
+    assert p.market.report()["orphan_clicks"] == 1
     assert len(p.ledger()) == 2 and p.store.spend("c2", 0) == 0
     # a shown list the store lost (expired, say): nothing to attribute the click to, nothing charged
     put(p.store, campaign("c3", everything, 0.3))

@@ -50,9 +50,9 @@ def test_pause_and_resume_need_only_the_id_and_leave_unknown_campaigns_alone():
 
 def test_the_ad_table_lists_known_items_per_campaign_in_id_order():
     index = {"a": 0, "b": 1}
-    table = AdTable.build([Campaign("z", "x", ("a", "unknown"), 7, 70), Campaign("m", "y", ("b", "a"), 2, 20)],
-                          index.get)
+    table = AdTable.build([Campaign("z", "x", ("a", "unknown"), 7, 70),
+                           Campaign("m", "y", ("b", "a"), 2, 20)], index.get)
     assert table.ids == ["m", "z"]
-    assert list(zip(table.campaign.tolist(), table.item.tolist(), table.bid.tolist())) == [(0, 1, 2), (0, 0, 2),
-                                                                                           (1, 0, 7)]
+    rows = list(zip(table.campaign.tolist(), table.item.tolist(), table.bid.tolist()))
+    assert rows == [(0, 1, 2), (0, 0, 2), (1, 0, 7)]
     assert table.campaign_arrays()["budget"].tolist() == [20, 70]

@@ -11,7 +11,8 @@ def toy_log(n=600, users=30, items=40, seed=0):
     rng = np.random.default_rng(seed)
     u = rng.integers(0, users, n)
     i = (u * 3 + rng.integers(0, 6, n)) % items   # each user keeps to a few items: something to learn
-    return EventLog.from_columns("toy", [f"u{x}" for x in u], [f"i{x}" for x in i], [0] * n, np.arange(n, dtype=float))
+    return EventLog.from_columns("toy", [f"u{x}" for x in u], [f"i{x}" for x in i], [0] * n,
+                                 np.arange(n, dtype=float))
 
 
 def run(designs):

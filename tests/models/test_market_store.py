@@ -1,5 +1,6 @@
 """models/store.py, the market's methods: campaigns with a version, fenced shown lists, charges applied once
-per charge id and capped at the budget, and the ledger list that always sums to spend; memory and real Redis."""
+per charge id and capped at the budget, and the ledger list that always sums to spend; memory and real
+Redis."""
 import struct
 
 import orjson
@@ -32,7 +33,8 @@ def test_campaigns_are_stored_with_a_version(store):
 
 def test_shown_lists_are_fenced_like_states(store):
     assert store.write_market(["a", "b"], [shown(0, 5), shown(1, 7, 2)], [])[0] == [True, True]
-    written, _ = store.write_market(["a", "b", "b"], [shown(0, 5, body=b"x"), shown(1, 7, 1), shown(1, 7, 3)], [])
+    written, _ = store.write_market(["a", "b", "b"], [shown(0, 5, body=b"x"), shown(1, 7, 1), shown(1, 7, 3)],
+                                    [])
     assert written == [False, False, True]  # a replay, an earlier event of the same message, a later one
     read = store.read_market(["a", "b", "nobody"], [])
     assert read.shown == [shown(0, 5), shown(1, 7, 3), None]

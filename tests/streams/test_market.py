@@ -13,12 +13,13 @@ SETTINGS = Settings(scenes=("default", "search"))
 
 
 def event(value: bytes, offset: int):
-    return SimpleNamespace(value=value, message=SimpleNamespace(topic="campaigns", partition=0, offset=offset))
+    return SimpleNamespace(value=value,
+                           message=SimpleNamespace(topic="campaigns", partition=0, offset=offset))
 
 
 def campaign(cid, **extra):
-    return orjson.dumps({"campaign_id": cid, "advertiser": "acme", "items": ["i1"], "bid": 0.2, "daily_budget": 5,
-                         **extra})
+    return orjson.dumps({"campaign_id": cid, "advertiser": "acme", "items": ["i1"], "bid": 0.2,
+                         "daily_budget": 5, **extra})
 
 
 def test_campaign_messages_apply_in_order_and_bad_ones_are_dead_lettered_with_a_reason():
@@ -28,15 +29,16 @@ def test_campaign_messages_apply_in_order_and_bad_ones_are_dead_lettered_with_a_
         dead.append(orjson.loads(value))
 
     worker = CampaignWorker(SETTINGS, send, store)
-    messages = [campaign("c1"), campaign("c2", scenes=["search"]), b'{"campaign_id": "c1", "action": "pause"}',
-                b"{not json", campaign("c3", bid=0), campaign("c2", bid=0.3, scenes=["search"])]
+    messages = [campaign("c1"), campaign("c2", scenes=["search"]),
+                b'{"campaign_id": "c1", "action": "pause"}', b"{not json", campaign("c3", bid=0),
+                campaign("c2", bid=0.3, scenes=["search"])]
     asyncio.run(worker.handle([event(m, i) for i, m in enumerate(messages)]))
     version, docs = store.campaigns()
     book = {cid: campaign_from_doc(orjson.loads(doc), SETTINGS.scenes)[1] for cid, doc in docs.items()}
     assert sorted(book) == ["c1", "c2"] and version == worker.version == 1
     assert book["c1"].status == "paused" and book["c2"].bid == 300_000 and book["c2"].scene_mask == 0b10
-    assert [(d["offset"], d["reason"].split(":")[0]) for d in dead] == [(3, "not valid JSON"),
-                                                                       (4, "bid 0 must be above 0 and at most 1e+06")]
+    reasons = [(d["offset"], d["reason"].split(":")[0]) for d in dead]
+    assert reasons == [(3, "not valid JSON"), (4, "bid 0 must be above 0 and at most 1e+06")]
     asyncio.run(worker.handle([event(b'{"campaign_id": "c1", "action": "resume"}', 6)]))
     assert campaign_from_doc(orjson.loads(store.campaigns()[1]["c1"]), SETTINGS.scenes)[1].status == "active"
 
