@@ -22,8 +22,10 @@ from streams.cli import start_worker, stop_worker, wait_ready
 from streams.replay import read_topic
 from streams.topics import ensure_topics
 from tests.conftest import REPO
+from tests.integration.test_metrics_exported import scrape
 from tests.integration.test_pipeline import (CATALOGUE, Producer, latest_lists, pause_writes, wait_for,
                                              wait_for_stage)
+from tests.streams.test_dashboard import exported_names, queried_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +51,19 @@ def click_sponsored(producer, lists, users, ts):
             clicks += 1
         producer.event(user, CATALOGUE[(USERS.index(user) * 5 + int(ts)) % 40], "view", ts + 0.5)
     return clicks
+
+
+def assert_exports_what_the_dashboard_queries(port: int) -> None:
+    """The market's series that the Grafana dashboard and the alerts query are on a real worker's /metrics."""
+    wanted, deadline = queried_metrics(market=True), time.monotonic() + 30
+    while True:
+        status, text = scrape(port)
+        assert status == 200
+        have = exported_names(text)
+        if wanted <= have or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert sorted(wanted - have) == [], "queried by the dashboard or alerts, not on the worker's /metrics"
 
 
 def test_a_killed_worker_charges_each_click_once_and_spend_equals_the_ledger(settings, redis_store, tmp_path):
@@ -80,6 +95,7 @@ def test_a_killed_worker_charges_each_click_once_and_spend_equals_the_ledger(set
         wait_for(settings.web_port, len(producer.sent))
         charged_before = len(redis_store.ledger_entries(0, 10_000))
         assert clicks and charged_before, "no click was charged before the kill"
+        assert_exports_what_the_dashboard_queries(settings.web_port)
         # The next clicks' batches get stuck before their writes, and the worker dies with them in flight.
         pause_writes(redis_store, "300000", "WRITE")
         try:

@@ -17,6 +17,8 @@ DASHBOARD = REPO / "deploy" / "grafana" / "attnflow.json"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 METRIC = re.compile(r"\battnflow_[a-z0-9_]+")
 SAMPLE = re.compile(r"^(attnflow_[a-z0-9_]+)(?:\{[^}]*\})? \S+$")
+# exported only by a worker with ATTNFLOW_SPONSORED_SLOTS: tests/streams/test_market.py checks these
+MARKET = "attnflow_market_"
 
 
 def _panels(panels):
@@ -50,9 +52,11 @@ def alert_exprs() -> list[str]:
     return [" ".join(parts) for parts in exprs]
 
 
-def queried_metrics() -> set[str]:
-    """Every metric name the dashboard and the alerts query, histogram series mapped to their base name."""
-    names = {m for expr in dashboard_exprs() + alert_exprs() for m in METRIC.findall(expr)}
+def queried_metrics(market: bool = False) -> set[str]:
+    """Every metric name the dashboard and the alerts query, histogram series mapped to their base name:
+    the attention market's (``MARKET``) with ``market``, every other one without."""
+    names = {m for expr in dashboard_exprs() + alert_exprs() for m in METRIC.findall(expr)
+             if m.startswith(MARKET) == market}
     return {
         re.sub(r"_(bucket|sum|count)$", "", n)
         if n.endswith(("_bucket", "_sum", "_count")) and n.startswith("attnflow_produce_to_emit")

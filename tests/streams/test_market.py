@@ -97,11 +97,11 @@ def exposition(text: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def test_the_market_is_exported_as_prometheus_text_with_spend_fill_calibration_and_pacing():
+def traded_market():
+    """A market that showed ads, charged one click and throttled a campaign: ``(store, market, ad)``."""
     from models.engine import Engine, SourcedEvent
     from models.events import Event
     from models.market.book import Market, MarketConfig
-    from streams.metrics import market_lines
     from tests.models.test_market_book import CFG, campaign as ad_campaign, put
 
     store = MemoryStore()
@@ -122,7 +122,13 @@ def test_the_market_is_exported_as_prometheus_text_with_spend_fill_calibration_a
     # another worker's charge puts c1 ahead of an even plan for 130 s into the day: pacing throttles it
     store.write_market([], [], [("c1", 0, "elsewhere", 600_000, 10_000_000, b"{}")])
     batch([("u1", "i0", 130.0), ("u2", "i1", 131.0)], 21)
+    return store, market, ad
 
+
+def test_the_market_is_exported_as_prometheus_text_with_spend_fill_calibration_and_pacing():
+    from streams.metrics import market_lines
+
+    store, market, ad = traded_market()
     samples = exposition("\n".join(market_lines(market.report())) + "\n")
     report = market.report()
     ledger = sum(int(e.split(b":", 1)[0]) for e in store.ledger_entries(0, 100))
@@ -145,3 +151,22 @@ def test_the_market_is_exported_as_prometheus_text_with_spend_fill_calibration_a
     assert samples["attnflow_market_calibration_ece"][""] == calibration["ece"]
     per_bin = samples["attnflow_market_calibration_bin_impressions_total"]
     assert sum(per_bin.values()) == calibration["impressions"]
+
+
+def test_every_market_metric_the_dashboard_and_alerts_query_is_exported():
+    """A panel or an alert rule naming an ``attnflow_market_*`` series that ``market_lines`` does not write
+    fails here (tests/streams/test_dashboard.py checks every other name)."""
+    from streams.metrics import market_lines
+    from tests.streams.test_dashboard import METRIC, alert_exprs, exported_names, queried_metrics
+
+    _, market, _ = traded_market()
+    queried = queried_metrics(market=True)
+    missing = sorted(queried - exported_names("\n".join(market_lines(market.report()))))
+    assert missing == [], f"the dashboard or alerts query market metrics no worker exports: {missing}"
+    watched = {"revenue_total", "charges_total", "clicks_total", "orphan_clicks_total", "impressions_total",
+               "slots_offered_total", "fill_rate", "campaign_spend_today", "campaign_daily_budget",
+               "campaign_pacing_pass_rate", "calibration_ece"}
+    assert {f"attnflow_market_{name}" for name in watched} <= queried
+    alerted = {m for expr in alert_exprs() for m in METRIC.findall(expr)}
+    assert {"attnflow_market_campaign_spend_today", "attnflow_market_campaign_daily_budget",
+            "attnflow_market_calibration_ece", "attnflow_market_orphan_clicks_total"} <= alerted
