@@ -20,7 +20,6 @@ from kafka import KafkaProducer
 from models.events import EVENT_TYPES
 from models.state import StateCodec
 from streams.cli import start_worker, stop_worker, wait_ready, worker_stats
-from streams.replay import read_topic
 from streams.kafka_clients import connect
 from streams.topics import TopicNames, admin_client, ensure_topics
 
@@ -103,11 +102,32 @@ def run_worker_until(settings, log_path, events):
     return stats
 
 
+def read_to_end(settings, which: str, deadline_s: float = 60.0) -> list[dict]:
+    """Every message of an output topic up to its end as it is now, in partition order. (Reading until a
+    quiet spell, as ``read_topic`` does, can end before a slow consumer has fetched anything.)"""
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic = getattr(TopicNames.of(settings), which)
+    consumer = connect(KafkaConsumer, settings, group_id=None, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        docs, deadline = [], time.monotonic() + deadline_s
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic} not read to its end ({end}) within {deadline_s:.0f}s")
+            for records in consumer.poll(timeout_ms=500).values():
+                docs += [orjson.loads(message.value) for message in records]
+        return docs
+    finally:
+        consumer.close()
+
+
 def latest_lists(settings):
-    lists = {}
-    for doc in read_topic(settings, "recommendations", timeout_s=3):
-        lists[doc["user_id"]] = doc
-    return lists
+    """Each user's newest list (a user's lists share a partition, so the last one read is the newest)."""
+    return {doc["user_id"]: doc for doc in read_to_end(settings, "recommendations")}
 
 
 def test_events_to_recommendations_feedback_and_state(settings, redis_store, tmp_path):
@@ -148,7 +168,7 @@ def test_events_to_recommendations_feedback_and_state(settings, redis_store, tmp
     partitions = {p for _, p, _ in producer.sent}
     assert len(partitions) >= 2, "users must spread over several partitions for this test to mean anything"
 
-    feedback = list(read_topic(settings, "feedback", timeout_s=3))
+    feedback = list(read_to_end(settings, "feedback"))
     assert sorted(f["event_id"] for f in feedback) == sorted(d["event_id"] for d, _, _ in producer.sent)
     by_event = {f["event_id"]: f for f in feedback}
     for user in USERS:
@@ -161,7 +181,7 @@ def test_events_to_recommendations_feedback_and_state(settings, redis_store, tmp
         assert fb["list_age_s"] == pytest.approx(600 - 120)
     assert stats["online"]["events_with_list"] >= len(USERS)
 
-    dead = list(read_topic(settings, "deadletter", timeout_s=3))
+    dead = list(read_to_end(settings, "deadletter"))
     assert len(dead) == len(BAD)
     for record in dead:
         assert record["value"].encode() in BAD
@@ -282,7 +302,7 @@ def test_killed_worker_loses_nothing_and_applies_each_event_once(settings, redis
     finally:
         stop_worker(worker)
     assert_states_hold_each_event_once(settings, redis_store, sent)
-    feedback = {f["event_id"] for f in read_topic(settings, "feedback", timeout_s=3)}
+    feedback = {f["event_id"] for f in read_to_end(settings, "feedback")}
     assert feedback == {d["event_id"] for d, _, _ in sent}   # at least once each, none lost
     assert set(latest_lists(settings)) == set(users)
 
@@ -308,7 +328,7 @@ def test_oversized_bad_events_are_dead_lettered_and_the_worker_goes_on(settings,
         stop_worker(worker)
         producer.close()
     assert stats["deadletters"] == {"invalid_json": len(big)}, stats["deadletters"]
-    dead = list(read_topic(settings, "deadletter", timeout_s=3))
+    dead = list(read_to_end(settings, "deadletter"))
     assert len(dead) == len(big)
     for record, (value, field) in zip(sorted(dead, key=lambda r: r["offset"]), big.items()):
         assert record["reason"].startswith("not valid JSON")
@@ -354,7 +374,7 @@ def test_a_worker_that_cannot_deliver_exits_and_a_restart_loses_nothing(settings
 
     run_worker_until(settings, tmp_path / "restarted.log", len(producer.sent))
     assert_states_hold_each_event_once(settings, redis_store, producer.sent)
-    feedback = {f["event_id"] for f in read_topic(settings, "feedback", timeout_s=3)}
+    feedback = {f["event_id"] for f in read_to_end(settings, "feedback")}
     assert feedback == {d["event_id"] for d, _, _ in producer.sent}
     assert set(latest_lists(settings)) == set(USERS)
 
