@@ -22,6 +22,7 @@ from models.state import StateCodec
 from streams.cli import start_worker, stop_worker, wait_ready, worker_stats
 from streams.kafka_clients import connect
 from streams.topics import TopicNames, admin_client, ensure_topics
+from tests.integration.outputs import read_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -100,29 +101,6 @@ def run_worker_until(settings, log_path, events):
         stop_worker(worker)
     assert worker.returncode == 0, f"worker exited with {worker.returncode} on SIGTERM (log: {log_path})"
     return stats
-
-
-def read_to_end(settings, which: str, deadline_s: float = 60.0) -> list[dict]:
-    """Every message of an output topic up to its end as it is now, in partition order. (Reading until a
-    quiet spell, as ``read_topic`` does, can end before a slow consumer has fetched anything.)"""
-    from kafka import KafkaConsumer, TopicPartition
-
-    topic = getattr(TopicNames.of(settings), which)
-    consumer = connect(KafkaConsumer, settings, group_id=None, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        docs, deadline = [], time.monotonic() + deadline_s
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic} not read to its end ({end}) within {deadline_s:.0f}s")
-            for records in consumer.poll(timeout_ms=500).values():
-                docs += [orjson.loads(message.value) for message in records]
-        return docs
-    finally:
-        consumer.close()
 
 
 def latest_lists(settings):
