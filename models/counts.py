@@ -36,7 +36,8 @@ class TransitionCounts:
     >>> counts = TransitionCounts(window=2)
     >>> counts.observe(np.array([[-1, 5, 7]]), np.array([9]), np.array([0]))
     >>> arrays = counts.arrays(16)
-    >>> arrays["nbr_item"][7, 0, :2].tolist(), arrays["nbr_weight"][7, 0, :1].tolist(), int(arrays["nbr_total"][5, 0])
+    >>> (arrays["nbr_item"][7, 0, :2].tolist(), arrays["nbr_weight"][7, 0, :1].tolist(),
+    ...  int(arrays["nbr_total"][5, 0]))
     ([9, -1], [1.0], 0)
     """
 
@@ -66,7 +67,8 @@ class TransitionCounts:
                 return out
 
             self.pop, self.bits = grown(self.pop, 0.0), grown(self.bits, 0)
-            self.item, self.count, self.error = grown(self.item, -1), grown(self.count, 0.0), grown(self.error, 0.0)
+            self.item, self.count = grown(self.item, -1), grown(self.count, 0.0)
+            self.error = grown(self.error, 0.0)
             self.total = grown(self.total, 0.0)
             self.capacity = capacity
             self._arrays = None
@@ -79,7 +81,8 @@ class TransitionCounts:
         self.bits[:rows] = np.asarray(params.item_scene_bits)
         self.item[:rows] = np.asarray(params.nbr_item)
         self.total[:rows] = np.asarray(params.nbr_total)
-        self.count[:rows] = np.where(self.item[:rows] >= 0, np.asarray(params.nbr_weight) * self.total[:rows, :, None], 0)
+        self.count[:rows] = np.where(self.item[:rows] >= 0,
+                                     np.asarray(params.nbr_weight) * self.total[:rows, :, None], 0)
         self.error[:rows] = 0.0
         self._arrays = None
 
@@ -90,12 +93,14 @@ class TransitionCounts:
             return
         self.observed += E
         self.ensure(int(max(target.max(), hist_item.max())) + 1)
-        decay = self.keep[None, :] ** np.arange(E - 1, -1, -1)[:, None]             # later examples decay less
+        # later examples decay less
+        decay = self.keep[None, :] ** np.arange(E - 1, -1, -1)[:, None]
         self.pop *= self.keep[None, :] ** E
         np.add.at(self.pop, target, decay)
         np.bitwise_or.at(self.bits, target, np.left_shift(np.uint32(1), scene.astype(np.uint32)))
         valid = hist_item >= 0
-        in_scene = valid & ((self.bits[np.maximum(hist_item, 0)] >> scene.astype(np.uint32)[:, None]) & 1 == 1)
+        hist_bits = self.bits[np.maximum(hist_item, 0)]
+        in_scene = valid & ((hist_bits >> scene.astype(np.uint32)[:, None]) & 1 == 1)
         parts = []
         for table, sources in enumerate((valid, in_scene)):
             distance = np.cumsum(sources[:, ::-1], axis=1)[:, ::-1]                 # 1 = the newest source
@@ -150,12 +155,14 @@ class TransitionCounts:
         age = np.maximum(self.observed - 1 - observed_at, 0.0)
         distance = np.arange(1, width + 1, dtype=np.float64)
         nbr = np.where(distance <= self.window, 1.0 / distance, 0.0)[None, :]
-        return ((self.keep[None, :] ** age[:, None]) * counted).astype(np.float32), (nbr * counted).astype(np.float32)
+        pop = (self.keep[None, :] ** age[:, None]) * counted
+        return pop.astype(np.float32), (nbr * counted).astype(np.float32)
 
     def _ranked(self, rows: np.ndarray) -> dict:
         """The neighbour fields of ``rows``: successors strongest first, their shares and the row totals."""
         items, total = self.item[rows], self.total[rows]
-        share = np.where(items >= 0, (self.count[rows] - self.error[rows]) / np.maximum(total, 1e-30)[..., None], 0.0)
+        guaranteed = self.count[rows] - self.error[rows]
+        share = np.where(items >= 0, guaranteed / np.maximum(total, 1e-30)[..., None], 0.0)
         order = np.argsort(np.where(items >= 0, -share, np.inf), axis=-1, kind="stable")
         return {"nbr_item": np.take_along_axis(items, order, axis=-1),
                 "nbr_weight": np.take_along_axis(share, order, axis=-1).astype(np.float32),
@@ -170,12 +177,15 @@ class TransitionCounts:
         self.ensure(capacity)
         if self._arrays is not None and self._arrays["pop"].shape[0] == capacity and self._fresh:
             return self._arrays
-        neighbours = self._arrays if self._arrays is not None and self._arrays["pop"].shape[0] == capacity else None
+        same_shape = self._arrays is not None and self._arrays["pop"].shape[0] == capacity
+        neighbours = self._arrays if same_shape else None
         dirty = self.dirty
         if neighbours is None or len(dirty) > capacity // 8:
-            neighbours = {name: jnp.asarray(value) for name, value in self._ranked(np.arange(capacity)).items()}
+            ranked = self._ranked(np.arange(capacity))
+            neighbours = {name: jnp.asarray(value) for name, value in ranked.items()}
         elif dirty:  # only the changed rows travel (the tables are ~0.5 KB a row, 64 MB at 128k items)
-            padded = np.full(1 << int(np.ceil(np.log2(len(dirty)))), capacity, np.int64)  # few shapes to compile
+            # padded to a power of two, so there are few shapes to compile
+            padded = np.full(1 << int(np.ceil(np.log2(len(dirty)))), capacity, np.int64)
             padded[: len(dirty)] = np.fromiter(dirty, np.int64, len(dirty))
             rows = self._ranked(np.minimum(padded, capacity - 1))
             neighbours = _set_rows({name: neighbours[name] for name in rows}, jnp.asarray(padded),

@@ -52,7 +52,8 @@ class Params(NamedTuple):
     copy: jax.Array          # []    signed gain of the repeat (copy-from-history) score
     copy_tau: jax.Array      # []    its recency horizon in events: 1 + softplus(copy_tau)
     pop_gain: jax.Array      # [P]   gain of log1p(decayed popularity) per half-life
-    nbr_gain: jax.Array      # [2, W] weight of a neighbour's transition share, per table and distance (softplus)
+    # [2, W] weight of a neighbour's transition share, per table and distance (softplus)
+    nbr_gain: jax.Array
     nbr_scale: jax.Array     # []    gain of log1p(summed transition evidence)
     # counted (``COUNTED``), not learned:
     pop: jax.Array           # [C, P] decayed target counts (half-lives ``POPULARITY_HALF_LIVES``)
@@ -95,7 +96,8 @@ def item_rows(seed: int, start: int, stop: int, dim: int) -> jax.Array:
 
 
 def counted_rows(rows: int) -> dict:
-    """The counted fields (``COUNTED``) for ``rows`` items that were never seen: no popularity, no neighbours."""
+    """The counted fields (``COUNTED``) for ``rows`` items that were never seen: no popularity, no
+    neighbours."""
     tables = len(NEIGHBOUR_TABLES)
     return {"pop": jnp.zeros((rows, len(POPULARITY_HALF_LIVES)), jnp.float32),
             "nbr_item": jnp.full((rows, tables, NEIGHBOURS), -1, jnp.int32),
@@ -126,7 +128,8 @@ def init_params(cfg: EngineConfig, capacity: int | None = None) -> Params:
         pos_emb=jnp.zeros((cfg.history, d), jnp.float32),
         scene_query=jnp.zeros((cfg.n_scenes, d), jnp.float32),
         # distinct arrays, not one shared buffer: kernels may donate parameters
-        w_query=jnp.eye(d, dtype=jnp.float32), w_key=jnp.eye(d, dtype=jnp.float32), w_value=jnp.eye(d, dtype=jnp.float32),
+        w_query=jnp.eye(d, dtype=jnp.float32), w_key=jnp.eye(d, dtype=jnp.float32),
+        w_value=jnp.eye(d, dtype=jnp.float32),
         decay=jnp.asarray(-2.0, jnp.float32),      # softplus(-2) ~ 0.13 per log-hour
         transfer=jnp.asarray(0.0, jnp.float32),    # gate 0.5
         copy=jnp.asarray(2.0, jnp.float32),        # recent items first until trained
@@ -191,7 +194,8 @@ def from_bytes(blob: bytes) -> tuple[Params, dict]:
     missing = [name for name in Params._fields if name not in stored]
     if missing:
         fresh = init_params(EngineConfig(dim=1, history=1, scenes=("default",), k=1, initial_capacity=1), 1)
-        counted = {name: np.asarray(value) for name, value in counted_rows(stored["item_emb"].shape[0]).items()}
+        never_seen = counted_rows(stored["item_emb"].shape[0])
+        counted = {name: np.asarray(value) for name, value in never_seen.items()}
         for name in missing:
             stored[name] = counted[name] if name in counted else np.asarray(getattr(fresh, name))
     # device_put, not jnp.asarray: asarray lifts a NumPy array through a small jitted function
