@@ -40,8 +40,10 @@ def lower_priority(increment: int) -> str:
     return ", ".join(done)
 
 
-def wait_ready(port: int, process: subprocess.Popen | None = None, timeout_s: float = 180.0) -> dict:
-    """Poll a worker's ``/ready`` until it answers 200; raises if the process dies or time runs out."""
+def wait_ready(port: int, process: subprocess.Popen | None = None, timeout_s: float = 600.0) -> dict:
+    """Poll a worker's ``/ready`` until it answers 200; raises at once if the process dies, or when time
+    runs out. The deadline is only a ceiling against a hung start: three workers compiling their kernels
+    at once on a busy 2-core machine took over 180 s in CI, so it is generous."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if process is not None and process.poll() is not None:
