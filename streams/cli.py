@@ -284,7 +284,7 @@ def cmd_campaigns(args, settings):
 def cmd_market_sim(args, settings):
     from models.market.simulate import main as simulate
 
-    return simulate(args.rest)
+    return simulate(args.rest[1:] if args.rest[:1] == ["--"] else args.rest)
 
 
 def cmd_eval(args, settings):
@@ -377,7 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra and getattr(args, "fn", None) is cmd_market_sim:  # its options (--help too) are the simulator's
+        args.rest = extra + args.rest
+    elif extra:
+        build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
