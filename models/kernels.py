@@ -2,7 +2,8 @@
 
 Pure functions of (params, arrays); no I/O, no Python state. Callers pad every array to a bucket
 size (see ``models.engine``) so each kernel compiles once per bucket. A slow NumPy twin of every
-kernel lives in ``models.reference`` and the tests hold the two together.
+kernel lives in ``models.reference`` and the tests hold the two together. The scores of the counted
+features (popularity prior, transition evidence) live in ``models.counted_scores``.
 """
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+# The counted features' scores, kept importable as ``kernels.X`` (training, candidates and the
+# market call them through this module).
+from models.counted_scores import (merge_rows, neighbour_pairs, pair_scores,  # noqa: F401
+                                   popularity_prior, popularity_prior_of)
 from models.params import Params
 
 NEG_INF = -1e30  # finite so that masked softmax rows stay NaN-free
@@ -118,108 +123,14 @@ def copy_weights(params: Params, hist_item: jax.Array) -> jax.Array:
     return jnp.where(hist_item >= 0, weights[None, :], 0.0)
 
 
-def copy_scores(scores: jax.Array, start: int | jax.Array, hist_item: jax.Array, params: Params) -> jax.Array:
+def copy_scores(scores: jax.Array, start: int | jax.Array, hist_item: jax.Array,
+                params: Params) -> jax.Array:
     """Add each history item's repeat weight to its score (repeated items accumulate)."""
     B, C = scores.shape
     local = hist_item - start
     local = jnp.where((hist_item >= 0) & (local >= 0) & (local < C), local, C)
     rows = jnp.broadcast_to(jnp.arange(B)[:, None], local.shape)
     return scores.at[rows, local].add(copy_weights(params, hist_item), mode="drop")
-
-
-def neighbour_pairs(params: Params, hist_item: jax.Array, scene: jax.Array,
-                    held_out: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
-    """The counted item-to-item transition evidence of each row: ``[B, P]`` candidate items (-1: none)
-    and each one's evidence, summed over the sources that name it (``merge_rows``: each item at most
-    once per row, so ``pair_scores`` adds one score per item without a dense ``[B, C]`` pass).
-
-    Table 0 (the user's whole sequence) gives the successors of the row's ``W`` newest items, table 1
-    (sequences within one scene) those of its ``W`` newest items in the request's ``scene``
-    (``item_scene_bits``). The ``d``-th newest source adds ``softplus(nbr_gain[t, d]) * share`` to each
-    of its successors (``share``: the successor's part of the source's transition mass). A table-0
-    source from another scene is also weighted by ``2 * sigmoid(transfer)`` (1 untrained): what the user
-    did elsewhere transfers to this scene through the same gate as the scene interests.
-
-    ``held_out`` (training only): ``(target [B], own [B, W])``, the transition count the row's own
-    example added from its ``d``-th newest source to ``target`` (summed per source item when one item
-    is several of them); the shares are taken without it
-    (``(count - own) / (total - own)``), so a counted example does not see itself as evidence.
-    """
-    B, L = hist_item.shape
-    T, W = params.nbr_gain.shape
-    valid = hist_item >= 0
-    items = jnp.where(valid, hist_item, 0)
-    in_scene = valid & (((params.item_scene_bits[items] >> scene.astype(jnp.uint32)[:, None]) & 1) == 1)
-    position = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
-    gate = 2.0 * jax.nn.sigmoid(params.transfer)
-    out_items, out_scores = [], []
-    for table, sources in enumerate((valid, in_scene)[:T]):
-        newest, _ = jax.lax.top_k(jnp.where(sources, position, -1), W)                  # [B, W], -1: none
-        found = newest >= 0
-        at = jnp.maximum(newest, 0)
-        source = jnp.take_along_axis(items, at, axis=1)
-        gain = jax.nn.softplus(params.nbr_gain[table])[None, :] * found
-        if table == 0:
-            gain = gain * jnp.where(jnp.take_along_axis(in_scene, at, axis=1), 1.0, gate)
-        successor = params.nbr_item[source, table]                                      # [B, W, M]
-        share = params.nbr_weight[source, table]
-        if held_out is not None:
-            target, own = held_out
-            # an item that is several of the W newest sources got each one's count in its one row
-            same = (source[:, :, None] == source[:, None, :]) & found[:, None, :]
-            own = jnp.einsum("bvw,bw->bv", same.astype(own.dtype), own)
-            part = jnp.clip(own / jnp.maximum(params.nbr_total[source, table], 1e-9), 0.0, 1.0)[..., None]
-            mine = successor == target[:, None, None]
-            share = jnp.maximum(share - part * mine, 0.0) / jnp.maximum(1.0 - part, 1e-6)
-        out_items.append(jnp.where(found[..., None], successor, -1).reshape(B, -1))
-        out_scores.append((share * gain[..., None]).reshape(B, -1))
-    items, (evidence,) = merge_rows(jnp.concatenate(out_items, axis=1), jnp.concatenate(out_scores, axis=1))
-    return items, evidence
-
-
-def merge_rows(items: jax.Array, *values: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    """Per row of ``items`` ([B, Q] ids, -1: none), each distinct id once and the rest -1, with every
-    ``values`` array ([B, Q]) summed over the id's copies; rows come back sorted by id. One small
-    sort per row instead of a ``[B, C]`` scatter over the catalogue.
-
-    >>> ids, (total,) = merge_rows(jnp.array([[4, -1, 4, 2]]), jnp.array([[1.0, 5.0, 2.0, 0.5]]))
-    >>> ids.tolist(), total.tolist()
-    ([[-1, 2, 4, -1]], [[0.0, 0.5, 3.0, 0.0]])
-    """
-    B, Q = items.shape
-    position = jnp.broadcast_to(jnp.arange(Q, dtype=jnp.int32), (B, Q))
-    ordered, order = jax.lax.sort((items, position), dimension=1, num_keys=1)
-    starts = jnp.concatenate([jnp.ones((B, 1), bool), ordered[:, 1:] != ordered[:, :-1]], axis=1)
-    first = jax.lax.cummax(jnp.where(starts, position, 0), axis=1)                    # each slot's run start
-    rows = jnp.broadcast_to(jnp.arange(B)[:, None], (B, Q))
-    keep = starts & (ordered >= 0)
-    sums = tuple(jnp.where(keep, jnp.zeros_like(v).at[rows, first].add(jnp.take_along_axis(v, order, axis=1)), 0.0)
-                 for v in values)
-    return jnp.where(keep, ordered, -1), sums
-
-
-def pair_scores(scores: jax.Array, start: int | jax.Array, pairs: tuple[jax.Array, jax.Array],
-                params: Params) -> jax.Array:
-    """Add ``nbr_scale * log1p(evidence)`` of the rows' ``pairs`` (``neighbour_pairs``: each item at most
-    once per row) to the scores of items ``start .. start + C``: a log, so strong evidence ranks a
-    neighbour first whatever its popularity (as transition kNN does) while weak evidence is about linear."""
-    items, evidence = pairs
-    B, C = scores.shape
-    local = items - start
-    local = jnp.where((items >= 0) & (local >= 0) & (local < C), local, C)
-    rows = jnp.broadcast_to(jnp.arange(B)[:, None], local.shape)
-    return scores.at[rows, local].add(params.nbr_scale * jnp.log1p(evidence), mode="drop")
-
-
-def popularity_prior(params: Params, start: int | jax.Array, size: int) -> jax.Array:
-    """``sum_p pop_gain[p] * log1p(pop[i, p])`` for items ``start .. start + size``: the decayed popularity prior."""
-    pop = jax.lax.dynamic_slice_in_dim(params.pop, start, size)
-    return jnp.log1p(pop) @ params.pop_gain
-
-
-def popularity_prior_of(params: Params, items: jax.Array) -> jax.Array:
-    """The popularity prior (``popularity_prior``) of the given item ids (any shape)."""
-    return jnp.log1p(params.pop[items]) @ params.pop_gain
 
 
 TOPK_BLOCK = 32  # items per block in the running block top-k
@@ -244,7 +155,8 @@ AUTO_TAIL = {"cpu": 1024}
 
 
 def resolve_tail(chunk: int) -> int:
-    """The tail step for ``chunk`` (0: the backend's default chunk): the backend's ``AUTO_TAIL``, else the chunk."""
+    """The tail step for ``chunk`` (0: the backend's default chunk): the backend's ``AUTO_TAIL``, else
+    the chunk."""
     chunk = resolve_chunk(chunk)
     return min(AUTO_TAIL.get(jax.default_backend(), chunk), chunk)
 
@@ -261,7 +173,8 @@ def exact_matmuls(fn):
 
 
 def in_scene(item_scenes: jax.Array, scene: jax.Array) -> jax.Array:
-    """[B, N] bool: item ``i`` is in the catalogue of row ``b``'s scene (bit ``scene[b]`` of ``item_scenes[i]``)."""
+    """[B, N] bool: item ``i`` is in the catalogue of row ``b``'s scene (bit ``scene[b]`` of
+    ``item_scenes[i]``)."""
     return ((item_scenes[None, :] >> scene.astype(jnp.uint32)[:, None]) & 1) == 1
 
 
@@ -276,15 +189,16 @@ def _chunk_scores(user, params: Params, hist_item, n_items, exclude, start, done
     emb = jax.lax.dynamic_slice_in_dim(params.item_emb, start, size)
     bias = jax.lax.dynamic_slice_in_dim(params.item_bias, start, size)
     index = start + jnp.arange(size)
-    live = (index >= done)[None, :] & (index[None, :] < jnp.reshape(n_items, (-1, 1)))           # [1 or B, size]
+    live = (index >= done)[None, :] & (index[None, :] < jnp.reshape(n_items, (-1, 1)))  # [1 or B, size]
     if item_scenes is not None:
-        live = live & in_scene(jax.lax.dynamic_slice_in_dim(item_scenes, start, size), scene)    # [B, size]
+        live = live & in_scene(jax.lax.dynamic_slice_in_dim(item_scenes, start, size), scene)  # [B, size]
     prior = bias + popularity_prior(params, start, size)
-    scores = copy_scores(user @ emb.T + jnp.where(live, prior[None, :], NEG_INF), start, hist_item, params)
+    scores = copy_scores(user @ emb.T + jnp.where(live, prior[None, :], NEG_INF), start, hist_item,
+                         params)
     if pairs is not None:
         scores = pair_scores(scores, start, pairs, params)
     local = exclude - start
-    local = jnp.where((exclude >= 0) & (local >= 0) & (local < size), local, size)              # size: dropped
+    local = jnp.where((exclude >= 0) & (local >= 0) & (local < size), local, size)  # size: dropped
     rows = jnp.broadcast_to(jnp.arange(B)[:, None], local.shape)
     return scores.at[rows, local].set(NEG_INF, mode="drop")
 
@@ -331,7 +245,8 @@ def items_scored(n_items: int, rows: int, k: int, chunk: int, tail: int | None =
 def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: Params, n_items: jax.Array,
                 exclude: jax.Array, k: int, chunk: int, tail: int | None = None, item_scenes=None,
                 scene=None, pairs=None) -> tuple[jax.Array, jax.Array]:
-    """Exact top-``k`` of ``user . e_i + b_i`` (+ repeat score) over the catalogue, ``chunk`` items at a time.
+    """Exact top-``k`` of ``user . e_i + b_i`` (+ repeat score) over the catalogue, ``chunk`` items at a
+    time.
 
     A running *block* top-k: each chunk's scores are cut into blocks of ``TOPK_BLOCK`` items, and the
     ``k`` blocks with the largest maxima seen so far are kept whole. One ``top_k`` over the kept
@@ -348,7 +263,8 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
     the rest of the catalogue in a second one of smaller steps. At 10k items with 4096-item chunks,
     that scores 10,240 items, not 12,288.
 
-    ``item_scenes`` / ``scene`` (optional): rank each row only over its scene's catalogue (``_chunk_scores``).
+    ``item_scenes`` / ``scene`` (optional): rank each row only over its scene's catalogue
+    (``_chunk_scores``).
     ``pairs`` (optional, ``neighbour_pairs``): transition scores added to the rows' candidates.
     """
     C, d = params.item_emb.shape
@@ -363,14 +279,16 @@ def top_k_items(user: jax.Array, attn: jax.Array, hist_item: jax.Array, params: 
     def scan(best, first_item, steps, width):
         """``steps`` chunks of ``width`` items from ``first_item`` on, folded into ``best``."""
         def step(c, best):
-            best_max, best_blocks, best_first = best   # [B, k] maxima, [B, k, blk] scores, [B, k] first item
+            # [B, k] maxima, [B, k, blk] scores, [B, k] first item
+            best_max, best_blocks, best_first = best
             at = first_item + c * width
-            start = jnp.minimum(at, C - width)  # the last chunk may overlap its predecessor: ``done`` masks that
-            blocks = _chunk_scores(user, params, hist_item, n_items, exclude, start, at, width, item_scenes, scene,
-                                   pairs)
+            # the last chunk may overlap its predecessor: ``done`` masks that
+            start = jnp.minimum(at, C - width)
+            blocks = _chunk_scores(user, params, hist_item, n_items, exclude, start, at, width, item_scenes,
+                                   scene, pairs)
             blocks = blocks.reshape(B, width // TOPK_BLOCK, TOPK_BLOCK)
             top, pos = jax.lax.top_k(jnp.concatenate([best_max, blocks.max(axis=2)], axis=1), k)
-            kept = pos < k                                                              # an earlier block stays
+            kept = pos < k  # an earlier block stays
             old = jnp.where(kept, pos, 0)
             new = jnp.where(kept, 0, pos - k)
             contents = jnp.where(kept[:, :, None], jnp.take_along_axis(best_blocks, old[:, :, None], axis=1),
@@ -405,8 +323,9 @@ def step(params: Params, interest: jax.Array, weight: jax.Array, events: FoldInp
     """
     interest, weight = fold_interests(params, interest, weight, events, gamma)
     user, attn = user_vectors(params, interest, weight, ranks)
+    pairs = neighbour_pairs(params, ranks.hist_item, ranks.scene)
     items, scores = top_k_items(user, attn, ranks.hist_item, params, n_items, ranks.exclude, k, chunk, tail,
-                                item_scenes, ranks.scene, neighbour_pairs(params, ranks.hist_item, ranks.scene))
+                                item_scenes, ranks.scene, pairs)
     return interest, weight, items, scores
 
 
@@ -417,7 +336,8 @@ fold = jax.jit(exact_matmuls(fold_interests), static_argnames=("gamma",))
 @exact_matmuls
 def rank(params: Params, interest: jax.Array, weight: jax.Array, ranks: RankInputs, n_items: jax.Array,
          item_scenes: jax.Array | None = None, *, k: int, chunk: int, tail: int | None = None):
-    """Rank without folding (evaluation asks for a list before it applies the event; requests at serve time)."""
+    """Rank without folding (evaluation asks for a list before it applies the event; requests at serve
+    time)."""
     user, attn = user_vectors(params, interest, weight, ranks)
     return top_k_items(user, attn, ranks.hist_item, params, n_items, ranks.exclude, k, chunk, tail,
                        item_scenes, ranks.scene, neighbour_pairs(params, ranks.hist_item, ranks.scene))

@@ -37,7 +37,8 @@ CATEGORIES = [
     ("jax compile (a new shape at run time)", lambda fn, f: ("/jax/" in f or "/jaxlib/" in f)
      and any(w in fn for w in ("compile", "lower", "_cached_lowering", "trace_to_jaxpr"))),
     ("jax kernel (dispatch, transfer, XLA wait)",
-     lambda fn, f: "/jax/" in f or "/jaxlib/" in f or f.endswith("models/kernels.py")),
+     lambda fn, f: "/jax/" in f or "/jaxlib/" in f
+     or f.endswith(("models/kernels.py", "models/counted_scores.py"))),
     ("redis (client, pipelining, round trips)", lambda fn, f: "/redis/" in f or "models/store/" in f),
     ("kafka client socket I/O (aiokafka connection)",
      lambda fn, f: f.endswith(("aiokafka/conn.py", "aiokafka/client.py"))),
