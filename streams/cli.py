@@ -283,7 +283,6 @@ def cmd_campaigns(args, settings):
 
 def cmd_market_sim(args, settings):
     from models.market.simulate import main as simulate
-
     return simulate(args.rest[1:] if args.rest[:1] == ["--"] else args.rest)
 
 
@@ -377,11 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args, extra = build_parser().parse_known_args(argv)
-    if extra and getattr(args, "fn", None) is cmd_market_sim:  # its options (--help too) are the simulator's
-        args.rest = extra + args.rest
-    elif extra:
-        build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    args, extra = (parser := build_parser()).parse_known_args(argv)
+    if extra and getattr(args, "fn", None) is not cmd_market_sim:  # market-sim's options are the simulator's
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.rest = extra + getattr(args, "rest", [])
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
