@@ -86,8 +86,8 @@ def shuffle_in_time(log: EventLog, fraction: float, seed: int = 0) -> EventLog:
     moved.ts = log.ts.copy()  # every slot keeps its time: the moved events take their new slot's
     # Loaders number items in order of first appearance, and the attention model takes every index below
     # the largest it has seen as a live item: renumber the same way for the new order.
-    _, first = np.unique(moved.item, return_index=True)
-    appeared = np.unique(moved.item)[np.argsort(first)]
+    items, first = np.unique(moved.item, return_index=True)
+    appeared = items[np.argsort(first)]
     rest = np.setdiff1d(np.arange(log.n_items), appeared)
     new_of = np.empty(log.n_items, np.int64)
     new_of[np.r_[appeared, rest]] = np.arange(log.n_items)

@@ -186,8 +186,8 @@ def test_seen_before_lists_each_events_earlier_items():
     assert [e.tolist() for e in evaluate._seen_before(np.array([1]), np.array([8]), seen)] == [[5, 7]]
 
 
-def test_main_options_pick_a_loader_option(tmp_path, monkeypatch):
-    log = two_scene_log()
+def recording_loader(monkeypatch, log) -> list[dict]:
+    """Make ``loaders.load`` return ``log``; returns the list its calls' loader options are appended to."""
     calls = []
 
     def load(name, data_dir=None, **opts):
@@ -195,6 +195,11 @@ def test_main_options_pick_a_loader_option(tmp_path, monkeypatch):
         return log
 
     monkeypatch.setattr(evaluate.loaders, "load", load)
+    return calls
+
+
+def test_main_options_pick_a_loader_option(tmp_path, monkeypatch):
+    calls = recording_loader(monkeypatch, two_scene_log())
     out = tmp_path / "eval.json"
     assert evaluate.main(["--datasets", "moviebook", "--models", "popularity",
                           "--options", "moviebook:split=val", "--out", str(out), "--quiet"]) == 0
@@ -208,13 +213,7 @@ def test_the_shuffle_option_moves_events_in_time_on_any_log_and_names_the_varian
     """``DATASET:shuffle=F`` is not a loader option: the loader gets none, the log gets that fraction of its
     events moved in time (``splits.shuffle_in_time``) and the entry is a dataset of its own."""
     log = toy_log()
-    calls = []
-
-    def load(name, data_dir=None, **opts):
-        calls.append(opts)
-        return log
-
-    monkeypatch.setattr(evaluate.loaders, "load", load)
+    calls = recording_loader(monkeypatch, log)
     out = tmp_path / "eval.json"
     assert evaluate.main(["--datasets", "toy", "--models", "popularity", "--options", "toy:shuffle=0.5",
                           "--out", str(out), "--quiet", "--no-plots"]) == 0
