@@ -14,7 +14,6 @@ from pathlib import Path
 
 from streams.benchtables import (_cpu_lines, _fmt, _profile_lines, _provenance, _share, bench_tables,
                                  engine_tables, generic_table, kernel_tables)
-from streams.benchtables import _thread_lines  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -65,10 +64,13 @@ def _scene_restricted(entry) -> bool:
     return "scene_switch" in entry["result"].get("metrics", {})
 
 
-def eval_tables(data: dict, loo_too: bool = True, models: tuple[str, ...] | None = None) -> list[str]:
+def eval_tables(data: dict, loo_too: bool = True, models: tuple[str, ...] | None = None,
+                variants: bool = True) -> list[str]:
     """``models.evaluate``'s entries: prequential HR/NDCG per dataset and model (only ``models`` when
-    given), the per-scene table of scene-restricted logs, and (``loo_too``) the leave-one-out table."""
-    entries = [e for e in data.get("entries", []) if models is None or e["model"] in models]
+    given), the per-scene table of scene-restricted logs, and (``loo_too``) the leave-one-out table.
+    ``variants=False`` leaves out the runs of a log under loader options (``ml-100k[shuffle=0.1]``)."""
+    entries = [e for e in data.get("entries", []) if (models is None or e["model"] in models)
+               and (variants or "[" not in e["dataset"])]
     if not entries:
         return []
     out = []
@@ -98,7 +100,7 @@ def eval_tables(data: dict, loo_too: bool = True, models: tuple[str, ...] | None
                 cells.append(f"**{cell}**" if o["NDCG@10"] == best else cell)
             out.append(f"| {dataset} | {n} | " + " | ".join(cells) + " |")
         out += ["", f"Command(s): `{_command(preq)}`", ""]
-    out += scene_tables(data)
+    out += scene_tables({"entries": entries})
     loo = [e for e in entries if e["protocol"] == "loo"] if loo_too else []
     if loo:
         out += [
@@ -321,7 +323,9 @@ def render_readme(folder: Path = REPO / "docs" / "results") -> str:
     lines: list[str] = []
     evaluation = _load(folder / "eval.json")
     if evaluation:
-        lines += eval_tables(evaluation, loo_too=False, models=README_MODELS)
+        lines += eval_tables(evaluation, loo_too=False, models=README_MODELS, variants=False)
+        lines += ["Runs under loader options (scenes on one-scene logs, events shuffled in time): "
+                  "[docs/performance.md](docs/performance.md).", ""]
     bench = _load(folder / "bench.json")
     if bench:
         lines += bench_headline(bench)

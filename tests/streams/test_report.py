@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from streams import report
+from streams import benchtables, report
 
 
 def test_cpu_table_renders_measured_variants_only():
@@ -47,10 +47,10 @@ def test_thread_table_renders_the_worker_threads_where_measured():
                              "latency@0.50_thread_us_per_event_worker_event_loop": 300.0},
         "noop_faust": {"cpu_us_per_event_worker": 50.0},  # no thread split measured: no row
     }}
-    rows = [line for line in report._thread_lines(medians) if line.startswith("| 10,000")]
+    rows = [line for line in benchtables._thread_lines(medians) if line.startswith("| 10,000")]
     assert rows == ["| 10,000 | pipeline_notrain | max | 90 | – | 27 | – | – | 40 | – |",
                     "| 10,000 | pipeline_notrain | 50% | 300 | – | – | – | – | – | – |"]
-    assert report._thread_lines({"10000": {"noop_faust": {"cpu_us_per_event_worker": 50.0}}}) == []
+    assert benchtables._thread_lines({"10000": {"noop_faust": {"cpu_us_per_event_worker": 50.0}}}) == []
 
 
 def test_latency_table_shows_the_slo_share_and_a_new_workers_first_second():
