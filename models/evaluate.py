@@ -1,4 +1,5 @@
-"""Offline evaluation: prequential replay and leave-one-out over the shared datasets, results to JSON and plots.
+"""Offline evaluation: prequential replay and leave-one-out over the shared datasets, results to JSON
+and plots.
 
 Drives any :class:`~models.baselines.Recommender`; reads datasets through :mod:`models.loaders` and writes
 only under the ``--out`` folder. Run ``python -m models.evaluate --help``.
@@ -68,7 +69,8 @@ MODELS: dict[str, Callable[[EventLog], Recommender]] = {
 
 
 def user_unique_batches(users: np.ndarray, max_size: int) -> np.ndarray:
-    """Boundaries of consecutive micro-batches in which no user appears twice (cut at a repeat or at max_size).
+    """Boundaries of consecutive micro-batches in which no user appears twice (cut at a repeat or at
+    max_size).
 
     >>> user_unique_batches(np.array([1, 2, 1, 3, 4, 5]), 3).tolist()
     [0, 2, 5, 6]
@@ -91,10 +93,12 @@ def _progress(total: int, description: str, enabled: bool):
     return tqdm(total=total, desc=description, unit="ev", disable=not enabled, leave=False, mininterval=1.0)
 
 
-def _check_recommendations(model: Recommender, recs: np.ndarray, n_rows: int, k: int, known: np.ndarray) -> None:
+def _check_recommendations(model: Recommender, recs: np.ndarray, n_rows: int, k: int,
+                           known: np.ndarray) -> None:
     """Enforce the interface contract: int [B, k], -1 pads, only items the model has been shown."""
     if recs.shape != (n_rows, k) or not np.issubdtype(recs.dtype, np.integer):
-        raise ValueError(f"{model.name}.recommend returned {recs.dtype}{recs.shape}; expected int [{n_rows}, {k}]")
+        raise ValueError(f"{model.name}.recommend returned {recs.dtype}{recs.shape}; "
+                         f"expected int [{n_rows}, {k}]")
     real = recs[recs >= 0]
     if np.any(real >= known.shape[0]) or not np.all(known[real]):
         raise ValueError(f"{model.name}.recommend returned items it was never shown in learn/fit")
@@ -162,7 +166,8 @@ def prequential(log: EventLog, model: Recommender, k: int = 10, batch: int = 256
     (default: the log's ``extra["exclude_seen"]``) the user's earlier items are excluded too. The
     evaluator checks both restrictions on every list.
 
-    >>> log = EventLog.from_columns("toy", ["a", "b", "c", "d"], ["x", "x", "x", "y"], [1, 1, 3, 1], [0, 1, 2, 3.0])
+    >>> log = EventLog.from_columns("toy", ["a", "b", "c", "d"], ["x", "x", "x", "y"], [1, 1, 3, 1],
+    ...                             [0, 1, 2, 3.0])
     >>> result = prequential(log, DecayedPopularity(half_life_s=10.0), k=1, batch=2)
     >>> result["metrics"]["overall"]["HR@1"], result["metrics"]["overall"]["cold_share"], result["n_batches"]
     (0.25, 0.75, 2)
@@ -304,7 +309,8 @@ def git_commit() -> dict:
     """Commit hash (None before the first commit or outside git) and whether the tree had local changes."""
     root = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10)
         status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
                                 timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -352,7 +358,8 @@ def run(datasets, models, protocols=("prequential",), out: str | Path = DEFAULT_
     if unknown:
         raise ValueError(f"unknown protocols {unknown}; choose from {PROTOCOLS}")
     out = Path(out)
-    context = {"command": list(getattr(sys, "orig_argv", sys.argv)), "machine": machine(), "git": git_commit()}
+    context = {"command": list(getattr(sys, "orig_argv", sys.argv)), "machine": machine(),
+               "git": git_commit()}
     entries = []
     for dataset in datasets:
         options = (dataset_options or {}).get(dataset, {})
@@ -380,7 +387,8 @@ def run(datasets, models, protocols=("prequential",), out: str | Path = DEFAULT_
                          "result": result}
                 entries.append(entry)
                 print(_summary_line(entry), flush=True)
-                merged = merge_results(out, entries)  # after every entry, so an interrupted run keeps its work
+                # after every entry, so an interrupted run keeps its work
+                merged = merge_results(out, entries)
     if plots and entries:
         plot_results(merged, out.parent, k=k)
     return entries
@@ -525,9 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"JSON file to merge results into ({DEFAULT_OUT})")
     parser.add_argument("--k", type=int, default=10, help="report HR/NDCG at k and 2k (default 10)")
     parser.add_argument("--batch", type=int, default=256, help="max micro-batch size (default 256)")
-    parser.add_argument("--data-dir", default=None, help=f"dataset folder (default ${loaders.DATA_ENV} or shared)")
+    parser.add_argument("--data-dir", default=None,
+                        help=f"dataset folder (default ${loaders.DATA_ENV} or shared)")
     parser.add_argument("--scene", type=_csv, default=[],
-                        help="derive scenes, per dataset: e.g. tmall=type,taobao=category (see models.loaders)")
+                        help="derive scenes, per dataset: e.g. tmall=type,taobao=category "
+                             "(see models.loaders)")
     parser.add_argument("--options", type=_csv, default=[],
                         help="loader options, per dataset: e.g. moviebook:split=val (see models.loaders); "
                              "DATASET:shuffle=0.1 moves that fraction of events in time (robustness)")

@@ -26,8 +26,8 @@ from models import kernels
 from models.batching import Examples
 from models.config import EngineConfig
 from models.counts import TransitionCounts
-from models.params import (COUNTED, ITEM_INIT_NORM, NEIGHBOUR_WINDOW, POPULARITY_HALF_LIVES, Params, capacity_for,
-                           grow, init_params, learned)
+from models.params import (COUNTED, ITEM_INIT_NORM, NEIGHBOUR_WINDOW, POPULARITY_HALF_LIVES, Params,
+                           capacity_for, grow, init_params, learned)
 
 
 class TrainBatch(NamedTuple):
@@ -54,13 +54,16 @@ class TrainConfig:
     batch_size: int = 64
     history_dropout: float = 0.2   # drop history entries at random: cheap augmentation against overfitting
     replay_steps: int = 2          # extra steps on replayed past examples per batch of new ones
-    negatives: int = 1024          # uniform negatives of the sampled softmax (see ``sampled``); 0 = always full
+    # uniform negatives of the sampled softmax (see ``sampled``); 0 = always full
+    negatives: int = 1024
     buffer_size: int = 65536
     seed: int = 0
     transition_window: int = 3     # history items before an event whose transition to it is counted
     init_norm: float | None = None  # norm of fresh item vectors (None: models.params.ITEM_INIT_NORM)
-    feature_gain: float = 0.5      # fresh trainer: times the untrained gains of the counted features (0: all learned)
-    feature_rate: float = 1.0      # learning rate of those gains (FEATURE_GAINS), times learning_rate (0: fixed)
+    # fresh trainer: times the untrained gains of the counted features (0: all learned)
+    feature_gain: float = 0.5
+    # learning rate of those gains (FEATURE_GAINS), times learning_rate (0: fixed)
+    feature_rate: float = 1.0
 
 
 SAMPLED_FROM_ROWS_PER_NEGATIVE = 8
@@ -153,12 +156,14 @@ def sampled_losses(params: Params, user: jax.Array, hist_item: jax.Array, target
     def score(items):
         return jnp.einsum("ed,e...d->e...", user, params.item_emb[items]) + params.item_bias[items]
 
-    target_features = kernels.popularity_prior_of(params, target) + jnp.sum(jnp.where(is_target, extra, 0.0), axis=1)
+    target_extras = jnp.sum(jnp.where(is_target, extra, 0.0), axis=1)
+    target_features = kernels.popularity_prior_of(params, target) + target_extras
     if target_extra is not None:
         target_features = target_features + target_extra
     target_score = score(target) + learn_from(known, target_features)
     slot_features = kernels.popularity_prior_of(params, jnp.maximum(slots, 0)) + extra
-    slot_score = jnp.where(first, score(jnp.maximum(slots, 0)) + learn_from(known, slot_features), kernels.NEG_INF)
+    slot_score = jnp.where(first, score(jnp.maximum(slots, 0)) + learn_from(known, slot_features),
+                           kernels.NEG_INF)
     # draws that are an exact term (a binary search per draw: merged rows are sorted but for the copies
     # dropped to -1, which a running max fills with the id before them), or the target
     ordered = jax.lax.cummax(slots, axis=1)
@@ -167,9 +172,11 @@ def sampled_losses(params: Params, user: jax.Array, hist_item: jax.Array, target
     hit = hit | (drawn[None, :] == target[:, None])
     weight = jnp.log(n_items.astype(jnp.float32) / drawn.shape[0])
     drawn_prior = jnp.broadcast_to(kernels.popularity_prior_of(params, drawn)[None, :], (E, drawn.shape[0]))
-    drawn_score = user @ params.item_emb[drawn].T + params.item_bias[drawn] + learn_from(known, drawn_prior) + weight
+    drawn_score = (user @ params.item_emb[drawn].T + params.item_bias[drawn] + learn_from(known, drawn_prior)
+                   + weight)
     drawn_score = jnp.where(hit, kernels.NEG_INF, drawn_score)
-    log_z = jax.nn.logsumexp(jnp.concatenate([target_score[:, None], slot_score, drawn_score], axis=1), axis=1)
+    log_z = jax.nn.logsumexp(jnp.concatenate([target_score[:, None], slot_score, drawn_score], axis=1),
+                             axis=1)
     return log_z - target_score
 
 
@@ -195,8 +202,9 @@ def _scale_features(updates: Params, rate: float) -> Params:
 
 @partial(jax.jit, static_argnames=("optimizer", "dropout", "feature_rate"), donate_argnums=(0, 1))
 @kernels.exact_matmuls
-def train_step(weights: Params, opt_state, counted: dict, batch: TrainBatch, n_items: jax.Array, key: jax.Array, *,
-               optimizer: optax.GradientTransformation, dropout: float, feature_rate: float = 1.0):
+def train_step(weights: Params, opt_state, counted: dict, batch: TrainBatch, n_items: jax.Array,
+               key: jax.Array, *, optimizer: optax.GradientTransformation, dropout: float,
+               feature_rate: float = 1.0):
     """One optax step on the full softmax; returns ``(weights, opt_state, loss)``. ``weights`` is
     ``learned(params)`` (what the optimiser updates), ``counted`` the rest (``counted_part``)."""
     loss, grads = jax.value_and_grad(_loss)(weights, counted, batch, n_items, key, dropout)
@@ -211,7 +219,8 @@ ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # optax.adamw's defaults, which t
 @partial(jax.jit, static_argnames=("optimizer", "dropout", "train"), donate_argnums=(0, 1))
 @kernels.exact_matmuls
 def sparse_train_step(weights: Params, opt_state, counted: dict, batch: TrainBatch, n_items: jax.Array,
-                      key: jax.Array, *, optimizer: optax.GradientTransformation, dropout: float, train: TrainConfig):
+                      key: jax.Array, *, optimizer: optax.GradientTransformation, dropout: float,
+                      train: TrainConfig):
     """One step on the sampled softmax that reads and writes only the item rows it uses.
 
     The rows of the batch (history, targets, the history's transition neighbours, negatives) are
@@ -245,8 +254,10 @@ def sparse_train_step(weights: Params, opt_state, counted: dict, batch: TrainBat
     loss, grads = jax.value_and_grad(_loss)(sub, sub_counted, sub_batch, n_items, key, dropout, local(drawn))
 
     # everything but the item table: optax, on a tree whose item leaves are empty
+    def no_items(tree):
+        return tree._replace(item_emb=tree.item_emb[:0], item_bias=tree.item_bias[:0])
+
     adam = opt_state[0]
-    no_items = lambda tree: tree._replace(item_emb=tree.item_emb[:0], item_bias=tree.item_bias[:0])  # noqa: E731
     rest_state = (adam._replace(mu=no_items(adam.mu), nu=no_items(adam.nu)),) + tuple(opt_state[1:])
     updates, rest_state = optimizer.update(no_items(grads), rest_state, no_items(weights))
     updates = _scale_features(updates, train.feature_rate)
@@ -258,8 +269,10 @@ def sparse_train_step(weights: Params, opt_state, counted: dict, batch: TrainBat
     for name in ("item_emb", "item_bias"):
         g, value = getattr(grads, name), getattr(sub, name)
         mu = ADAM_B1 * getattr(adam.mu, name).at[rows].get(mode="fill", fill_value=0.0) + (1 - ADAM_B1) * g
-        nu = ADAM_B2 * getattr(adam.nu, name).at[rows].get(mode="fill", fill_value=0.0) + (1 - ADAM_B2) * g * g
-        step = (mu / (1 - ADAM_B1 ** t)) / (jnp.sqrt(nu / (1 - ADAM_B2 ** t)) + ADAM_EPS) + train.weight_decay * value
+        nu = (ADAM_B2 * getattr(adam.nu, name).at[rows].get(mode="fill", fill_value=0.0)
+              + (1 - ADAM_B2) * g * g)
+        adam_step = (mu / (1 - ADAM_B1 ** t)) / (jnp.sqrt(nu / (1 - ADAM_B2 ** t)) + ADAM_EPS)
+        step = adam_step + train.weight_decay * value
         new[name] = (getattr(weights, name).at[rows].set(value - train.learning_rate * step, mode="drop"),
                      getattr(adam.mu, name).at[rows].set(mu, mode="drop"),
                      getattr(adam.nu, name).at[rows].set(nu, mode="drop"))
@@ -351,7 +364,8 @@ class Trainer:
         step, options = self._step_fn()
         step.lower(self.weights, self.opt_state, counted_part(self.params), batch, jnp.int32(1), self.key,
                    **options).compile()
-        _, _ = jax.random.split(self.key)  # the per-step key split (and its unpacking) compile too; key unchanged
+        # the per-step key split (and its unpacking) compile too; key unchanged
+        _, _ = jax.random.split(self.key)
 
     def ensure_capacity(self, n_items: int) -> None:
         capacity = capacity_for(n_items, self.cfg.initial_capacity)
@@ -403,8 +417,9 @@ class Trainer:
         step, options = self._step_fn()
         own = self.counts.own(observed_at, self.weights.nbr_gain.shape[1])
         batch = to_batch(examples, self.train_cfg.batch_size, *own)
-        self.weights, self.opt_state, loss = step(
-            self.weights, self.opt_state, counted_part(self.params), batch, jnp.int32(n_items), sub, **options)
+        counted = counted_part(self.params)
+        self.weights, self.opt_state, loss = step(self.weights, self.opt_state, counted, batch,
+                                                  jnp.int32(n_items), sub, **options)
         self.steps += 1
         return loss
 
@@ -420,7 +435,8 @@ class Trainer:
         if cap <= 0:
             return
         if self.buffer is None:  # allocated on first use, shaped like the examples
-            self.buffer = Examples(**{f: np.zeros((cap,) + getattr(examples, f).shape[1:], getattr(examples, f).dtype)
+            self.buffer = Examples(**{f: np.zeros((cap,) + getattr(examples, f).shape[1:],
+                                                  getattr(examples, f).dtype)
                                       for f in Examples.__dataclass_fields__})
             self._buffer_at = np.zeros(cap, np.int64)
         n = min(len(examples), cap)
@@ -435,7 +451,8 @@ class Trainer:
 def _concat(parts: list[Examples]) -> Examples:
     if len(parts) == 1:
         return parts[0]
-    return Examples(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in Examples.__dataclass_fields__})
+    return Examples(**{f: np.concatenate([getattr(p, f) for p in parts])
+                       for f in Examples.__dataclass_fields__})
 
 
 def _take(examples: Examples, index: np.ndarray) -> Examples:
@@ -478,7 +495,8 @@ def example_dtype(cfg: EngineConfig) -> np.dtype:
 TRAIN_MESSAGE_MAX_BYTES = 512 * 1024
 
 
-def examples_to_messages(examples: Examples, cfg: EngineConfig, max_bytes: int = TRAIN_MESSAGE_MAX_BYTES) -> list[bytes]:
+def examples_to_messages(examples: Examples, cfg: EngineConfig,
+                         max_bytes: int = TRAIN_MESSAGE_MAX_BYTES) -> list[bytes]:
     """Pack examples as binary messages (fixed-size records, layout fixed by ``cfg``) of at most
     ``max_bytes`` each, at least one example each.
 
@@ -516,7 +534,8 @@ def toy_examples(cfg: EngineConfig, n: int, n_items: int, seed: int = 0) -> Exam
     rng = np.random.default_rng(seed)
     L, S, d = cfg.history, cfg.n_scenes, cfg.dim
     hist = rng.integers(0, n_items, (n, L)).astype(np.int32)
-    return Examples(hist_item=hist, hist_type=np.zeros((n, L), np.int8), hist_age=np.zeros((n, L), np.float32),
+    return Examples(hist_item=hist, hist_type=np.zeros((n, L), np.int8),
+                    hist_age=np.zeros((n, L), np.float32),
                     interest=np.zeros((n, S, d), np.float16), weight=np.zeros((n, S), np.float32),
                     scene=np.zeros(n, np.int8), target=((hist[:, -1] + 1) % n_items).astype(np.int32),
                     type=np.zeros(n, np.int8))

@@ -10,8 +10,9 @@ from models.params import from_bytes
 from models.store import MemoryStore
 from models import kernels
 from models.params import COUNTED, init_params, learned
-from models.training import (TrainConfig, Trainer, TransitionCounts, _loss, examples_from_bytes, examples_to_messages,
-                             sampled, sampled_losses, sparse_train_step, to_batch, toy_examples)
+from models.training import (TrainConfig, Trainer, TransitionCounts, _loss, examples_from_bytes,
+                             examples_to_messages, sampled, sampled_losses, sparse_train_step, to_batch,
+                             toy_examples)
 
 CFG = EngineConfig(dim=8, history=5, scenes=("default", "search"), k=3, initial_capacity=16,
                    buckets=(8, 32, 128), max_batch=128)
@@ -37,7 +38,8 @@ def test_sampled_softmax_estimates_the_full_normaliser():
     cfg = EngineConfig(dim=8, history=6, scenes=("default",), k=3, initial_capacity=512)
     rng = np.random.default_rng(0)
     params = init_params(cfg)
-    params = params._replace(item_emb=params.item_emb * 2.0, item_bias=jnp.asarray(rng.normal(0, 1, 512), jnp.float32),
+    params = params._replace(item_emb=params.item_emb * 2.0,
+                             item_bias=jnp.asarray(rng.normal(0, 1, 512), jnp.float32),
                              copy=jnp.asarray(1.5, jnp.float32))
     n_items, E = 400, 6
     hist = rng.integers(0, 40, (E, 6)).astype(np.int32)
@@ -46,11 +48,13 @@ def test_sampled_softmax_estimates_the_full_normaliser():
     target = rng.integers(0, n_items, E).astype(np.int32)
     target[2] = hist[2, 4]                            # the target is in the history
     user = jnp.asarray(rng.normal(0, 1, (E, 8)), jnp.float32)
-    full = kernels.copy_scores(user @ params.item_emb.T + params.item_bias, 0, jnp.asarray(hist), params)[:, :n_items]
+    scores = user @ params.item_emb.T + params.item_bias
+    full = kernels.copy_scores(scores, 0, jnp.asarray(hist), params)[:, :n_items]
     want = np.exp(np.asarray(jax.nn.logsumexp(full, axis=1) - full[jnp.arange(E), target]))
     keys = jax.random.split(jax.random.PRNGKey(1), 20000)
     draw = jax.jit(jax.vmap(lambda key: sampled_losses(params, user, jnp.asarray(hist), jnp.asarray(target),
-                                                       jax.random.randint(key, (64,), 0, n_items), jnp.int32(n_items))))
+                                                       jax.random.randint(key, (64,), 0, n_items),
+                                                       jnp.int32(n_items))))
     got = np.exp(np.asarray(draw(keys))).mean(axis=0)
     np.testing.assert_allclose(got, want, rtol=0.03)
 
@@ -63,7 +67,8 @@ def test_row_sparse_step_is_adamw_on_the_rows_it_uses():
     import optax
 
     cfg = EngineConfig(dim=8, history=5, scenes=("default",), k=3, initial_capacity=256)
-    train = TrainConfig(batch_size=16, negatives=8, history_dropout=0.2, weight_decay=0.01, learning_rate=0.01)
+    train = TrainConfig(batch_size=16, negatives=8, history_dropout=0.2, weight_decay=0.01,
+                        learning_rate=0.01)
     optimizer = optax.adamw(train.learning_rate, weight_decay=train.weight_decay)
     batch = to_batch(toy_examples(cfg, n=12, n_items=100, seed=4), 16)
     key, n_items = jax.random.PRNGKey(7), jnp.int32(100)
@@ -75,7 +80,8 @@ def test_row_sparse_step_is_adamw_on_the_rows_it_uses():
     start = learned(init_params(cfg))
     drawn = jax.random.randint(jax.random.fold_in(key, 1), (8,), 0, n_items)
     with jax.default_matmul_precision("highest"):  # as the step itself (GPUs default to TF32)
-        loss, grads = jax.value_and_grad(_loss)(start, counted, batch, n_items, key, train.history_dropout, drawn)
+        loss, grads = jax.value_and_grad(_loss)(start, counted, batch, n_items, key, train.history_dropout,
+                                                drawn)
     updates, _ = optimizer.update(grads, optimizer.init(start), start)
     want = optax.apply_updates(start, updates)
     got, state, got_loss = sparse_train_step(learned(init_params(cfg)), optimizer.init(start), counted, batch,
@@ -104,7 +110,8 @@ def test_row_sparse_step_is_adamw_on_the_rows_it_uses():
     for step in range(1, 4):
         got, state, _ = sparse_train_step(got, state, counted, batch, n_items, jax.random.PRNGKey(step),
                                           optimizer=optimizer, dropout=0.0, train=train)
-        used |= set(np.asarray(jax.random.randint(jax.random.fold_in(jax.random.PRNGKey(step), 1), (8,), 0, 100)))
+        step_key = jax.random.fold_in(jax.random.PRNGKey(step), 1)
+        used |= set(np.asarray(jax.random.randint(step_key, (8,), 0, 100)))
     untouched, used = np.array(sorted(set(range(256)) - used)), np.array(sorted(used))
     for name in ("item_emb", "item_bias"):
         after, before = np.asarray(getattr(got, name)), np.asarray(getattr(start, name))
@@ -137,8 +144,9 @@ def test_fused_ranking_equals_event_by_event_ranking():
     at a time from the same state: the fused path sees exactly each event's pre-event history."""
     rng = np.random.default_rng(3)
     n = 60
-    log = EventLog.from_columns("toy", [f"u{u}" for u in rng.integers(0, 4, n)], [f"i{i}" for i in range(10)] +
-                                [f"i{i}" for i in rng.integers(0, 10, n - 10)], rng.integers(0, 4, n), np.arange(n, dtype=float))
+    users = [f"u{u}" for u in rng.integers(0, 4, n)]   # drawn in this order: users, items, types
+    items = [f"i{i}" for i in range(10)] + [f"i{i}" for i in rng.integers(0, 10, n - 10)]
+    log = EventLog.from_columns("toy", users, items, rng.integers(0, 4, n), np.arange(n, dtype=float))
     frozen = TrainConfig(learning_rate=0.0, batch_size=8, replay_steps=0)
     fused = AttentionRecommender(CFG, frozen)
     single = AttentionRecommender(CFG, frozen)
@@ -148,7 +156,8 @@ def test_fused_ranking_equals_event_by_event_ranking():
     for model in (fused, single):
         model.trainer.params = model.trainer.params._replace(transfer=jnp.asarray(-1e4, jnp.float32))
         model.trainer.counts.observe = lambda *_: None   # counting is learning too: frozen as well
-    got = fused.recommend_then_learn(log.user[10:], log.item[10:], log.type[10:], log.scene[10:], log.ts[10:], k=3)
+    got = fused.recommend_then_learn(log.user[10:], log.item[10:], log.type[10:], log.scene[10:], log.ts[10:],
+                                     k=3)
     for j in range(10, n):
         e = slice(j, j + 1)
         want = single.recommend(log.user[e], log.scene[e], log.ts[e], k=3)
@@ -179,10 +188,12 @@ def test_an_example_is_trained_against_the_counts_without_itself(negatives):
 
     cfg = EngineConfig(dim=8, history=5, scenes=("default",), k=3, initial_capacity=256)
     other = toy_examples(cfg, n=300, n_items=100, seed=5)
-    other.target[:100] = np.arange(100)               # every item a target already (scene bits as in the batch)
+    # every item a target already (scene bits as in the batch)
+    other.target[:100] = np.arange(100)
     batch_ex = toy_examples(cfg, n=16, n_items=100, seed=6)
     batch_ex.target[:] = batch_ex.hist_item[:, -1]   # targets the others also name as successors
-    batch_ex.target[2] = batch_ex.hist_item[2, -2] = batch_ex.hist_item[2, -3]   # a source twice in the window
+    # a source twice in the window
+    batch_ex.target[2] = batch_ex.hist_item[2, -2] = batch_ex.hist_item[2, -3]
     batch_ex.target[0] = 150                          # an item never counted before
     params = init_params(cfg)._replace(nbr_scale=jnp.asarray(2.0), pop_gain=jnp.asarray([0.5, 0.5]))
     weights, key, n_items = learned(params), jax.random.PRNGKey(0), jnp.int32(160)
