@@ -112,6 +112,20 @@ def scene_stays(users, scenes) -> np.ndarray:
     return ~first & ~scene_switches(users, scenes)
 
 
+def repeats(users, items) -> np.ndarray:
+    """True where the user had the same item earlier in the stream (a *repeat* event).
+
+    >>> repeats(np.array([0, 1, 0, 0, 1]), np.array([5, 5, 6, 5, 6])).tolist()
+    [False, False, False, True, False]
+    """
+    users, items = np.asarray(users), np.asarray(items)
+    order = np.lexsort((np.arange(users.size), items, users))  # by (user, item), stream order within
+    same = np.r_[False, (users[order][1:] == users[order][:-1]) & (items[order][1:] == items[order][:-1])]
+    out = np.zeros(users.size, bool)
+    out[order] = same
+    return out
+
+
 class MetricAccumulator:
     """Collects per-event ranks and reports metrics overall, by event type and over equal-count time windows.
 
@@ -119,7 +133,9 @@ class MetricAccumulator:
     ``cold_share`` (they are misses for every model that only recommends seen items). Given ``scene_names``
     and per-event ``scenes`` / ``switch`` flags (see :func:`scene_switches`), it also reports ``by_scene``,
     ``scene_switch`` (switch events), ``scene_switch_by_scene`` (by the scene switched into) and
-    ``scene_stay`` (events whose user's previous event was in the same scene; pass ``stay``).
+    ``scene_stay`` (events whose user's previous event was in the same scene; pass ``stay``). Given
+    per-event ``repeat`` flags (see :func:`repeats`) it reports ``repeat`` (the user had this item before)
+    and ``new_to_user``: on repeat-heavy logs they show where a model's hits come from.
 
     >>> acc = MetricAccumulator(ks=(1, 2), n_windows=2)
     >>> acc.add(ranks=np.array([0, -1]), types=np.array([1, 3]), ts=np.array([10.0, 11.0]))
@@ -136,6 +152,11 @@ class MetricAccumulator:
     >>> out = acc.result()
     >>> out["by_scene"]["book"]["HR@1"], out["scene_switch"]["n"], out["scene_stay"]["HR@1"]
     (0.5, 1, 1.0)
+    >>> acc = MetricAccumulator(ks=(1,), n_windows=1)
+    >>> acc.add(np.array([0, -1, 0]), np.zeros(3), np.zeros(3), repeat=np.array([1, 0, 0]))
+    >>> out = acc.result()
+    >>> out["repeat"]["n"], out["new_to_user"]["HR@1"]
+    (1, 0.5)
     """
 
     def __init__(self, ks=(10, 20), n_windows: int = 10, type_names=EVENT_TYPES, scene_names=None):
@@ -150,10 +171,14 @@ class MetricAccumulator:
         self._scenes: list[np.ndarray] = []
         self._switch: list[np.ndarray] = []
         self._stay: list[np.ndarray] = []
+        self._repeat: list[np.ndarray] = []
 
-    def add(self, ranks, types, ts, cold=None, scenes=None, switch=None, stay=None) -> None:
-        """Record one batch of events (in stream order); ``scenes``/``switch``/``stay`` need scene names."""
+    def add(self, ranks, types, ts, cold=None, scenes=None, switch=None, stay=None, repeat=None) -> None:
+        """Record one batch of events (in stream order); ``scenes``/``switch``/``stay`` need scene names;
+        ``repeat`` is given for every batch or for none."""
         ranks = np.asarray(ranks, np.int64)
+        if repeat is not None:
+            self._repeat.append(np.asarray(repeat, bool))
         self._ranks.append(ranks)
         self._types.append(np.asarray(types, np.int64))
         self._ts.append(np.asarray(ts, np.float64))
@@ -201,4 +226,10 @@ class MetricAccumulator:
                                             for code, name in enumerate(self.scene_names)
                                             if np.any(switch & (scenes == code))}
             out["scene_stay"] = block(stay)
+        if self._repeat:
+            repeat = np.concatenate(self._repeat)
+            if repeat.size != ranks.size:
+                raise ValueError(f"repeat flags for {repeat.size} of {ranks.size} events: "
+                                 "pass them for every batch")
+            out["repeat"], out["new_to_user"] = block(repeat), block(~repeat)
         return out
