@@ -29,7 +29,7 @@ import numpy as np
 from models import loaders, splits
 from models.baselines import DecayedPopularity, Recommender, RiverMF, ScenePopularity, TransitionKNN
 from models.events import EVENT_TYPES, EventLog
-from models.metrics import MetricAccumulator, rank_of, scene_stays, scene_switches, summarize
+from models.metrics import MetricAccumulator, rank_of, repeats, scene_stays, scene_switches, summarize
 
 DEFAULT_OUT = "docs/results/eval.json"
 PROTOCOLS = ("prequential", "loo")
@@ -183,6 +183,8 @@ def prequential(log: EventLog, model: Recommender, k: int = 10, batch: int = 256
     restrict = {} if item_scenes is None else {"item_scenes": item_scenes}
     exclude_seen = bool(log.extra.get("exclude_seen", False)) if exclude_seen is None else exclude_seen
     seen: dict[int, list[int]] = {}
+    # Repeat events can only be hit when seen items stay in the lists.
+    repeat = None if exclude_seen else repeats(log.user, log.item)
     known = np.zeros(max(log.n_items, 1), bool)
     # A model that can rank each event from its exact pre-event history inside one call
     # (``recommend_then_learn``) takes plain batches, where users may repeat; others get user-unique ones.
@@ -199,6 +201,8 @@ def prequential(log: EventLog, model: Recommender, k: int = 10, batch: int = 256
             exclude = _seen_before(users, items, seen) if exclude_seen else None
             groups = ({"scenes": scenes, "switch": switch[start:stop], "stay": stay[start:stop]} if by_scene
                       else {})
+            if repeat is not None:
+                groups["repeat"] = repeat[start:stop]
             if fused:
                 extra = {"exclude": exclude} if exclude is not None else {}
                 recs = np.asarray(model.recommend_then_learn(users, items, types, scenes, ts, list_length,

@@ -53,6 +53,9 @@ def test_prequential_counts_hits_cold_items_and_types():
     assert overall["n"] == 6 and overall["HR@1"] == 0.5 and overall["cold_share"] == 0.5
     assert result["metrics"]["by_type"]["purchase"]["HR@1"] == 1.0  # events 2 and 5
     assert result["n_batches"] == 3
+    # Only event 2 (u1 buys a again) is a repeat; the oracle hits it and two of the five others.
+    repeat, new = result["metrics"]["repeat"], result["metrics"]["new_to_user"]
+    assert (repeat["n"], repeat["HR@1"], new["n"], new["HR@1"]) == (1, 1.0, 5, 0.4)
 
 
 def test_prequential_rejects_unseen_recommendations():
