@@ -1,5 +1,5 @@
 """Offline evaluation: prequential replay and leave-one-out over the shared datasets, results to JSON
-and plots.
+(:mod:`models.eval_results`) and plots (:mod:`models.eval_plots`).
 
 Drives any :class:`~models.baselines.Recommender`; reads datasets through :mod:`models.loaders` and writes
 only under the ``--out`` folder. Run ``python -m models.evaluate --help``.
@@ -14,10 +14,6 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
-import importlib.metadata
-import json
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -28,8 +24,14 @@ import numpy as np
 
 from models import loaders, splits
 from models.baselines import DecayedPopularity, Recommender, RiverMF, ScenePopularity, TransitionKNN
+from models.eval_plots import plot_results, plot_scene_results
+from models.eval_results import git_commit, machine, merge_results, model_config, summary_line
 from models.events import EVENT_TYPES, EventLog
 from models.metrics import MetricAccumulator, rank_of, repeats, scene_stays, scene_switches, summarize
+
+__all__ = ["DEFAULT_OUT", "MODELS", "PROTOCOLS", "git_commit", "leave_one_out", "machine", "main",
+           "merge_results", "plot_results", "plot_scene_results", "prequential", "run", "scene_catalogues",
+           "user_unique_batches"]
 
 DEFAULT_OUT = "docs/results/eval.json"
 PROTOCOLS = ("prequential", "loo")
@@ -296,61 +298,6 @@ def leave_one_out(log: EventLog, model: Recommender, k: int = 10, batch: int = 2
             "valid": report(valid_ranks, valid_cold), "test": report(test_ranks, test_cold)}
 
 
-def machine() -> dict:
-    """Where a result was computed (platform, CPU count, Python and library versions)."""
-    def version(package: str) -> str | None:
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": version("jax"),
-            "numpy": version("numpy"), "river": version("river")}
-
-
-def git_commit() -> dict:
-    """Commit hash (None before the first commit or outside git) and whether the tree had local changes."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
-                                timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    commit = head.stdout.strip() if head.returncode == 0 else None
-    return {"commit": commit, "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
-
-
-def _model_config(model) -> dict:
-    """``model.config()`` when the model has one (JSON-safe via ``str``), else its scalar attributes."""
-    if callable(getattr(model, "config", None)):
-        return json.loads(json.dumps(model.config(), default=str))
-    return {key: value for key, value in vars(model).items()
-            if not key.startswith("_") and isinstance(value, (bool, int, float, str))}
-
-
-def _entry_key(entry: dict) -> tuple:
-    return entry["dataset"], entry["model"], entry["protocol"], entry.get("limit")
-
-
-def merge_results(path: Path, entries: list[dict]) -> list[dict]:
-    """Write ``entries`` into the JSON file at ``path``, replacing entries with the same
-    (dataset, model, protocol, limit); returns the merged list."""
-    existing = []
-    if path.exists():
-        existing = json.loads(path.read_text())["entries"]
-    fresh = {_entry_key(e) for e in entries}
-    merged = [e for e in existing if _entry_key(e) not in fresh] + entries
-    merged.sort(key=lambda e: (e["dataset"], e["protocol"], e["model"], str(e.get("limit"))))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"entries": merged}, indent=1) + "\n")
-    temporary.replace(path)
-    return merged
-
-
 def run(datasets, models, protocols=("prequential",), out: str | Path = DEFAULT_OUT, limit: int | None = None,
         k: int = 10, batch: int = 256, data_dir=None, progress: bool = True, plots: bool = True,
         dataset_options: dict | None = None) -> list[dict]:
@@ -386,138 +333,16 @@ def run(datasets, models, protocols=("prequential",), out: str | Path = DEFAULT_
                 entry = {"dataset": log.name, "model": model_name, "protocol": protocol, "limit": limit,
                          "n_events": len(log), "n_users": log.n_users, "n_items": log.n_items,
                          "seconds": round(time.perf_counter() - started, 3), "dataset_notes": log.notes,
-                         "model_config": _model_config(model), **context,
+                         "model_config": model_config(model), **context,
                          "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          "result": result}
                 entries.append(entry)
-                print(_summary_line(entry), flush=True)
+                print(summary_line(entry), flush=True)
                 # after every entry, so an interrupted run keeps its work
                 merged = merge_results(out, entries)
     if plots and entries:
         plot_results(merged, out.parent, k=k)
     return entries
-
-
-def _headline(entry: dict) -> dict:
-    result = entry["result"]
-    return result["metrics"]["overall"] if entry["protocol"] == "prequential" else result["test"]
-
-
-def _summary_line(entry: dict) -> str:
-    metrics = _headline(entry)
-    shown = " ".join(f"{name}={value:.4f}" for name, value in metrics.items() if "@" in name)
-    return (f"{entry['dataset']:28s} {entry['model']:15s} {entry['protocol']:11s} n={entry['n_events']:<7d} "
-            f"{shown} cold={metrics['cold_share']:.3f} {entry['seconds']:.1f}s")
-
-
-def plot_results(entries: list[dict], folder: Path, k: int = 10) -> list[Path]:
-    """Draw HR@k over time windows and HR@k by event type, one panel per dataset, for prequential entries
-    (full runs preferred over ``--limit`` runs)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    chosen: dict[tuple, dict] = {}
-    for entry in entries:
-        if entry["protocol"] != "prequential":
-            continue
-        key = entry["dataset"], entry["model"]
-        current = chosen.get(key)
-        rank = (entry.get("limit") is None, entry["n_events"])
-        if current is None or rank > (current.get("limit") is None, current["n_events"]):
-            chosen[key] = entry
-    datasets = sorted({d for d, _ in chosen})
-    if not datasets:
-        return []
-    metric = f"HR@{k}"
-    columns = min(3, len(datasets))
-    rows = -(-len(datasets) // columns)
-    paths = []
-    # one colour per model across every panel and both figures
-    all_models = sorted({m for _, m in chosen})
-    colour = {m: f"C{i % 10}" for i, m in enumerate(all_models)}
-    for kind in ("over_time", "by_type"):
-        figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
-        for axis, dataset in zip(axes.flat, datasets):
-            models = sorted(m for d, m in chosen if d == dataset)
-            if kind == "over_time":
-                for model in models:
-                    windows = chosen[dataset, model]["result"]["metrics"]["windows"]
-                    axis.plot(range(1, len(windows) + 1), [w.get(metric, 0.0) for w in windows], marker="o",
-                              label=model, color=colour[model])
-                axis.set_xlabel("time window (equal event counts)")
-            else:
-                types = [t for t in EVENT_TYPES
-                         if any(t in chosen[dataset, m]["result"]["metrics"]["by_type"] for m in models)]
-                width = 0.8 / max(len(models), 1)
-                for offset, model in enumerate(models):
-                    by_type = chosen[dataset, model]["result"]["metrics"]["by_type"]
-                    axis.bar(np.arange(len(types)) + offset * width,
-                             [by_type.get(t, {}).get(metric, 0.0) for t in types], width, label=model,
-                             color=colour[model])
-                axis.set_xticks(np.arange(len(types)) + 0.4 - width / 2, types)
-            axis.set_title(dataset, fontsize=10)
-            axis.set_ylabel(metric)
-            axis.legend(fontsize=7)
-        for axis in list(axes.flat)[len(datasets):]:
-            axis.set_visible(False)
-        figure.suptitle(f"prequential {metric} " + ("over time" if kind == "over_time" else "by event type"))
-        figure.tight_layout()
-        path = folder / f"prequential_{metric.replace('@', '')}_{kind}.png"
-        folder.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        paths.append(path)
-    return paths + plot_scene_results(entries, folder, k)
-
-
-def plot_scene_results(entries: list[dict], folder: Path, k: int = 10) -> list[Path]:
-    """Bars of HR@k per model: overall, per scene, on scene-switch and on scene-stay events, one panel per
-    dataset whose prequential entries report scenes (full runs preferred over ``--limit`` runs)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    chosen: dict[tuple, dict] = {}
-    for entry in entries:
-        if entry["protocol"] != "prequential" or "scene_switch" not in entry["result"]["metrics"]:
-            continue
-        key = entry["dataset"], entry["model"]
-        rank = (entry.get("limit") is None, entry["n_events"])
-        current = chosen.get(key)
-        if current is None or rank > (current.get("limit") is None, current["n_events"]):
-            chosen[key] = entry
-    datasets = sorted({d for d, _ in chosen})
-    if not datasets:
-        return []
-    metric = f"HR@{k}"
-    all_models = sorted({m for _, m in chosen})
-    colour = {m: f"C{i % 10}" for i, m in enumerate(all_models)}
-    figure, axes = plt.subplots(len(datasets), 1, figsize=(11, 3.8 * len(datasets)), squeeze=False)
-    for axis, dataset in zip(axes.flat, datasets):
-        models = sorted(m for d, m in chosen if d == dataset)
-        first = chosen[dataset, models[0]]["result"]["metrics"]
-        groups = ["overall"] + [f"scene {s}" for s in first["by_scene"]] + ["scene switch", "scene stay"]
-        width = 0.8 / len(models)
-        for offset, model in enumerate(models):
-            metrics = chosen[dataset, model]["result"]["metrics"]
-            values = ([metrics["overall"][metric]]
-                      + [metrics["by_scene"][s][metric] for s in first["by_scene"]]
-                      + [metrics["scene_switch"][metric], metrics["scene_stay"][metric]])
-            axis.bar(np.arange(len(groups)) + offset * width, values, width, label=model, color=colour[model])
-        axis.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups)
-        axis.set_title(dataset, fontsize=10)
-        axis.set_ylabel(metric)
-        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    figure.suptitle(f"prequential {metric}: per scene and on scene-switch events")
-    figure.tight_layout()
-    path = folder / f"prequential_{metric.replace('@', '')}_by_scene.png"
-    folder.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return [path]
 
 
 def _csv(text: str) -> list[str]:

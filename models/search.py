@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from models import evaluate, loaders
+from models.eval_results import git_commit, machine
 
 DEFAULT_OUT = "docs/results/moviebook_val_search.json"
 GROUPS = ("overall", "scene_switch", "scene_stay")
@@ -116,7 +117,7 @@ def search(dataset: str, configs: list[dict], baselines=(), models=("attention",
     if limit is not None:
         log = loaders.head(log, limit)
     name = log.name + "".join(f"[{key}={value}]" for key, value in sorted(options.items()))
-    context = {"command": list(getattr(sys, "orig_argv", sys.argv)), "machine": evaluate.machine()}
+    context = {"command": list(getattr(sys, "orig_argv", sys.argv)), "machine": machine()}
     rows = []
     jobs = [(model, config) for config in configs for model in models] + [(b, {}) for b in baselines]
     for model_name, config in jobs:
@@ -128,7 +129,7 @@ def search(dataset: str, configs: list[dict], baselines=(), models=("attention",
         started = time.perf_counter()
         result = evaluate.prequential(log, model, k=k, batch=batch)
         row = {"dataset": name, "limit": limit, "model": model_name, "options": config,
-               "seconds": round(time.perf_counter() - started, 1), "git": evaluate.git_commit(),
+               "seconds": round(time.perf_counter() - started, 1), "git": git_commit(),
                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                **headline(result["metrics"], k)}
         rows.append(row)

@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from models import loaders
     from models.attention import for_log
-    from models.evaluate import git_commit, machine
+    from models.eval_results import git_commit, machine
 
     parser = argparse.ArgumentParser(prog="attnflow market-sim", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
