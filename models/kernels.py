@@ -109,17 +109,19 @@ def attend(params: Params, interest: jax.Array, weight: jax.Array,
 
 
 def copy_weights(params: Params, hist_item: jax.Array) -> jax.Array:
-    """Repeat weight of each history slot: ``copy * exp(-steps_back / tau)``, 0 when empty.
+    """Repeat weight of each history slot: ``(copy + copy_offset) * exp(-steps_back / tau)``, 0 when
+    empty.
 
     A pointer over the history with a learned recency horizon ``tau = 1 + softplus(copy_tau)``, so
     "buy again / click again" is scored directly rather than through embedding similarity. The
-    gain is signed: where people do not repeat (ratings, one-off purchases) it learns to push
-    recently seen items down.
+    gain is signed: where people do not repeat (ratings, one-off purchases) it pushes recently seen
+    items down. ``copy`` is learned by the loss, ``copy_offset`` chosen by the hits of the lists
+    (``models.repeat_offset``); the loss sees ``copy`` alone.
     """
     L = hist_item.shape[1]
     steps_back = jnp.arange(L - 1, -1, -1, dtype=jnp.float32)       # history is right-aligned
     tau = 1.0 + jax.nn.softplus(params.copy_tau)
-    weights = params.copy * jnp.exp(-steps_back / tau)
+    weights = (params.copy + params.copy_offset) * jnp.exp(-steps_back / tau)
     return jnp.where(hist_item >= 0, weights[None, :], 0.0)
 
 

@@ -51,6 +51,9 @@ class Params(NamedTuple):
     transfer: jax.Array      # []    gate of the scene-transfer term, through sigmoid
     copy: jax.Array          # []    signed gain of the repeat (copy-from-history) score
     copy_tau: jax.Array      # []    its recency horizon in events: 1 + softplus(copy_tau)
+    # []    added to ``copy`` when serving; chosen online by the hits it gives (``models.repeat_offset``),
+    # never by the loss
+    copy_offset: jax.Array
     pop_gain: jax.Array      # [P]   gain of log1p(decayed popularity) per half-life
     # [2, W] weight of a neighbour's transition share, per table and distance (softplus)
     nbr_gain: jax.Array
@@ -134,6 +137,7 @@ def init_params(cfg: EngineConfig, capacity: int | None = None) -> Params:
         transfer=jnp.asarray(0.0, jnp.float32),    # gate 0.5
         copy=jnp.asarray(2.0, jnp.float32),        # recent items first until trained
         copy_tau=jnp.asarray(7.0, jnp.float32),    # horizon ~ 8 events
+        copy_offset=jnp.asarray(0.0, jnp.float32),
         # before training: transitions first (recency-decayed as in TransitionKNN), then popularity
         pop_gain=jnp.asarray([0.5] + [0.0] * (len(POPULARITY_HALF_LIVES) - 1), jnp.float32),
         nbr_gain=jnp.tile(50.0 * 0.6 ** jnp.arange(NEIGHBOUR_WINDOW, dtype=jnp.float32),

@@ -93,9 +93,9 @@ def neighbour_scores(params: Params, hist_item, scene) -> dict:
 def top_k(params: Params, user, n_items, exclude, k, hist_item=(), scene=None):
     """Exact top-k over the first ``n_items`` items, excluded ones skipped; ties by lower index.
 
-    Scores: ``u . e_i + b_i + sum_p pop_gain[p] log1p(pop[i, p])``; history items get the repeat score
-    ``copy * exp(-steps_back / tau)`` on top, and given ``scene`` the neighbours of the history get
-    ``nbr_scale * log1p`` of their transition evidence (``neighbour_scores``).
+    Scores: ``u . e_i + b_i + sum_p pop_gain[p] log1p(pop[i, p])``; history items get the repeat
+    score ``(copy + copy_offset) * exp(-steps_back / tau)`` on top, and given ``scene`` the neighbours
+    of the history get ``nbr_scale * log1p`` of their transition evidence (``neighbour_scores``).
     """
     p = _np(params)
     scores = (p["item_emb"][:n_items] @ user + p["item_bias"][:n_items]
@@ -108,7 +108,7 @@ def top_k(params: Params, user, n_items, exclude, k, hist_item=(), scene=None):
     tau = 1.0 + _softplus(p["copy_tau"])
     for j, item in enumerate(hist_item):
         if 0 <= item < n_items:
-            scores[item] += p["copy"] * np.exp(-(L - 1 - j) / tau)
+            scores[item] += (p["copy"] + p["copy_offset"]) * np.exp(-(L - 1 - j) / tau)
     scores[[e for e in exclude if 0 <= e < n_items]] = -np.inf
     order = sorted(range(n_items), key=lambda i: (-scores[i], i))[:k]
     order = [i for i in order if np.isfinite(scores[i])]

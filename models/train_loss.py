@@ -83,7 +83,9 @@ def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, d
     The counted features (popularity, repeat and transition scores) learn only from examples whose
     target was counted before (``known``): an item's first event can never be ranked (nothing unseen
     is), and on a log where half the events are an item's first (Amazon reviews) those examples
-    taught the gains that unpopular, unconnected items come next. The embeddings learn from all."""
+    taught the gains that unpopular, unconnected items come next. The embeddings learn from all.
+    The served repeat offset (``copy_offset``) is left out: the loss learns ``copy`` as if unoffset."""
+    params = params._replace(copy_offset=jnp.zeros_like(params.copy_offset))
     hist_item = batch.hist_item
     pairs = kernels.neighbour_pairs(params, hist_item, batch.scene, (batch.target, batch.own_nbr))
     # the target's popularity prior without the example's own count

@@ -22,6 +22,7 @@ from models.batching import Examples
 from models.config import EngineConfig
 from models.counts import TransitionCounts
 from models.params import ITEM_INIT_NORM, Params, capacity_for, grow, init_params, learned
+from models.repeat_offset import OFFSETS, OffsetChoice, offset_gains
 from models.train_examples import (TRAIN_MESSAGE_MAX_BYTES, example_dtype, examples_from_bytes,
                                    examples_to_messages, toy_examples)
 from models.train_loss import (SAMPLED_FROM_ROWS_PER_NEGATIVE, TrainBatch, learn_from, nll, sampled,
@@ -54,6 +55,10 @@ class TrainConfig:
     feature_gain: float = 0.5
     # learning rate of those gains (FEATURE_GAINS), times learning_rate (0: fixed)
     feature_rate: float = 1.0
+    # the grid the served repeat offset is chosen from by hits (models.repeat_offset); (): always 0
+    repeat_offsets: tuple[float, ...] = OFFSETS
+    offset_half_life: float = 2000.0   # examples, of the decayed hits that choose it
+    offset_sample: int = 32            # new examples ranked under every offset per learn call
 
 
 def _pad_items(tree, capacity: int, rows_fn):
@@ -108,6 +113,9 @@ class Trainer:
         # Called before every optimiser step; a trainer sharing cores with ranking waits there for a gap
         self.before_step: Callable[[], object] | None = None
         self.buffer: Examples | None = None
+        self.offset_choice = (OffsetChoice(train.repeat_offsets, train.offset_half_life,
+                                           float(params.copy_offset)) if train.repeat_offsets else None)
+        self._offset_rng = np.random.default_rng(train.seed + 1)
         self._pending: list[Examples] = []
         self._pending_at: list[np.ndarray] = []   # each pending example's place in the counts (``own``)
         self._buffer_at: np.ndarray | None = None
@@ -126,6 +134,8 @@ class Trainer:
         self.counts = TransitionCounts(self.train_cfg.transition_window)
         self.counts.resume(params)
         self.weights = learned(params)
+        if self.offset_choice is not None:
+            self.offset_choice.current = float(params.copy_offset)
         # the examples queued or remembered so far are not in these counts
         self._pending_at = [np.full(len(at), -1, np.int64) for at in self._pending_at]
         if self._buffer_at is not None:
@@ -138,6 +148,10 @@ class Trainer:
         step, options = self._step_fn()
         step.lower(self.weights, self.opt_state, counted_part(self.params), batch, jnp.int32(1), self.key,
                    **options).compile()
+        if self.offset_choice is not None:
+            sample = to_batch(toy_examples(cfg, n=1, n_items=1), self.train_cfg.offset_sample)
+            offset_gains.lower(self.params, sample, jnp.int32(1), jnp.asarray(self.offset_choice.offsets),
+                               k=cfg.k).compile()
         # the per-step key split (and its unpacking) compile too; key unchanged
         _, _ = jax.random.split(self.key)
 
@@ -160,6 +174,7 @@ class Trainer:
         if len(examples) == 0:
             return self.last_loss
         self.ensure_capacity(max(n_items, int(examples.target.max()) + 1))
+        self._choose_offset(examples, n_items)
         self._pending_at.append(self.counts.observed + np.arange(len(examples)))
         self.counts.observe(np.asarray(examples.hist_item), np.asarray(examples.target),
                             np.asarray(examples.scene))
@@ -183,6 +198,19 @@ class Trainer:
                 losses.append(self._step(_take(self.buffer, replay), self._buffer_at[replay], n_items))
         self.last_loss = float(np.mean(losses))
         return self.last_loss
+
+    def _choose_offset(self, examples: Examples, n_items: int) -> None:
+        """Rank a sample of the new examples under every repeat offset, before they are counted or
+        learned from, and serve the offset with the best decayed hits so far (``models.repeat_offset``)."""
+        if self.offset_choice is None:
+            return
+        size = self.train_cfg.offset_sample
+        rows = (np.sort(self._offset_rng.choice(len(examples), size, replace=False)) if len(examples) > size
+                else np.arange(len(examples)))
+        gains = offset_gains(self.params, to_batch(_take(examples, rows), size), jnp.int32(n_items),
+                             jnp.asarray(self.offset_choice.offsets), k=self.cfg.k)
+        offset = self.offset_choice.add(np.asarray(gains), len(rows))
+        self.weights = self.weights._replace(copy_offset=jnp.asarray(offset, jnp.float32))
 
     def _step(self, examples: Examples, observed_at: np.ndarray, n_items: int) -> jax.Array:
         if self.before_step is not None:

@@ -153,7 +153,8 @@ def numpy_step(p: dict, inputs: dict, cfg: EngineConfig):
     if "copy" in p:
         L = ranks.hist_item.shape[1]
         tau = 1.0 + _softplus(p["copy_tau"])
-        gain = p["copy"] * np.exp(-np.arange(L - 1, -1, -1, dtype=np.float32) / tau)  # signed repeat gain
+        steps_back = np.arange(L - 1, -1, -1, dtype=np.float32)
+        gain = (p["copy"] + p.get("copy_offset", 0.0)) * np.exp(-steps_back / tau)  # signed repeat gain
         hb, hj = np.nonzero((ranks.hist_item >= 0) & (ranks.hist_item < n_items))
         np.add.at(scores, (hb, ranks.hist_item[hb, hj]), gain[hj].astype(np.float32))
     rows, cols = np.nonzero((ranks.exclude >= 0) & (ranks.exclude < n_items))
