@@ -10,6 +10,23 @@ import numpy as np
 from models.events import EVENT_TYPES
 
 
+def _largest_runs(entries: list[dict], scenes_only: bool = False) -> dict[tuple, dict]:
+    """The prequential entry per (dataset, model) to draw: a full run over a ``--limit`` one, then the
+    longest; with ``scenes_only``, only entries that report scene-switch metrics."""
+    chosen: dict[tuple, dict] = {}
+    for entry in entries:
+        if entry["protocol"] != "prequential":
+            continue
+        if scenes_only and "scene_switch" not in entry["result"]["metrics"]:
+            continue
+        key = entry["dataset"], entry["model"]
+        current = chosen.get(key)
+        rank = (entry.get("limit") is None, entry["n_events"])
+        if current is None or rank > (current.get("limit") is None, current["n_events"]):
+            chosen[key] = entry
+    return chosen
+
+
 def plot_results(entries: list[dict], folder: Path, k: int = 10) -> list[Path]:
     """Draw HR@k over time windows and HR@k by event type, one panel per dataset, for prequential entries
     (full runs preferred over ``--limit`` runs)."""
@@ -18,15 +35,7 @@ def plot_results(entries: list[dict], folder: Path, k: int = 10) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen: dict[tuple, dict] = {}
-    for entry in entries:
-        if entry["protocol"] != "prequential":
-            continue
-        key = entry["dataset"], entry["model"]
-        current = chosen.get(key)
-        rank = (entry.get("limit") is None, entry["n_events"])
-        if current is None or rank > (current.get("limit") is None, current["n_events"]):
-            chosen[key] = entry
+    chosen = _largest_runs(entries)
     datasets = sorted({d for d, _ in chosen})
     if not datasets:
         return []
@@ -80,15 +89,7 @@ def plot_scene_results(entries: list[dict], folder: Path, k: int = 10) -> list[P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen: dict[tuple, dict] = {}
-    for entry in entries:
-        if entry["protocol"] != "prequential" or "scene_switch" not in entry["result"]["metrics"]:
-            continue
-        key = entry["dataset"], entry["model"]
-        rank = (entry.get("limit") is None, entry["n_events"])
-        current = chosen.get(key)
-        if current is None or rank > (current.get("limit") is None, current["n_events"]):
-            chosen[key] = entry
+    chosen = _largest_runs(entries, scenes_only=True)
     datasets = sorted({d for d, _ in chosen})
     if not datasets:
         return []
