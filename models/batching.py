@@ -41,6 +41,7 @@ class Examples:
     scene: np.ndarray        # [E] int8
     target: np.ndarray       # [E] int32
     type: np.ndarray         # [E] int8
+    ts: np.ndarray           # [E] float64 event time (the time-decayed popularity counts)
 
     def __len__(self) -> int:
         return len(self.target)
@@ -83,7 +84,8 @@ def prepare(states: np.ndarray, dense: np.ndarray, item: np.ndarray, etype: np.n
             hist_item=hist_item, hist_type=np.take_along_axis(joined["type"][dense], window, axis=1),
             hist_age=np.where(hist_item >= 0, ts[:, None] - hist_ts, 0.0).astype(np.float32),
             interest=states["interest"][dense], weight=states["interest_weight"][dense],
-            scene=scene.astype(np.int8), target=item.astype(np.int32), type=etype.astype(np.int8))
+            scene=scene.astype(np.int8), target=item.astype(np.int32), type=etype.astype(np.int8),
+            ts=np.asarray(ts, np.float64))
 
     append_history(states, grid["item"], grid["type"], grid["scene"], grid["ts"], counts)
 

@@ -1,15 +1,15 @@
 """Candidate stage for large catalogues: an approximate inner-product index proposes items, the exact
 attention score re-ranks them. Pure computation (faiss and JAX); the engine decides when to use it.
 
-An item's static score ``e_i . u + b_i + pop_gain . log1p(pop_i)`` is the inner product of ``x_i = [e_i,
-b_i + prior_i]`` with ``[u, 1]``, so a faiss IVF-Flat index over those rows finds the items with the
-largest static scores without scanning the catalogue. One more coordinate, ``sqrt(R^2 - |x_i|^2)`` (0
-for the query), puts every item on a sphere of radius ``R`` without changing any inner product with a
-query: the index's cells are then about directions, not dominated by the items of largest norm (the
-MIPS-to-nearest-neighbour reduction of Bachrach et al., RecSys 2014). The terms a user's history adds (the
-repeat score of history items and the counted transitions of their neighbours, ``models.kernels``) touch only
-those items: they join the candidates whatever the index says. The union is scored exactly as
-``kernels.top_k_items`` scores the catalogue, masks included, and its top-k is the list.
+An item's static score ``e_i . u + b_i + g . log1p(pop_i)`` (``g``: the served popularity gains) is the
+inner product of ``x_i = [e_i, b_i + prior_i]`` with ``[u, 1]``, so a faiss IVF-Flat index over those rows
+finds the items with the largest static scores without scanning the catalogue. One more coordinate,
+``sqrt(R^2 - |x_i|^2)`` (0 for the query), puts every item on a sphere of radius ``R`` without changing any
+inner product with a query: the index's cells are then about directions, not dominated by the items of
+largest norm (the MIPS-to-nearest-neighbour reduction of Bachrach et al., RecSys 2014). The terms a user's
+history adds (the repeat score of history items and the counted transitions of their neighbours,
+``models.kernels``) touch only those items: they join the candidates whatever the index says. The union is
+scored exactly as ``kernels.top_k_items`` scores the catalogue, masks included, and its top-k is the list.
 """
 from __future__ import annotations
 
@@ -63,8 +63,8 @@ def item_rows(params: Params, start: int, stop: int, radius: float | None = None
     ((8, 6), True)
     """
     emb = np.asarray(params.item_emb[start:stop], np.float32)
-    prior = np.asarray(params.item_bias[start:stop] + jnp.log1p(params.pop[start:stop]) @ params.pop_gain,
-                       np.float32)
+    gains = params.pop_gain + params.pop_offset
+    prior = np.asarray(params.item_bias[start:stop] + jnp.log1p(params.pop[start:stop]) @ gains, np.float32)
     rows = np.concatenate([emb, prior[:, None], np.zeros((len(emb), 1), np.float32)], axis=1)
     norm2 = np.einsum("nd,nd->n", rows, rows)
     radius = float(np.sqrt(norm2.max(initial=0.0))) if radius is None else radius
@@ -170,7 +170,7 @@ class CandidateIndex:
 def score_tables(params: Params) -> tuple[np.ndarray, np.ndarray]:
     """The item table and each item's static prior ``b_i + pop_gain . log1p(pop_i)`` as host arrays: the
     candidates' rows are gathered with NumPy, 8x faster than XLA's gather on CPU at 1M items."""
-    prior = params.item_bias + jnp.log1p(params.pop) @ params.pop_gain
+    prior = params.item_bias + jnp.log1p(params.pop) @ (params.pop_gain + params.pop_offset)
     return np.asarray(params.item_emb, np.float32), np.asarray(prior, np.float32)
 
 

@@ -98,13 +98,28 @@ def pair_scores(scores: jax.Array, start: int | jax.Array, pairs: tuple[jax.Arra
     return scores.at[rows, local].add(params.nbr_scale * jnp.log1p(evidence), mode="drop")
 
 
+def elsewhere(params: Params, items: jax.Array, scene: jax.Array) -> jax.Array:
+    """Bool, shaped like ``items`` ([E, ...] ids, -1: none): the item was a target only in scenes other
+    than its row's ``scene`` ([E]), so that scene's catalogue most likely leaves it out. Items never
+    counted are not elsewhere, so on a single-scene log nothing is.
+
+    >>> p = Params(**{name: None for name in Params._fields})._replace(
+    ...     item_scene_bits=jnp.array([0, 1, 2, 3], jnp.uint32))
+    >>> elsewhere(p, jnp.array([[0, 1, 2, 3, -1]]), jnp.array([1])).tolist()
+    [[False, True, False, False, False]]
+    """
+    bits = params.item_scene_bits[jnp.maximum(items, 0)]
+    shift = scene.astype(jnp.uint32).reshape(scene.shape + (1,) * (items.ndim - 1))
+    return (items >= 0) & (bits != 0) & (((bits >> shift) & 1) == 0)
+
+
 def popularity_prior(params: Params, start: int | jax.Array, size: int) -> jax.Array:
-    """``sum_p pop_gain[p] * log1p(pop[i, p])`` for items ``start .. start + size``: the decayed
-    popularity prior."""
+    """``sum_p (pop_gain + pop_offset)[p] * log1p(pop[i, p])`` for items ``start .. start + size``: the
+    decayed popularity prior."""
     pop = jax.lax.dynamic_slice_in_dim(params.pop, start, size)
-    return jnp.log1p(pop) @ params.pop_gain
+    return jnp.log1p(pop) @ (params.pop_gain + params.pop_offset)
 
 
 def popularity_prior_of(params: Params, items: jax.Array) -> jax.Array:
     """The popularity prior (``popularity_prior``) of the given item ids (any shape)."""
-    return jnp.log1p(params.pop[items]) @ params.pop_gain
+    return jnp.log1p(params.pop[items]) @ (params.pop_gain + params.pop_offset)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.params import NEIGHBOUR_TABLES, NEIGHBOURS, POPULARITY_HALF_LIVES, Params
+from models.params import NEIGHBOUR_TABLES, NEIGHBOURS, POPULARITY_HALF_LIVES, POPULARITY_HALF_LIVES_S, Params
 
 
 @partial(jax.jit, donate_argnums=(0,))
@@ -41,12 +41,15 @@ class TransitionCounts:
     ([9, -1], [1.0], 0)
     """
 
-    def __init__(self, window: int = 3, half_lives=POPULARITY_HALF_LIVES):
+    def __init__(self, window: int = 3, half_lives=POPULARITY_HALF_LIVES,
+                 half_lives_s=POPULARITY_HALF_LIVES_S):
         self.window = window
         self.keep = np.power(0.5, 1.0 / np.asarray(half_lives, np.float64))      # per example
+        self.half_lives_s = np.asarray(half_lives_s, np.float64)                  # in event time
+        self.clock: float | None = None      # the latest event time counted (None: none since a resume)
         self.capacity = 0
         tables = len(NEIGHBOUR_TABLES)
-        self.pop = np.zeros((0, len(half_lives)))
+        self.pop = np.zeros((0, len(half_lives) + len(half_lives_s)))
         self.bits = np.zeros(0, np.uint32)
         self.item = np.full((0, tables, NEIGHBOURS), -1, np.int32)               # Space-Saving slots
         self.count = np.zeros((0, tables, NEIGHBOURS), np.float32)
@@ -78,6 +81,7 @@ class TransitionCounts:
         self.ensure(params.item_emb.shape[0])
         rows = params.pop.shape[0]
         self.pop[:rows] = np.asarray(params.pop)
+        self.clock = None
         self.bits[:rows] = np.asarray(params.item_scene_bits)
         self.item[:rows] = np.asarray(params.nbr_item)
         self.total[:rows] = np.asarray(params.nbr_total)
@@ -86,17 +90,25 @@ class TransitionCounts:
         self.error[:rows] = 0.0
         self._arrays = None
 
-    def observe(self, hist_item: np.ndarray, target: np.ndarray, scene: np.ndarray) -> None:
-        """Count a batch of examples (in time order): histories ``[E, L]``, targets and scenes ``[E]``."""
+    def observe(self, hist_item: np.ndarray, target: np.ndarray, scene: np.ndarray,
+                ts: np.ndarray | None = None) -> None:
+        """Count a batch of examples (in time order): histories ``[E, L]``, targets, scenes and event times
+        ``[E]`` (None: at the latest time counted, so the time-decayed popularity does not decay)."""
         E = len(target)
         if E == 0:
             return
         self.observed += E
         self.ensure(int(max(target.max(), hist_item.max())) + 1)
-        # later examples decay less
-        decay = self.keep[None, :] ** np.arange(E - 1, -1, -1)[:, None]
-        self.pop *= self.keep[None, :] ** E
-        np.add.at(self.pop, target, decay)
+        # later examples decay less: per example in the first columns, by event time in the others
+        by_count = self.keep[None, :] ** np.arange(E - 1, -1, -1)[:, None]
+        events = len(self.keep)
+        self.pop[:, :events] *= self.keep[None, :] ** E
+        ts = np.full(E, self.clock or 0.0) if ts is None else np.asarray(ts, np.float64)
+        clock = float(ts.max()) if self.clock is None else max(self.clock, float(ts.max()))
+        if self.clock is not None:  # the first batch after a resume takes the counts as of its time
+            self.pop[:, events:] *= np.power(0.5, (clock - self.clock) / self.half_lives_s)[None, :]
+        self.clock = clock
+        np.add.at(self.pop, target, np.concatenate([by_count, self._time_decay(ts)], axis=1))
         np.bitwise_or.at(self.bits, target, np.left_shift(np.uint32(1), scene.astype(np.uint32)))
         valid = hist_item >= 0
         hist_bits = self.bits[np.maximum(hist_item, 0)]
@@ -138,24 +150,33 @@ class TransitionCounts:
         self.item[source, table, slot] = dest
         self.total[source, table] += weight
 
-    def own(self, observed_at: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """What the examples counted as the ``observed_at``-th ones (``observed`` before their batch + row)
-        still add to the counts: ``[E, P]`` decayed popularity of their targets and ``[E, width]`` the
-        transition count from the d-th newest source (``1/d`` within ``window``); see ``TrainBatch``.
-        A negative ``observed_at`` marks an example these counts do not hold (zeros).
+    def _time_decay(self, ts: np.ndarray) -> np.ndarray:
+        """``[E, P_s]`` what a count at each time ``ts`` is worth now (at ``clock``)."""
+        age = np.maximum((self.clock or 0.0) - np.asarray(ts, np.float64), 0.0)
+        return np.power(0.5, age[:, None] / self.half_lives_s[None, :])
 
-        >>> counts = TransitionCounts(window=2, half_lives=(1.0,))
-        >>> counts.observe(np.array([[3, 4], [4, 5]]), np.array([5, 6]), np.array([0, 0]))
-        >>> pop, nbr = counts.own(np.array([0, 1, -1]), 3)
-        >>> pop[:, 0].tolist(), nbr[0].tolist(), nbr[2].tolist()
-        ([0.5, 1.0, 0.0], [1.0, 0.5, 0.0], [0.0, 0.0, 0.0])
+    def own(self, observed_at: np.ndarray, width: int,
+            ts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """What the examples counted as the ``observed_at``-th ones (``observed`` before their batch + row)
+        at event times ``ts`` (None: the latest) still add to the counts: ``[E, P]`` decayed popularity of
+        their targets and ``[E, width]`` the transition count from the d-th newest source (``1/d`` within
+        ``window``); see ``TrainBatch``. A negative ``observed_at`` marks an example these counts do not
+        hold (zeros).
+
+        >>> counts = TransitionCounts(window=2, half_lives=(1.0,), half_lives_s=(10.0,))
+        >>> counts.observe(np.array([[3, 4], [4, 5]]), np.array([5, 6]), np.array([0, 0]),
+        ...                np.array([0.0, 10.0]))
+        >>> pop, nbr = counts.own(np.array([0, 1, -1]), 3, np.array([0.0, 10.0, 10.0]))
+        >>> pop.tolist(), nbr[0].tolist(), nbr[2].tolist()
+        ([[0.5, 0.5], [1.0, 1.0], [0.0, 0.0]], [1.0, 0.5, 0.0], [0.0, 0.0, 0.0])
         """
         observed_at = np.asarray(observed_at, np.float64)
         counted = (observed_at >= 0)[:, None]
         age = np.maximum(self.observed - 1 - observed_at, 0.0)
         distance = np.arange(1, width + 1, dtype=np.float64)
         nbr = np.where(distance <= self.window, 1.0 / distance, 0.0)[None, :]
-        pop = (self.keep[None, :] ** age[:, None]) * counted
+        by_time = self._time_decay(np.full(len(observed_at), self.clock or 0.0) if ts is None else ts)
+        pop = np.concatenate([self.keep[None, :] ** age[:, None], by_time], axis=1) * counted
         return pop.astype(np.float32), (nbr * counted).astype(np.float32)
 
     def _ranked(self, rows: np.ndarray) -> dict:

@@ -116,7 +116,7 @@ def copy_weights(params: Params, hist_item: jax.Array) -> jax.Array:
     "buy again / click again" is scored directly rather than through embedding similarity. The
     gain is signed: where people do not repeat (ratings, one-off purchases) it pushes recently seen
     items down. ``copy`` is learned by the loss, ``copy_offset`` chosen by the hits of the lists
-    (``models.repeat_offset``); the loss sees ``copy`` alone.
+    (``models.served_offsets``); the loss sees ``copy`` alone.
     """
     L = hist_item.shape[1]
     steps_back = jnp.arange(L - 1, -1, -1, dtype=jnp.float32)       # history is right-aligned

@@ -25,9 +25,13 @@ DEFAULT_TYPE_WEIGHTS = {"view": 1.0, "click": 1.5, "cart": 2.5, "purchase": 3.0}
 NEIGHBOURS = 32
 NEIGHBOUR_WINDOW = 3
 NEIGHBOUR_TABLES = ("sequence", "scene")
-# Popularity priors: counts of each item as a target, decayed per training example with these
-# half-lives (a fast and a slow one; the gains say how much each matters).
+# Popularity priors: counts of each item as a target, decayed per training example with the first
+# half-lives (a fast and a slow one) and in event time with the second (seconds: a week, a quarter; a
+# log whose event rate changes over the years is popular by time, not by event count). The gains say
+# how much each matters; ``POPULARITY_PRIORS`` columns in all.
 POPULARITY_HALF_LIVES = (2000.0, 50000.0)
+POPULARITY_HALF_LIVES_S = (7 * 86400.0, 90 * 86400.0)
+POPULARITY_PRIORS = len(POPULARITY_HALF_LIVES) + len(POPULARITY_HALF_LIVES_S)
 # Norm of a cold-start item vector. Small: an item seen once or twice should be scored by what was
 # learned about it, not by the noise it started from (online Adam moves a row ~0.1 per occurrence).
 ITEM_INIT_NORM = 0.1
@@ -51,15 +55,17 @@ class Params(NamedTuple):
     transfer: jax.Array      # []    gate of the scene-transfer term, through sigmoid
     copy: jax.Array          # []    signed gain of the repeat (copy-from-history) score
     copy_tau: jax.Array      # []    its recency horizon in events: 1 + softplus(copy_tau)
-    # []    added to ``copy`` when serving; chosen online by the hits it gives (``models.repeat_offset``),
+    # []    added to ``copy`` when serving; chosen online by the hits it gives (``models.served_offsets``),
     # never by the loss
     copy_offset: jax.Array
     pop_gain: jax.Array      # [P]   gain of log1p(decayed popularity) per half-life
+    # [P]   added to ``pop_gain`` when serving; chosen by hits like ``copy_offset``, never by the loss
+    pop_offset: jax.Array
     # [2, W] weight of a neighbour's transition share, per table and distance (softplus)
     nbr_gain: jax.Array
     nbr_scale: jax.Array     # []    gain of log1p(summed transition evidence)
     # counted (``COUNTED``), not learned:
-    pop: jax.Array           # [C, P] decayed target counts (half-lives ``POPULARITY_HALF_LIVES``)
+    pop: jax.Array           # [C, P] decayed target counts (``POPULARITY_HALF_LIVES``, then ``_S``)
     nbr_item: jax.Array      # [C, 2, M] int32 strongest successors per table, -1 padding
     nbr_weight: jax.Array    # [C, 2, M] their share of the row's transition mass
     nbr_total: jax.Array     # [C, 2] the row's transition mass (to resume counting from a snapshot)
@@ -78,7 +84,7 @@ def mismatch(params: Params, cfg: EngineConfig) -> str | None:
     if have != want:
         return f"dim/history/scenes {'/'.join(map(str, have))}, configured {'/'.join(map(str, want))}"
     neighbours = tuple(params.nbr_item.shape[1:]) + (params.nbr_gain.shape[1], params.pop.shape[1])
-    expected = (len(NEIGHBOUR_TABLES), NEIGHBOURS, NEIGHBOUR_WINDOW, len(POPULARITY_HALF_LIVES))
+    expected = (len(NEIGHBOUR_TABLES), NEIGHBOURS, NEIGHBOUR_WINDOW, POPULARITY_PRIORS)
     if neighbours != expected:
         return (f"neighbour tables/neighbours/window/priors {'/'.join(map(str, neighbours))}, "
                 f"this build {'/'.join(map(str, expected))}")
@@ -102,7 +108,7 @@ def counted_rows(rows: int) -> dict:
     """The counted fields (``COUNTED``) for ``rows`` items that were never seen: no popularity, no
     neighbours."""
     tables = len(NEIGHBOUR_TABLES)
-    return {"pop": jnp.zeros((rows, len(POPULARITY_HALF_LIVES)), jnp.float32),
+    return {"pop": jnp.zeros((rows, POPULARITY_PRIORS), jnp.float32),
             "nbr_item": jnp.full((rows, tables, NEIGHBOURS), -1, jnp.int32),
             "nbr_weight": jnp.zeros((rows, tables, NEIGHBOURS), jnp.float32),
             "nbr_total": jnp.zeros((rows, tables), jnp.float32),
@@ -139,7 +145,8 @@ def init_params(cfg: EngineConfig, capacity: int | None = None) -> Params:
         copy_tau=jnp.asarray(7.0, jnp.float32),    # horizon ~ 8 events
         copy_offset=jnp.asarray(0.0, jnp.float32),
         # before training: transitions first (recency-decayed as in TransitionKNN), then popularity
-        pop_gain=jnp.asarray([0.5] + [0.0] * (len(POPULARITY_HALF_LIVES) - 1), jnp.float32),
+        pop_gain=jnp.asarray([0.5] + [0.0] * (POPULARITY_PRIORS - 1), jnp.float32),
+        pop_offset=jnp.zeros((POPULARITY_PRIORS,), jnp.float32),
         nbr_gain=jnp.tile(50.0 * 0.6 ** jnp.arange(NEIGHBOUR_WINDOW, dtype=jnp.float32),
                           (len(NEIGHBOUR_TABLES), 1)),
         nbr_scale=jnp.asarray(2.0, jnp.float32),

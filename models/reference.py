@@ -99,7 +99,7 @@ def top_k(params: Params, user, n_items, exclude, k, hist_item=(), scene=None):
     """
     p = _np(params)
     scores = (p["item_emb"][:n_items] @ user + p["item_bias"][:n_items]
-              + np.log1p(p["pop"][:n_items]) @ p["pop_gain"])
+              + np.log1p(p["pop"][:n_items]) @ (p["pop_gain"] + p["pop_offset"]))
     if scene is not None:
         for item, score in neighbour_scores(params, hist_item, scene).items():
             if item < n_items:

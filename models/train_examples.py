@@ -13,7 +13,7 @@ def example_dtype(cfg: EngineConfig) -> np.dtype:
     L, S, d = cfg.history, cfg.n_scenes, cfg.dim
     return np.dtype([("hist_item", "<i4", (L,)), ("hist_type", "i1", (L,)), ("hist_age", "<f4", (L,)),
                      ("interest", "<f2", (S, d)), ("weight", "<f4", (S,)), ("scene", "i1"), ("target", "<i4"),
-                     ("type", "i1")])
+                     ("type", "i1"), ("ts", "<f8")])
 
 
 TRAIN_MESSAGE_MAX_BYTES = 512 * 1024
@@ -62,4 +62,4 @@ def toy_examples(cfg: EngineConfig, n: int, n_items: int, seed: int = 0) -> Exam
                     hist_age=np.zeros((n, L), np.float32),
                     interest=np.zeros((n, S, d), np.float16), weight=np.zeros((n, S), np.float32),
                     scene=np.zeros(n, np.int8), target=((hist[:, -1] + 1) % n_items).astype(np.int32),
-                    type=np.zeros(n, np.int8))
+                    type=np.zeros(n, np.int8), ts=np.arange(n, dtype=np.float64))

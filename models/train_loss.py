@@ -16,7 +16,7 @@ import numpy as np
 
 from models import kernels
 from models.batching import Examples
-from models.params import NEIGHBOUR_WINDOW, POPULARITY_HALF_LIVES, Params
+from models.params import NEIGHBOUR_WINDOW, POPULARITY_PRIORS, Params
 
 
 class TrainBatch(NamedTuple):
@@ -42,7 +42,7 @@ def to_batch(examples: Examples, size: int, own_pop: np.ndarray | None = None,
 
     n = len(examples)
     if own_pop is None:
-        own_pop = np.zeros((n, len(POPULARITY_HALF_LIVES)), np.float32)
+        own_pop = np.zeros((n, POPULARITY_PRIORS), np.float32)
     if own_nbr is None:
         own_nbr = np.zeros((n, NEIGHBOUR_WINDOW), np.float32)
     return TrainBatch(
@@ -84,8 +84,10 @@ def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, d
     target was counted before (``known``): an item's first event can never be ranked (nothing unseen
     is), and on a log where half the events are an item's first (Amazon reviews) those examples
     taught the gains that unpopular, unconnected items come next. The embeddings learn from all.
-    The served repeat offset (``copy_offset``) is left out: the loss learns ``copy`` as if unoffset."""
-    params = params._replace(copy_offset=jnp.zeros_like(params.copy_offset))
+    The served offsets (``copy_offset``, ``pop_offset``) are left out: the loss learns ``copy`` and
+    ``pop_gain`` as if unoffset."""
+    params = params._replace(copy_offset=jnp.zeros_like(params.copy_offset),
+                             pop_offset=jnp.zeros_like(params.pop_offset))
     hist_item = batch.hist_item
     pairs = kernels.neighbour_pairs(params, hist_item, batch.scene, (batch.target, batch.own_nbr))
     # the target's popularity prior without the example's own count

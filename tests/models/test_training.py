@@ -9,7 +9,7 @@ from models.events import EventLog
 from models.params import from_bytes
 from models.store import MemoryStore
 from models import kernels
-from models.params import COUNTED, init_params, learned
+from models.params import COUNTED, POPULARITY_PRIORS, init_params, learned
 from models.training import (TrainConfig, Trainer, TransitionCounts, _loss, examples_from_bytes,
                              examples_to_messages, sampled, sampled_losses, sparse_train_step, to_batch,
                              toy_examples)
@@ -148,7 +148,7 @@ def test_fused_ranking_equals_event_by_event_ranking():
     items = [f"i{i}" for i in range(10)] + [f"i{i}" for i in rng.integers(0, 10, n - 10)]
     log = EventLog.from_columns("toy", users, items, rng.integers(0, 4, n), np.arange(n, dtype=float))
     # choosing the served repeat offset is learning too: off
-    frozen = TrainConfig(learning_rate=0.0, batch_size=8, replay_steps=0, repeat_offsets=())
+    frozen = TrainConfig(learning_rate=0.0, batch_size=8, replay_steps=0, repeat_offsets=(), pop_boosts=())
     fused = AttentionRecommender(CFG, frozen)
     single = AttentionRecommender(CFG, frozen)
     fused.learn(log.user[:10], log.item[:10], log.type[:10], log.scene[:10], log.ts[:10])
@@ -196,7 +196,8 @@ def test_an_example_is_trained_against_the_counts_without_itself(negatives):
     # a source twice in the window
     batch_ex.target[2] = batch_ex.hist_item[2, -2] = batch_ex.hist_item[2, -3]
     batch_ex.target[0] = 150                          # an item never counted before
-    params = init_params(cfg)._replace(nbr_scale=jnp.asarray(2.0), pop_gain=jnp.asarray([0.5, 0.5]))
+    params = init_params(cfg)._replace(nbr_scale=jnp.asarray(2.0),
+                                       pop_gain=jnp.full((POPULARITY_PRIORS,), 0.5))
     weights, key, n_items = learned(params), jax.random.PRNGKey(0), jnp.int32(160)
     drawn = None if negatives == 0 else jax.random.randint(key, (negatives,), 0, 160)
 

@@ -1,4 +1,5 @@
-"""The served repeat offset: ranked by hits on the new examples, chosen by the trainer, never learned."""
+"""The served repeat and popularity offsets: ranked by hits on the new examples, chosen by the trainer,
+never learned."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 
 from models.config import EngineConfig
-from models.params import init_params
-from models.repeat_offset import OFFSETS, offset_gains
+from models.params import POPULARITY_PRIORS, init_params
+from models.served_offsets import OFFSETS, offset_gains
 from models.training import TrainConfig, Trainer, to_batch, toy_examples
 
 CFG = EngineConfig(dim=8, history=4, scenes=("default",), k=2, initial_capacity=16)
@@ -29,15 +30,18 @@ def streams():
 
 
 def params(copy: float):
+    """Items 0-9 counted once each (equally popular, so the priors rank none above another), 5-9 biased."""
     p = init_params(CFG)
     return p._replace(item_emb=p.item_emb * 0, copy=jnp.float32(copy),
-                      item_bias=jnp.zeros_like(p.item_bias).at[5:N_ITEMS].set(1.0))
+                      item_bias=jnp.zeros_like(p.item_bias).at[5:N_ITEMS].set(1.0),
+                      pop=jnp.zeros_like(p.pop).at[:N_ITEMS].set(1.0))
 
 
 def test_gains_rank_the_target_under_each_offset():
     examples = streams()["repeat"]
-    gains = np.asarray(offset_gains(params(0.0), to_batch(examples, 64), jnp.int32(N_ITEMS),
-                                    jnp.asarray([-1.0, 0.0, 4.0]), k=CFG.k))
+    gains, _ = offset_gains(params(0.0), to_batch(examples, 64), jnp.int32(N_ITEMS),
+                            jnp.asarray([-1.0, 0.0, 4.0]), jnp.zeros((1, POPULARITY_PRIORS)), k=CFG.k)
+    gains = np.asarray(gains)
     # offset 4: the newest item (repeat weight 4 > bias 1) is first for every example: DCG 1 each
     assert gains[2] == pytest.approx(len(examples))
     assert gains[0] == gains[1] == 0.0  # below the five biased items: outside the top 2
@@ -56,6 +60,24 @@ def test_trainer_serves_the_offset_that_ranks_the_next_item_higher(stream, copy,
 
 
 def test_no_grid_serves_what_the_loss_learned():
-    trainer = Trainer(CFG, TrainConfig(batch_size=8, replay_steps=0, repeat_offsets=()), params=params(0.0))
+    off = TrainConfig(batch_size=8, replay_steps=0, repeat_offsets=(), pop_boosts=())
+    trainer = Trainer(CFG, off, params=params(0.0))
     trainer.learn(streams()["repeat"], n_items=N_ITEMS)
     assert float(trainer.params.copy_offset) == 0.0
+    assert float(trainer.params.pop_offset.max()) == float(trainer.params.pop_offset.min()) == 0.0
+
+
+def test_trainer_serves_a_popularity_offset_where_the_popular_item_comes_next():
+    """Every next item is item 12: never in a history, unbiased, so with the learned popularity gains
+    (and the transition gain) at 0 it ranks below the five biased items until a served popularity offset
+    lifts its growing count."""
+    base = streams()["repeat"]
+    examples = replace(base, target=np.full(len(base), 12, np.int32))
+    p = params(0.0)._replace(pop_gain=jnp.zeros_like(init_params(CFG).pop_gain), nbr_scale=jnp.float32(0.0))
+    frozen = TrainConfig(batch_size=8, replay_steps=0, learning_rate=0.0, repeat_offsets=())
+    trainer = Trainer(CFG, frozen, params=p)
+    for _ in range(3):
+        trainer.learn(examples, n_items=13)
+    assert float(trainer.params.pop_offset.max()) > 0
+    # chosen, not learned: the loss's gains stay where they were
+    assert float(jnp.abs(trainer.params.pop_gain).max()) == 0.0 and float(trainer.params.copy_offset) == 0.0
