@@ -86,16 +86,18 @@ def merge_rows(items: jax.Array, *values: jax.Array) -> tuple[jax.Array, tuple[j
 
 def pair_scores(scores: jax.Array, start: int | jax.Array, pairs: tuple[jax.Array, jax.Array],
                 params: Params) -> jax.Array:
-    """Add ``nbr_scale * log1p(evidence)`` of the rows' ``pairs`` (``neighbour_pairs``: each item at
-    most once per row) to the scores of items ``start .. start + C``: a log, so strong evidence ranks a
-    neighbour first whatever its popularity (as transition kNN does) while weak evidence is about
-    linear."""
+    """Add ``(nbr_scale + nbr_offset) * log1p(evidence)`` of the rows' ``pairs`` (``neighbour_pairs``: each
+    item at most once per row) to the scores of items ``start .. start + C``: a log, so strong evidence
+    ranks a neighbour first whatever its popularity (as transition kNN does) while weak evidence is about
+    linear.
+    """
     items, evidence = pairs
     B, C = scores.shape
     local = items - start
     local = jnp.where((items >= 0) & (local >= 0) & (local < C), local, C)
     rows = jnp.broadcast_to(jnp.arange(B)[:, None], local.shape)
-    return scores.at[rows, local].add(params.nbr_scale * jnp.log1p(evidence), mode="drop")
+    gain = params.nbr_scale + params.nbr_offset
+    return scores.at[rows, local].add(gain * jnp.log1p(evidence), mode="drop")
 
 
 def elsewhere(params: Params, items: jax.Array, scene: jax.Array) -> jax.Array:

@@ -64,6 +64,8 @@ class Params(NamedTuple):
     # [2, W] weight of a neighbour's transition share, per table and distance (softplus)
     nbr_gain: jax.Array
     nbr_scale: jax.Array     # []    gain of log1p(summed transition evidence)
+    # []    added to ``nbr_scale`` when serving; chosen by hits like ``copy_offset``, never by the loss
+    nbr_offset: jax.Array
     # counted (``COUNTED``), not learned:
     pop: jax.Array           # [C, P] decayed target counts (``POPULARITY_HALF_LIVES``, then ``_S``)
     nbr_item: jax.Array      # [C, 2, M] int32 strongest successors per table, -1 padding
@@ -150,6 +152,7 @@ def init_params(cfg: EngineConfig, capacity: int | None = None) -> Params:
         nbr_gain=jnp.tile(50.0 * 0.6 ** jnp.arange(NEIGHBOUR_WINDOW, dtype=jnp.float32),
                           (len(NEIGHBOUR_TABLES), 1)),
         nbr_scale=jnp.asarray(2.0, jnp.float32),
+        nbr_offset=jnp.asarray(0.0, jnp.float32),
         **counted_rows(capacity),
     )
 

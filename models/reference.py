@@ -95,7 +95,8 @@ def top_k(params: Params, user, n_items, exclude, k, hist_item=(), scene=None):
 
     Scores: ``u . e_i + b_i + sum_p pop_gain[p] log1p(pop[i, p])``; history items get the repeat
     score ``(copy + copy_offset) * exp(-steps_back / tau)`` on top, and given ``scene`` the neighbours
-    of the history get ``nbr_scale * log1p`` of their transition evidence (``neighbour_scores``).
+    of the history get ``(nbr_scale + nbr_offset) * log1p`` of their transition evidence
+    (``neighbour_scores``).
     """
     p = _np(params)
     scores = (p["item_emb"][:n_items] @ user + p["item_bias"][:n_items]
@@ -103,7 +104,7 @@ def top_k(params: Params, user, n_items, exclude, k, hist_item=(), scene=None):
     if scene is not None:
         for item, score in neighbour_scores(params, hist_item, scene).items():
             if item < n_items:
-                scores[item] += p["nbr_scale"] * np.log1p(score)
+                scores[item] += (p["nbr_scale"] + p["nbr_offset"]) * np.log1p(score)
     L = len(hist_item)
     tau = 1.0 + _softplus(p["copy_tau"])
     for j, item in enumerate(hist_item):

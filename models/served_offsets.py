@@ -1,19 +1,21 @@
-"""The served offsets of the repeat and popularity gains, chosen by the hits they would have given.
+"""Served offsets of the repeat, popularity and transition gains, chosen by the hits they would give.
 
-The next-item loss learns the repeat gain ``copy`` and the popularity gains ``pop_gain`` as well as it
-learns anything, but a likelihood is not a ranking. On repeat-heavy logs (Tmall, YooChoose) it drove
-``copy`` to about zero, because the attention already puts the history's probability mass in the right
-place on average, while the lists lost the recency order that makes "buy again" the first entry. On the
-Amazon movie/book log it gave the fast time-decayed popularity prior a negative gain, where the lists
-want recently popular items first. So the scorer adds ``copy_offset`` to ``copy`` and the vector
-``pop_offset`` to ``pop_gain`` when serving, and the trainer picks them by hits: before learning from
-new events it ranks a sample of them under every repeat offset of a grid (``OFFSETS``) and under every
-popularity offset vector (``pop_vectors``: none, or one prior boosted by one of ``POP_BOOSTS``), and
-keeps, for each of the two, the choice with the largest exponentially decayed DCG@k of the true next
+The next-item loss learns the repeat gain ``copy``, the popularity gains ``pop_gain`` and the transition
+gain ``nbr_scale`` as well as it learns anything, but a likelihood is not a ranking. On repeat-heavy logs
+(Tmall, YooChoose) it drove ``copy`` to about zero, because the attention already puts the history's
+probability mass in the right place on average, while the lists lost the recency order that makes "buy
+again" the first entry. On the Amazon movie/book log it gave the fast time-decayed popularity prior a
+negative gain, where the lists want recently popular items first; and there it kept ``nbr_scale`` near
+0.3, where counted successors first (as transition kNN ranks) served better lists. So the scorer adds
+``copy_offset`` to ``copy``, the vector ``pop_offset`` to ``pop_gain`` and ``nbr_offset`` to ``nbr_scale``
+when serving, and the trainer picks them by hits: before learning from new events it ranks a sample of
+them under every repeat offset of a grid (``OFFSETS``), every popularity offset vector (``pop_vectors``:
+none, or one prior boosted by one of ``POP_BOOSTS``) and every transition offset (``NBR_OFFSETS``), and
+keeps, for each of the three, the choice with the largest exponentially decayed DCG@k of the true next
 item. Wide repeat offsets stand for "history first" (+16) and "history last" (-16, as good as excluding
 seen items); zero offsets serve what the loss learned. The popularity vectors are chosen whole, not one
-prior at a time: moving the priors one by one (they are nearly collinear on some logs) drifted to
-boosts that each looked best given the others and served worse lists together (Amazon Beauty).
+prior at a time: moving the priors one by one (they are nearly collinear on some logs) drifted to boosts
+that each looked best given the others and served worse lists together (Amazon Beauty).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from models.train_loss import TrainBatch
 
 OFFSETS = (-16.0, -8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 POP_BOOSTS = (1.0, 2.0, 4.0, 8.0)
+NBR_OFFSETS = (-1.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 def pop_vectors(priors: int, boosts=POP_BOOSTS) -> np.ndarray:
@@ -46,10 +49,11 @@ def pop_vectors(priors: int, boosts=POP_BOOSTS) -> np.ndarray:
 @partial(jax.jit, static_argnames=("k",))
 @kernels.exact_matmuls
 def offset_gains(params: Params, batch: TrainBatch, n_items: jax.Array, offsets: jax.Array,
-                 pop_offsets: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+                 pop_offsets: jax.Array, nbr_offsets: jax.Array, k: int) -> tuple[jax.Array, ...]:
     """Summed DCG@``k`` of each example's target (``batch.mask`` rows whose target was counted before)
     among the items a list could show: ``[G]`` with ``copy + offsets[g]`` as the repeat gain, and ``[V]``
-    with ``pop_gain + pop_offsets[v]`` ([V, P]) as the popularity gains; every other score as served
+    with ``pop_gain + pop_offsets[v]`` ([V, P]) as the popularity gains and ``[H]`` with
+    ``nbr_scale + nbr_offsets[h]`` as the transition gain; every other score as served
     (the current offsets included). Items counted only in other scenes (``elsewhere``) are left out, as
     the scene's catalogue leaves them out when serving. ``E x C`` scores per value."""
     ranks = kernels.RankInputs(hist_item=batch.hist_item, hist_type=batch.hist_type, hist_age=batch.hist_age,
@@ -57,7 +61,10 @@ def offset_gains(params: Params, batch: TrainBatch, n_items: jax.Array, offsets:
     user, _ = kernels.user_vectors(params, batch.interest, batch.weight, ranks)
     C = params.item_emb.shape[0]
     base = user @ params.item_emb.T + params.item_bias + popularity_prior(params, 0, C)[None, :]
-    base = pair_scores(base, 0, neighbour_pairs(params, batch.hist_item, batch.scene), params)
+    unit_nbr = params._replace(nbr_scale=jnp.float32(1.0), nbr_offset=jnp.float32(0.0))
+    transitions = pair_scores(jnp.zeros_like(base), 0, neighbour_pairs(params, batch.hist_item, batch.scene),
+                              unit_nbr)                                                  # [E, C]
+    base = base + (params.nbr_scale + params.nbr_offset) * transitions
     index = jnp.broadcast_to(jnp.arange(C, dtype=jnp.int32)[None, :], base.shape)
     # the items a list can show: counted before (every event is counted as a target, so these are the
     # items seen before; the batch's new items would otherwise outrank what was learned), in the scene
@@ -81,7 +88,8 @@ def offset_gains(params: Params, batch: TrainBatch, n_items: jax.Array, offsets:
     by_copy = jax.lax.map(lambda o: dcg(current + (o - params.copy_offset) * repeat, known), offsets)
     by_pop = jax.lax.map(lambda v: dcg(current + (log_pop @ (v - params.pop_offset))[None, :], known),
                          pop_offsets)
-    return by_copy, by_pop
+    by_nbr = jax.lax.map(lambda o: dcg(current + (o - params.nbr_offset) * transitions, known), nbr_offsets)
+    return by_copy, by_pop, by_nbr
 
 
 class OffsetChoice:

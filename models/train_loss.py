@@ -84,10 +84,11 @@ def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, d
     target was counted before (``known``): an item's first event can never be ranked (nothing unseen
     is), and on a log where half the events are an item's first (Amazon reviews) those examples
     taught the gains that unpopular, unconnected items come next. The embeddings learn from all.
-    The served offsets (``copy_offset``, ``pop_offset``) are left out: the loss learns ``copy`` and
-    ``pop_gain`` as if unoffset."""
+    The served offsets (``copy_offset``, ``pop_offset``, ``nbr_offset``) are left out: the loss learns
+    ``copy``, ``pop_gain`` and ``nbr_scale`` as if unoffset."""
     params = params._replace(copy_offset=jnp.zeros_like(params.copy_offset),
-                             pop_offset=jnp.zeros_like(params.pop_offset))
+                             pop_offset=jnp.zeros_like(params.pop_offset),
+                             nbr_offset=jnp.zeros_like(params.nbr_offset))
     hist_item = batch.hist_item
     pairs = kernels.neighbour_pairs(params, hist_item, batch.scene, (batch.target, batch.own_nbr))
     # the target's popularity prior without the example's own count

@@ -32,7 +32,8 @@ def _scale_features(updates: Params, rate: float) -> Params:
     """``updates`` with the feature gains' steps times ``rate`` (their own learning rate), and none for
     the served offsets, which the trainer chooses by hits (``models.served_offsets``), not by gradient."""
     updates = updates._replace(copy_offset=jnp.zeros_like(updates.copy_offset),
-                               pop_offset=jnp.zeros_like(updates.pop_offset))
+                               pop_offset=jnp.zeros_like(updates.pop_offset),
+                               nbr_offset=jnp.zeros_like(updates.nbr_offset))
     if rate == 1.0:
         return updates
     return updates._replace(**{name: getattr(updates, name) * rate for name in FEATURE_GAINS})

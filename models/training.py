@@ -22,7 +22,7 @@ from models.batching import Examples
 from models.config import EngineConfig
 from models.counts import TransitionCounts
 from models.params import ITEM_INIT_NORM, Params, capacity_for, grow, init_params, learned
-from models.served_offsets import OFFSETS, POP_BOOSTS, OffsetChoice, offset_gains, pop_vectors
+from models.served_offsets import NBR_OFFSETS, OFFSETS, POP_BOOSTS, OffsetChoice, offset_gains, pop_vectors
 from models.train_examples import (TRAIN_MESSAGE_MAX_BYTES, example_dtype, examples_from_bytes,
                                    examples_to_messages, toy_examples)
 from models.train_loss import (SAMPLED_FROM_ROWS_PER_NEGATIVE, TrainBatch, learn_from, nll, sampled,
@@ -55,10 +55,12 @@ class TrainConfig:
     feature_gain: float = 0.5
     # learning rate of those gains (FEATURE_GAINS), times learning_rate (0: fixed)
     feature_rate: float = 1.0
-    # what the served repeat offset and popularity offsets are chosen from by hits (models.served_offsets):
-    # the repeat grid and the boosts of one popularity prior; (): that offset is always 0; both (): no choice
+    # what the served repeat, popularity and transition offsets are chosen from by hits
+    # (models.served_offsets): the repeat grid, the boosts of one popularity prior, the transition grid;
+    # (): that offset is always 0; all three (): no choice
     repeat_offsets: tuple[float, ...] = OFFSETS
     pop_boosts: tuple[float, ...] = POP_BOOSTS
+    nbr_offsets: tuple[float, ...] = NBR_OFFSETS
     offset_half_life: float = 2000.0   # examples, of the decayed hits that choose it
     offset_sample: int = 32            # new examples ranked under every offset per learn call
 
@@ -115,9 +117,10 @@ class Trainer:
         # Called before every optimiser step; a trainer sharing cores with ranking waits there for a gap
         self.before_step: Callable[[], object] | None = None
         self.buffer: Examples | None = None
-        self.offset_choice = self.pop_choice = None
-        if train.repeat_offsets or train.pop_boosts:
+        self.offset_choice = self.pop_choice = self.nbr_choice = None
+        if train.repeat_offsets or train.pop_boosts or train.nbr_offsets:
             self.offset_choice = OffsetChoice(train.repeat_offsets or (0.0,), train.offset_half_life)
+            self.nbr_choice = OffsetChoice(train.nbr_offsets or (0.0,), train.offset_half_life)
             # the popularity choice is over the rows of ``pop_vectors``, by index
             self.pop_vectors = pop_vectors(params.pop.shape[1], train.pop_boosts)
             self.pop_choice = OffsetChoice(np.arange(len(self.pop_vectors)), train.offset_half_life)
@@ -157,7 +160,8 @@ class Trainer:
         if self.offset_choice is not None:
             sample = to_batch(toy_examples(cfg, n=1, n_items=1), self.train_cfg.offset_sample)
             offset_gains.lower(self.params, sample, jnp.int32(1), jnp.asarray(self.offset_choice.offsets),
-                               jnp.asarray(self.pop_vectors), k=cfg.k).compile()
+                               jnp.asarray(self.pop_vectors), jnp.asarray(self.nbr_choice.offsets),
+                               k=cfg.k).compile()
         # the per-step key split (and its unpacking) compile too; key unchanged
         _, _ = jax.random.split(self.key)
 
@@ -210,25 +214,29 @@ class Trainer:
         if self.offset_choice is None:
             return
         self.offset_choice.current = float(params.copy_offset)
+        self.nbr_choice.current = float(params.nbr_offset)
         match = np.flatnonzero(np.all(self.pop_vectors == np.asarray(params.pop_offset)[None, :], axis=1))
         self.pop_choice.current = float(match[0]) if len(match) else 0.0
 
     def _choose_offset(self, examples: Examples, n_items: int) -> None:
-        """Rank a sample of the new examples under every repeat and popularity offset, before they are
-        counted or learned from, and serve the offsets with the best decayed hits so far
+        """Rank a sample of the new examples under every repeat, popularity and transition offset, before
+        they are counted or learned from, and serve the offsets with the best decayed hits so far
         (``models.served_offsets``)."""
         if self.offset_choice is None:
             return
         size = self.train_cfg.offset_sample
         rows = (np.sort(self._offset_rng.choice(len(examples), size, replace=False)) if len(examples) > size
                 else np.arange(len(examples)))
-        by_copy, by_pop = offset_gains(self.params, to_batch(_take(examples, rows), size), jnp.int32(n_items),
-                                       jnp.asarray(self.offset_choice.offsets),
-                                       jnp.asarray(self.pop_vectors), k=self.cfg.k)
+        by_copy, by_pop, by_nbr = offset_gains(
+            self.params, to_batch(_take(examples, rows), size), jnp.int32(n_items),
+            jnp.asarray(self.offset_choice.offsets), jnp.asarray(self.pop_vectors),
+            jnp.asarray(self.nbr_choice.offsets), k=self.cfg.k)
         copy_offset = self.offset_choice.add(np.asarray(by_copy), len(rows))
         pop_offset = self.pop_vectors[int(self.pop_choice.add(np.asarray(by_pop), len(rows)))]
+        nbr_offset = self.nbr_choice.add(np.asarray(by_nbr), len(rows))
         self.weights = self.weights._replace(copy_offset=jnp.asarray(copy_offset, jnp.float32),
-                                             pop_offset=jnp.asarray(pop_offset, jnp.float32))
+                                             pop_offset=jnp.asarray(pop_offset, jnp.float32),
+                                             nbr_offset=jnp.asarray(nbr_offset, jnp.float32))
 
     def _step(self, examples: Examples, observed_at: np.ndarray, n_items: int) -> jax.Array:
         if self.before_step is not None:

@@ -39,8 +39,9 @@ def params(copy: float):
 
 def test_gains_rank_the_target_under_each_offset():
     examples = streams()["repeat"]
-    gains, _ = offset_gains(params(0.0), to_batch(examples, 64), jnp.int32(N_ITEMS),
-                            jnp.asarray([-1.0, 0.0, 4.0]), jnp.zeros((1, POPULARITY_PRIORS)), k=CFG.k)
+    gains, _, _ = offset_gains(params(0.0), to_batch(examples, 64), jnp.int32(N_ITEMS),
+                               jnp.asarray([-1.0, 0.0, 4.0]), jnp.zeros((1, POPULARITY_PRIORS)),
+                               jnp.asarray([0.0]), k=CFG.k)
     gains = np.asarray(gains)
     # offset 4: the newest item (repeat weight 4 > bias 1) is first for every example: DCG 1 each
     assert gains[2] == pytest.approx(len(examples))
@@ -60,7 +61,7 @@ def test_trainer_serves_the_offset_that_ranks_the_next_item_higher(stream, copy,
 
 
 def test_no_grid_serves_what_the_loss_learned():
-    off = TrainConfig(batch_size=8, replay_steps=0, repeat_offsets=(), pop_boosts=())
+    off = TrainConfig(batch_size=8, replay_steps=0, repeat_offsets=(), pop_boosts=(), nbr_offsets=())
     trainer = Trainer(CFG, off, params=params(0.0))
     trainer.learn(streams()["repeat"], n_items=N_ITEMS)
     assert float(trainer.params.copy_offset) == 0.0
@@ -74,10 +75,25 @@ def test_trainer_serves_a_popularity_offset_where_the_popular_item_comes_next():
     base = streams()["repeat"]
     examples = replace(base, target=np.full(len(base), 12, np.int32))
     p = params(0.0)._replace(pop_gain=jnp.zeros_like(init_params(CFG).pop_gain), nbr_scale=jnp.float32(0.0))
-    frozen = TrainConfig(batch_size=8, replay_steps=0, learning_rate=0.0, repeat_offsets=())
+    frozen = TrainConfig(batch_size=8, replay_steps=0, learning_rate=0.0, repeat_offsets=(), nbr_offsets=())
     trainer = Trainer(CFG, frozen, params=p)
     for _ in range(3):
         trainer.learn(examples, n_items=13)
     assert float(trainer.params.pop_offset.max()) > 0
     # chosen, not learned: the loss's gains stay where they were
     assert float(jnp.abs(trainer.params.pop_gain).max()) == 0.0 and float(trainer.params.copy_offset) == 0.0
+
+
+def test_trainer_serves_a_transition_offset_where_counted_successors_come_next():
+    """The next item is the counted successor of the newest history item (``10 + newest``), never in the
+    history; with the learned transition gain at 0 it ranks below the five biased items until the
+    served transition offset lifts it."""
+    base = streams()["repeat"]
+    examples = replace(base, target=(10 + base.hist_item[:, -1]).astype(np.int32))
+    p = params(0.0)._replace(nbr_scale=jnp.float32(0.0))
+    frozen = TrainConfig(batch_size=8, replay_steps=0, learning_rate=0.0, repeat_offsets=(), pop_boosts=())
+    trainer = Trainer(CFG, frozen, params=p)
+    for _ in range(3):
+        trainer.learn(examples, n_items=15)
+    assert float(trainer.params.nbr_offset) > 0
+    assert float(trainer.params.nbr_scale) == 0.0 and float(trainer.params.copy_offset) == 0.0

@@ -148,7 +148,8 @@ def test_fused_ranking_equals_event_by_event_ranking():
     items = [f"i{i}" for i in range(10)] + [f"i{i}" for i in rng.integers(0, 10, n - 10)]
     log = EventLog.from_columns("toy", users, items, rng.integers(0, 4, n), np.arange(n, dtype=float))
     # choosing the served repeat offset is learning too: off
-    frozen = TrainConfig(learning_rate=0.0, batch_size=8, replay_steps=0, repeat_offsets=(), pop_boosts=())
+    frozen = TrainConfig(learning_rate=0.0, batch_size=8, replay_steps=0, repeat_offsets=(), pop_boosts=(),
+                         nbr_offsets=())
     fused = AttentionRecommender(CFG, frozen)
     single = AttentionRecommender(CFG, frozen)
     fused.learn(log.user[:10], log.item[:10], log.type[:10], log.scene[:10], log.ts[:10])
