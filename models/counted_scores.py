@@ -115,13 +115,18 @@ def elsewhere(params: Params, items: jax.Array, scene: jax.Array) -> jax.Array:
     return (items >= 0) & (bits != 0) & (((bits >> shift) & 1) == 0)
 
 
+def pop_gains(params: Params) -> jax.Array:
+    """``[P]`` the served popularity gains: the learned ``pop_gain`` plus the chosen ``pop_offset``."""
+    return params.pop_gain + params.pop_offset
+
+
 def popularity_prior(params: Params, start: int | jax.Array, size: int) -> jax.Array:
     """``sum_p (pop_gain + pop_offset)[p] * log1p(pop[i, p])`` for items ``start .. start + size``: the
     decayed popularity prior."""
     pop = jax.lax.dynamic_slice_in_dim(params.pop, start, size)
-    return jnp.log1p(pop) @ (params.pop_gain + params.pop_offset)
+    return jnp.log1p(pop) @ pop_gains(params)
 
 
 def popularity_prior_of(params: Params, items: jax.Array) -> jax.Array:
     """The popularity prior (``popularity_prior``) of the given item ids (any shape)."""
-    return jnp.log1p(params.pop[items]) @ (params.pop_gain + params.pop_offset)
+    return jnp.log1p(params.pop[items]) @ pop_gains(params)

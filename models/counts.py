@@ -103,7 +103,7 @@ class TransitionCounts:
         by_count = self.keep[None, :] ** np.arange(E - 1, -1, -1)[:, None]
         events = len(self.keep)
         self.pop[:, :events] *= self.keep[None, :] ** E
-        ts = np.full(E, self.clock or 0.0) if ts is None else np.asarray(ts, np.float64)
+        ts = self._times(ts, E)
         clock = float(ts.max()) if self.clock is None else max(self.clock, float(ts.max()))
         if self.clock is not None:  # the first batch after a resume takes the counts as of its time
             self.pop[:, events:] *= np.power(0.5, (clock - self.clock) / self.half_lives_s)[None, :]
@@ -150,6 +150,10 @@ class TransitionCounts:
         self.item[source, table, slot] = dest
         self.total[source, table] += weight
 
+    def _times(self, ts: np.ndarray | None, n: int) -> np.ndarray:
+        """``ts`` as float64, or ``n`` times at the latest time counted when None."""
+        return np.full(n, self.clock or 0.0) if ts is None else np.asarray(ts, np.float64)
+
     def _time_decay(self, ts: np.ndarray) -> np.ndarray:
         """``[E, P_s]`` what a count at each time ``ts`` is worth now (at ``clock``)."""
         age = np.maximum((self.clock or 0.0) - np.asarray(ts, np.float64), 0.0)
@@ -175,7 +179,7 @@ class TransitionCounts:
         age = np.maximum(self.observed - 1 - observed_at, 0.0)
         distance = np.arange(1, width + 1, dtype=np.float64)
         nbr = np.where(distance <= self.window, 1.0 / distance, 0.0)[None, :]
-        by_time = self._time_decay(np.full(len(observed_at), self.clock or 0.0) if ts is None else ts)
+        by_time = self._time_decay(self._times(ts, len(observed_at)))
         pop = np.concatenate([self.keep[None, :] ** age[:, None], by_time], axis=1) * counted
         return pop.astype(np.float32), (nbr * counted).astype(np.float32)
 

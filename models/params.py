@@ -37,6 +37,9 @@ POPULARITY_PRIORS = len(POPULARITY_HALF_LIVES) + len(POPULARITY_HALF_LIVES_S)
 ITEM_INIT_NORM = 0.1
 # Fields the trainer counts rather than learns by gradient (they travel in snapshots like the rest).
 COUNTED = ("pop", "nbr_item", "nbr_weight", "nbr_total", "item_scene_bits")
+# Fields added to a learned gain when serving, chosen by the trainer by hits (``models.served_offsets``):
+# the loss and the optimiser never see them (``unoffset``).
+SERVED_OFFSETS = ("copy_offset", "pop_offset", "nbr_offset")
 
 
 class Params(NamedTuple):
@@ -115,6 +118,11 @@ def counted_rows(rows: int) -> dict:
             "nbr_weight": jnp.zeros((rows, tables, NEIGHBOURS), jnp.float32),
             "nbr_total": jnp.zeros((rows, tables), jnp.float32),
             "item_scene_bits": jnp.zeros((rows,), jnp.uint32)}
+
+
+def unoffset(tree: Params) -> Params:
+    """``tree`` (parameters, or their updates) with every served offset (``SERVED_OFFSETS``) at 0."""
+    return tree._replace(**{name: jnp.zeros_like(getattr(tree, name)) for name in SERVED_OFFSETS})
 
 
 def learned(params: Params) -> Params:

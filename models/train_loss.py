@@ -16,7 +16,7 @@ import numpy as np
 
 from models import kernels
 from models.batching import Examples
-from models.params import NEIGHBOUR_WINDOW, POPULARITY_PRIORS, Params
+from models.params import NEIGHBOUR_WINDOW, POPULARITY_PRIORS, Params, unoffset
 
 
 class TrainBatch(NamedTuple):
@@ -86,9 +86,7 @@ def nll(params: Params, batch: TrainBatch, n_items: jax.Array, key: jax.Array, d
     taught the gains that unpopular, unconnected items come next. The embeddings learn from all.
     The served offsets (``copy_offset``, ``pop_offset``, ``nbr_offset``) are left out: the loss learns
     ``copy``, ``pop_gain`` and ``nbr_scale`` as if unoffset."""
-    params = params._replace(copy_offset=jnp.zeros_like(params.copy_offset),
-                             pop_offset=jnp.zeros_like(params.pop_offset),
-                             nbr_offset=jnp.zeros_like(params.nbr_offset))
+    params = unoffset(params)
     hist_item = batch.hist_item
     pairs = kernels.neighbour_pairs(params, hist_item, batch.scene, (batch.target, batch.own_nbr))
     # the target's popularity prior without the example's own count

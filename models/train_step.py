@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from models import kernels
-from models.params import COUNTED, Params
+from models.params import COUNTED, Params, unoffset
 from models.train_loss import TrainBatch, nll
 
 
@@ -31,9 +31,7 @@ FEATURE_GAINS = ("pop_gain", "nbr_gain", "nbr_scale")
 def _scale_features(updates: Params, rate: float) -> Params:
     """``updates`` with the feature gains' steps times ``rate`` (their own learning rate), and none for
     the served offsets, which the trainer chooses by hits (``models.served_offsets``), not by gradient."""
-    updates = updates._replace(copy_offset=jnp.zeros_like(updates.copy_offset),
-                               pop_offset=jnp.zeros_like(updates.pop_offset),
-                               nbr_offset=jnp.zeros_like(updates.nbr_offset))
+    updates = unoffset(updates)
     if rate == 1.0:
         return updates
     return updates._replace(**{name: getattr(updates, name) * rate for name in FEATURE_GAINS})
